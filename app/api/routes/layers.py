@@ -1,0 +1,52 @@
+"""The layer catalog: every registered type with its JSON schema, for forms."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel, Field
+
+from layers import LAYER_SPECS
+
+router = APIRouter(prefix="/v1/layers", tags=["layers"])
+
+
+class LayerType(BaseModel):
+    type: str
+    category: str
+    description: str
+    json_schema: dict = Field(alias="schema", description="JSON schema of the layer's fields")
+
+    model_config = {"populate_by_name": True, "serialize_by_alias": True}
+
+
+class LayerCatalog(BaseModel):
+    data: list[LayerType]
+    count: int
+
+
+@cache
+def catalog() -> dict[str, LayerType]:
+    return {
+        name: LayerType(
+            type=name, category=spec.category, description=spec.description(), json_schema=spec.model_json_schema()
+        )
+        for name, spec in LAYER_SPECS.items()
+    }
+
+
+@router.get("")
+def list_layers() -> LayerCatalog:
+    """Every layer type: name, category, one-line description and field schema."""
+    data = list(catalog().values())
+    return LayerCatalog(data=data, count=len(data))
+
+
+@router.get("/{layer_type}", responses={404: {"description": "no such layer type"}})
+def get_layer(layer_type: str) -> LayerType:
+    """One layer type."""
+    found = catalog().get(layer_type)
+    if found is None:
+        raise HTTPException(404, f"unknown layer type {layer_type!r}; GET /v1/layers lists them")
+    return found

@@ -1,0 +1,26 @@
+"""Model analysis: the summary of a spec, traced on the meta device."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+
+from app.core.config import settings
+from app.examples import SUMMARY_EXAMPLES
+from app.schemas.summary import SummaryRequest
+from layers.summary import ModelSummary, summarize
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ERRORS = {
+    413: {"description": "request body too large"},
+    422: {"description": "invalid spec, a shape mismatch (naming the layer) or a limit exceeded"},
+}
+
+
+@router.post("/summary", responses=ERRORS)
+def model_summary(request: Annotated[SummaryRequest, Body(openapi_examples=SUMMARY_EXAMPLES)]) -> ModelSummary:
+    """Everything PyTorch knows about the model, without allocating it."""
+    request.model.check_limits(settings.max_layers, settings.max_nesting)
+    return summarize(request.model, tuple(request.input_shape), request.input_dtype)

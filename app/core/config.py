@@ -1,0 +1,27 @@
+"""Every limit and address of the service, read once from the environment (prefix ``MB_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MB_", env_file=".env", extra="ignore")
+
+    cors_origins: list[str] = Field(
+        default=["*"], description="origins allowed to call the API from a browser (JSON list)"
+    )
+    max_body_bytes: int = Field(1 << 20, gt=0, description="largest request body; 413 beyond it")
+    max_json_depth: int = Field(96, gt=0, description="deepest JSON nesting of a request body")
+    max_layers: int = Field(4096, gt=0, description="layers in one model, containers included")
+    max_nesting: int = Field(16, gt=0, description="containers nested inside containers")
+    max_input_rank: int = Field(6, gt=0, description="dimensions of an input shape")
+    max_input_dim: int = Field(1 << 20, gt=0, description="largest size of one input dimension")
+    max_input_numel: int = Field(1 << 36, gt=0, description="largest element count of an input")
+    data_dir: Path = Field(Path("data"), description="where jobs are persisted (SQLite)")
+
+
+settings = Settings()

@@ -1,0 +1,48 @@
+"""Ready-made specs: Swagger UI's "Try it out" examples, the playground's presets, and tests."""
+
+from __future__ import annotations
+
+SEED_MODEL = {
+    "layers": [
+        {"type": "MyConv2d", "in_channels": 3, "out_channels": 6, "kernel_size": 3},
+        {"type": "ReLU"},
+        {"type": "Flatten"},
+        {"type": "MyLinear", "out_features": 10},
+    ]
+}
+
+SMALL_CNN = {
+    "layers": [
+        {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"type": "BatchNorm2d"},
+        {"type": "ReLU"},
+        {"type": "MaxPool2d", "kernel_size": 2},
+        {"type": "Residual", "layers": [{"type": "ConvBlock", "out_channels": 16}]},
+        {"type": "AdaptiveAvgPool2d", "output_size": 1},
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 10},
+    ]
+}
+
+LSTM_CLASSIFIER = {
+    "layers": [
+        {"type": "Embedding", "num_embeddings": 1000, "embedding_dim": 64},
+        {"type": "LSTM", "hidden_size": 128, "num_layers": 2, "output": "last"},
+        {"type": "Linear", "out_features": 2},
+    ]
+}
+
+SUMMARY_EXAMPLES = {
+    "seed": {
+        "summary": "The tutorial's MyConv2d and MyLinear",
+        "value": {"model": SEED_MODEL, "input_shape": [2, 3, 8, 8]},
+    },
+    "small_cnn": {
+        "summary": "A small CNN with a residual block (8x8 digits)",
+        "value": {"model": SMALL_CNN, "input_shape": [64, 1, 8, 8]},
+    },
+    "lstm": {
+        "summary": "An LSTM classifier over token ids",
+        "value": {"model": LSTM_CLASSIFIER, "input_shape": [8, 32], "input_dtype": "int64"},
+    },
+}

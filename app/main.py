@@ -1,0 +1,24 @@
+"""Model Builder: JSON layer specs in, everything PyTorch knows about the model out."""
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.main import api_router
+from app.core.config import settings
+from app.core.errors import install_error_handlers
+from app.core.limits import BodyLimitMiddleware
+
+app = FastAPI(
+    title="Model Builder",
+    version="0.1.0",
+    description="Turns JSON layer specs into PyTorch models and reports shapes, parameters, FLOPs "
+    "and memory before you spend a GPU-hour.",
+)
+app.add_middleware(
+    BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
+)
+app.add_middleware(
+    CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
+)
+install_error_handlers(app)
+app.include_router(api_router)

@@ -1,0 +1,116 @@
+"""Activations, and the closed table of activation names other layers may choose from."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from torch import nn
+
+from layers.base import Dim, LayerSpec
+
+# The names a block may choose (``ConvBlock.activation``): a closed table, never a lookup.
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+}
+ActivationName = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid", "tanh", "identity"]
+assert set(ActivationName.__args__) == set(ACTIVATIONS)
+
+
+class ActivationSpec(LayerSpec):
+    """Base of the element-wise activations (not a registered type)."""
+
+    category: ClassVar[str] = "activation"
+
+
+class ReLUSpec(ActivationSpec):
+    """Rectified linear unit: max(0, x)."""
+
+    type: Literal["ReLU"] = "ReLU"
+
+    def build(self) -> nn.Module:
+        return nn.ReLU()
+
+
+class LeakyReLUSpec(ActivationSpec):
+    """Leaky ReLU: x if x > 0 else negative_slope * x."""
+
+    type: Literal["LeakyReLU"] = "LeakyReLU"
+    negative_slope: float = 0.01
+
+    def build(self) -> nn.Module:
+        return nn.LeakyReLU(self.negative_slope)
+
+
+class ELUSpec(ActivationSpec):
+    """Exponential linear unit."""
+
+    type: Literal["ELU"] = "ELU"
+    alpha: float = 1.0
+
+    def build(self) -> nn.Module:
+        return nn.ELU(self.alpha)
+
+
+class GELUSpec(ActivationSpec):
+    """Gaussian error linear unit."""
+
+    type: Literal["GELU"] = "GELU"
+    approximate: Literal["none", "tanh"] = "none"
+
+    def build(self) -> nn.Module:
+        return nn.GELU(approximate=self.approximate)
+
+
+class SiLUSpec(ActivationSpec):
+    """Sigmoid linear unit (swish): x * sigmoid(x)."""
+
+    type: Literal["SiLU"] = "SiLU"
+
+    def build(self) -> nn.Module:
+        return nn.SiLU()
+
+
+class SigmoidSpec(ActivationSpec):
+    """Logistic sigmoid."""
+
+    type: Literal["Sigmoid"] = "Sigmoid"
+
+    def build(self) -> nn.Module:
+        return nn.Sigmoid()
+
+
+class TanhSpec(ActivationSpec):
+    """Hyperbolic tangent."""
+
+    type: Literal["Tanh"] = "Tanh"
+
+    def build(self) -> nn.Module:
+        return nn.Tanh()
+
+
+class SoftmaxSpec(ActivationSpec):
+    """Softmax over dimension `dim`."""
+
+    type: Literal["Softmax"] = "Softmax"
+    dim: Dim = Field(-1, description="dimension to normalise over")
+
+    def build(self) -> nn.Module:
+        return nn.Softmax(dim=self.dim)
+
+
+class LogSoftmaxSpec(ActivationSpec):
+    """Log of the softmax over dimension `dim` (pair with NLLLoss)."""
+
+    type: Literal["LogSoftmax"] = "LogSoftmax"
+    dim: Dim = Field(-1, description="dimension to normalise over")
+
+    def build(self) -> nn.Module:
+        return nn.LogSoftmax(dim=self.dim)

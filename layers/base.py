@@ -1,0 +1,138 @@
+"""The spec base classes and the closed registry every layer type is entered into.
+
+A spec class is the single source of truth for a layer type: its ``type`` literal is the
+registry key and the OpenAPI discriminator, its fields are the form a frontend renders,
+and it builds its module. Subclassing ``LayerSpec`` with a literal ``type`` registers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated, Any, ClassVar, Self
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from layers.errors import Loc, ShapeError
+
+Shape = tuple[int, ...]
+
+# Sizes a layer may be given. Generous (a 1M vocabulary, a 1M-wide linear) because on the
+# meta device size costs nothing; the API bounds input shapes separately.
+MAX_SIZE = 1 << 20
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
+OptionalSize = Annotated[int | None, Field(gt=0, le=MAX_SIZE)]
+Dim = Annotated[int, Field(ge=-8, le=8, description="tensor dimension; negative counts from the end")]
+
+LAYER_SPECS: dict[str, type[LayerSpec]] = {}
+
+
+class LayerSpec(BaseModel):
+    """Base of every layer spec: strict (unknown fields are errors) and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    category: ClassVar[str] = "other"
+    type: str
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        name = cls.model_fields["type"].default
+        if not isinstance(name, str):
+            return  # an abstract intermediate class
+        if name in LAYER_SPECS:
+            other = LAYER_SPECS[name]
+            raise TypeError(
+                f"layer type {name!r} registered twice: "
+                f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}"
+            )
+        LAYER_SPECS[name] = cls
+
+    @classmethod
+    def description(cls) -> str:
+        """The first line of the class docstring: the catalog's one-line description."""
+        return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+    def infer(self, shape: Shape) -> Self:
+        """Fill sizes left out of the spec from the input shape, and check the given ones.
+
+        Returns a spec with every size set; raises ``ShapeError`` (with a field ``loc``
+        relative to this layer) when the input cannot fit.
+        """
+        return self
+
+    def build(self) -> nn.Module:
+        """Construct the module. Called on an inferred spec, under a device context."""
+        raise NotImplementedError
+
+    def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Run the built module on a meta tensor: its output and its forward FLOPs."""
+        with FlopCounterMode(display=False) as counter:
+            out = module(x)
+        return out, counter.get_total_flops()
+
+
+class ContainerSpec(LayerSpec):
+    """A layer made of child layer sequences (``Sequential``, ``Residual``, ``Concat``)."""
+
+    category: ClassVar[str] = "container"
+
+    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
+        """The child sequences as ``(spec loc, module path prefix, specs)``."""
+        raise NotImplementedError
+
+    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
+        """A copy with the child sequences replaced (by their inferred versions)."""
+        raise NotImplementedError
+
+    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
+        """The container module around its already-built child sequences."""
+        raise NotImplementedError
+
+    def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """What the container's forward returns, given its input and each sequence's output.
+
+        Called on meta tensors while tracing; raises ``ShapeError`` when outputs cannot combine.
+        """
+        raise NotImplementedError
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def infer_size(
+    given: int | None, shape: Shape, dim: int, field: str, what: str = "size"
+) -> int:
+    """The size of ``shape[dim]``, checked against ``given`` when the spec sets it."""
+    if not -len(shape) <= dim < len(shape):
+        raise ShapeError(
+            (field,),
+            f"expected an input with a dimension {dim} to read {field} from, got shape "
+            f"{shape_str(shape)}",
+            {"expected_rank_at_least": abs(dim) + (dim >= 0), "got": list(shape)},
+        )
+    actual = shape[dim]
+    if given is not None and given != actual:
+        raise ShapeError(
+            (field,),
+            f"expected input {what} {given} ({field}) at dimension {dim}, got {actual} "
+            f"(input shape {shape_str(shape)})",
+            {"expected": given, "got": actual, "input_shape": list(shape)},
+        )
+    return actual
+
+
+def expect_rank(shape: Shape, ranks: Sequence[int], layer: str) -> None:
+    """Raise ``ShapeError`` unless the input has one of the accepted ranks."""
+    if len(shape) not in ranks:
+        accepted = " or ".join(str(r) for r in ranks)
+        raise ShapeError(
+            (),
+            f"{layer} expects a {accepted}-dimensional input, got shape {shape_str(shape)} "
+            f"({len(shape)} dimensions)",
+            {"expected_rank": list(ranks), "got": list(shape)},
+        )

@@ -1,0 +1,129 @@
+"""Containers: layers made of layer sequences. Their children are any registered layer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from layers.base import ContainerSpec, Dim, LayerSpec, shape_str
+from layers.errors import Loc, ShapeError
+
+if TYPE_CHECKING:  # resolved by layers.model once every layer type is registered
+    from layers.model import AnyLayer
+
+
+class Residual(nn.Module):
+    """output = layers(x) + shortcut(x)."""
+
+    def __init__(self, layers: nn.Sequential, shortcut: nn.Module) -> None:
+        super().__init__()
+        self.layers = layers
+        self.shortcut = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x) + self.shortcut(x)
+
+
+class Concat(nn.Module):
+    """Runs every branch on the input and concatenates the outputs along ``dim``."""
+
+    def __init__(self, branches: list[nn.Sequential], dim: int) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([branch(x) for branch in self.branches], dim=self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+class SequentialSpec(ContainerSpec):
+    """Runs its layers one after the other (nn.Sequential)."""
+
+    type: Literal["Sequential"] = "Sequential"
+    layers: list[AnyLayer] = Field(min_length=1)
+
+    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
+        return [(("layers",), "", self.layers)]
+
+    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
+        return self.model_copy(update={"layers": sequences[0]})
+
+    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
+        return modules[0]
+
+    def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        return outputs[0]
+
+
+class ResidualSpec(ContainerSpec):
+    """Adds a skip connection: layers(x) + shortcut(x), shortcut = identity when omitted."""
+
+    type: Literal["Residual"] = "Residual"
+    layers: list[AnyLayer] = Field(min_length=1, description="the body")
+    shortcut: list[AnyLayer] | None = Field(
+        None, min_length=1, description="layers on the skip path (e.g. a 1x1 conv); identity when omitted"
+    )
+
+    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
+        body: list[tuple[Loc, str, list[LayerSpec]]] = [(("layers",), "layers", self.layers)]
+        return body + [(("shortcut",), "shortcut", self.shortcut)] if self.shortcut else body
+
+    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
+        update = {"layers": sequences[0]}
+        if self.shortcut:
+            update["shortcut"] = sequences[1]
+        return self.model_copy(update=update)
+
+    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
+        return Residual(modules[0], modules[1] if self.shortcut else nn.Identity())
+
+    def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        body, skip = outputs[0], outputs[1] if self.shortcut else x
+        if body.shape != skip.shape:
+            where = "shortcut output" if self.shortcut else "input (identity shortcut)"
+            raise ShapeError(
+                ("shortcut",) if self.shortcut else ("layers",),
+                f"Residual adds its body output {shape_str(body.shape)} to its {where} "
+                f"{shape_str(skip.shape)}: the shapes must be equal"
+                + ("" if self.shortcut else "; add a shortcut (e.g. a 1x1 Conv2d) to match them"),
+                {"expected": list(skip.shape), "got": list(body.shape)},
+            )
+        return body + skip
+
+
+class ConcatSpec(ContainerSpec):
+    """Runs parallel branches on the same input and concatenates their outputs along `dim`."""
+
+    type: Literal["Concat"] = "Concat"
+    branches: list[list[AnyLayer]] = Field(min_length=1, description="each branch is a list of layers")
+    dim: Dim = Field(1, description="dimension to concatenate along (1: channels/features)")
+
+    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
+        return [(("branches", i), f"branches.{i}", branch) for i, branch in enumerate(self.branches)]
+
+    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
+        return self.model_copy(update={"branches": sequences})
+
+    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
+        return Concat(modules, self.dim)
+
+    def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        first = outputs[0]
+        dim = self.dim % first.dim() if -first.dim() <= self.dim < first.dim() else None
+        for i, out in enumerate(outputs):
+            same_rank = out.dim() == first.dim() and dim is not None
+            if not same_rank or any(a != b for d, (a, b) in enumerate(zip(out.shape, first.shape)) if d != dim):
+                raise ShapeError(
+                    ("branches", i),
+                    f"Concat along dim {self.dim} needs branch outputs equal in every other "
+                    f"dimension: branch 0 gives {shape_str(first.shape)}, branch {i} gives "
+                    f"{shape_str(out.shape)}",
+                    {"expected": list(first.shape), "got": list(out.shape), "dim": self.dim},
+                )
+        return torch.cat(outputs, dim=self.dim)

@@ -1,0 +1,40 @@
+"""Errors raised while turning a validated spec into a traced model.
+
+Every error carries ``loc``, the path of the offending node inside the model spec
+(``("layers", 3)`` or ``("layers", 3, "in_features")``), so the API can answer in
+FastAPI's validation format pointing at the exact layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Loc = tuple[str | int, ...]
+
+
+class SpecError(Exception):
+    """A spec that is well-formed JSON but cannot be built or traced."""
+
+    error_type = "spec_invalid"
+
+    def __init__(self, loc: Loc, msg: str, ctx: dict[str, Any] | None = None) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+        self.ctx = ctx or {}
+
+    def to_detail(self, prefix: Loc = ()) -> dict[str, Any]:
+        """One entry of FastAPI's ``{"detail": [...]}`` list."""
+        return {"type": self.error_type, "loc": [*prefix, *self.loc], "msg": self.msg, "ctx": self.ctx}
+
+
+class ShapeError(SpecError):
+    """A layer received a tensor it cannot take (wrong size, rank or dtype)."""
+
+    error_type = "shape_mismatch"
+
+
+class LimitError(SpecError):
+    """A spec exceeds a configured limit (layer count, nesting depth)."""
+
+    error_type = "limit_exceeded"

@@ -1,0 +1,109 @@
+"""Normalisation layers. Feature counts are inferred from the input."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Self
+
+from pydantic import Field, model_validator
+from torch import nn
+
+from layers.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
+from layers.errors import ShapeError
+
+
+class BatchNormSpec(LayerSpec):
+    """Fields shared by the batch norms (not a registered type)."""
+
+    category: ClassVar[str] = "normalization"
+    ranks: ClassVar[tuple[int, ...]] = (4,)
+    num_features: OptionalSize = Field(None, description="channels; inferred from dimension 1")
+    eps: float = Field(1e-5, gt=0)
+    momentum: float | None = Field(0.1, ge=0, le=1)
+    affine: bool = True
+    track_running_stats: bool = True
+
+    def infer(self, shape: Shape) -> Self:
+        expect_rank(shape, self.ranks, self.type)
+        return self.model_copy(
+            update={"num_features": infer_size(self.num_features, shape, 1, "num_features", "features")}
+        )
+
+    def norm_args(self) -> dict:
+        return self.model_dump(exclude={"type"})
+
+
+class BatchNorm1dSpec(BatchNormSpec):
+    """Batch normalisation over [B, C] or [B, C, L] inputs."""
+
+    ranks: ClassVar[tuple[int, ...]] = (2, 3)
+    type: Literal["BatchNorm1d"] = "BatchNorm1d"
+
+    def build(self) -> nn.Module:
+        return nn.BatchNorm1d(**self.norm_args())
+
+
+class BatchNorm2dSpec(BatchNormSpec):
+    """Batch normalisation over [B, C, H, W] inputs."""
+
+    type: Literal["BatchNorm2d"] = "BatchNorm2d"
+
+    def build(self) -> nn.Module:
+        return nn.BatchNorm2d(**self.norm_args())
+
+
+class LayerNormSpec(LayerSpec):
+    """Layer normalisation over the trailing dimensions."""
+
+    category: ClassVar[str] = "normalization"
+    type: Literal["LayerNorm"] = "LayerNorm"
+    normalized_shape: list[Size] | None = Field(
+        None, min_length=1, max_length=8, description="trailing dimensions; inferred as the last one"
+    )
+    eps: float = Field(1e-5, gt=0)
+    elementwise_affine: bool = True
+    bias: bool = True
+
+    def infer(self, shape: Shape) -> Self:
+        if self.normalized_shape is None:
+            return self.model_copy(update={"normalized_shape": [infer_size(None, shape, -1, "normalized_shape")]})
+        n = len(self.normalized_shape)
+        for i, size in enumerate(self.normalized_shape):
+            infer_size(size, shape, i - n, "normalized_shape")
+        return self
+
+    def build(self) -> nn.Module:
+        return nn.LayerNorm(
+            self.normalized_shape, eps=self.eps, elementwise_affine=self.elementwise_affine, bias=self.bias
+        )
+
+
+class GroupNormSpec(LayerSpec):
+    """Group normalisation: channels split into num_groups groups."""
+
+    category: ClassVar[str] = "normalization"
+    type: Literal["GroupNorm"] = "GroupNorm"
+    num_groups: Size
+    num_channels: OptionalSize = Field(None, description="channels; inferred from dimension 1")
+    eps: float = Field(1e-5, gt=0)
+    affine: bool = True
+
+    @model_validator(mode="after")
+    def _groups_divide_channels(self) -> Self:
+        if self.num_channels is not None and self.num_channels % self.num_groups:
+            raise ValueError(
+                f"num_channels ({self.num_channels}) must be divisible by num_groups ({self.num_groups})"
+            )
+        return self
+
+    def infer(self, shape: Shape) -> Self:
+        channels = infer_size(self.num_channels, shape, 1, "num_channels", "channels")
+        if channels % self.num_groups:
+            raise ShapeError(
+                ("num_groups",),
+                f"expected channels divisible by num_groups {self.num_groups}, got {channels} channels",
+                {"expected_divisor": self.num_groups, "got": channels},
+            )
+        return self.model_copy(update={"num_channels": channels})
+
+    def build(self) -> nn.Module:
+        return nn.GroupNorm(self.num_groups, self.num_channels, eps=self.eps, affine=self.affine)

@@ -1,0 +1,170 @@
+"""Build a model from its spec on the meta device, layer by layer, inferring sizes as it goes.
+
+Each layer's module is constructed on ``meta`` (no memory), run on a meta tensor to learn its
+output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from layers.base import ContainerSpec, LayerSpec, Shape, shape_str
+from layers.errors import Loc, ShapeError, SpecError
+from layers.model import ModelSpec
+
+InputDType = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32"]
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+}
+MAX_TRACED_IN_MESSAGE = 8
+
+
+@dataclass
+class TracedLayer:
+    """One node of the spec tree after tracing: its inferred spec, module and shapes."""
+
+    loc: Loc
+    path: str
+    depth: int
+    spec: LayerSpec
+    input_shape: Shape
+    output_shape: Shape = ()
+    output: torch.Tensor | None = None  # set once the layer is traced
+    module: nn.Module | None = None
+    flops: int = 0
+    children: list[TracedLayer] = field(default_factory=list)
+
+
+@dataclass
+class TracedModel:
+    spec: ModelSpec  # every size filled in
+    module: nn.Sequential  # on the meta device
+    layers: list[TracedLayer]  # every node, in forward (pre-)order
+    input_shape: Shape
+    output_shape: Shape
+    param_dtype: torch.dtype
+    flops: int
+
+
+def param_dtype_for(input_dtype: torch.dtype) -> torch.dtype:
+    """Parameters follow a floating input's dtype; integer inputs (token ids) get float32."""
+    return input_dtype if input_dtype.is_floating_point else torch.float32
+
+
+def trace_model(spec: ModelSpec, input_shape: Shape, input_dtype: InputDType = "float32") -> TracedModel:
+    """Build ``spec`` on meta for an input of ``input_shape``; raise ``SpecError`` naming the layer."""
+    dtype = DTYPES[input_dtype]
+    tracer = _Tracer(param_dtype_for(dtype))
+    x = torch.empty(input_shape, dtype=dtype, device="meta")
+    specs, module, out, flops = tracer.sequence(spec.layers, x, ("layers",), "", 0)
+    return TracedModel(
+        spec=spec.model_copy(update={"layers": specs}),
+        module=module,
+        layers=tracer.nodes,
+        input_shape=tuple(input_shape),
+        output_shape=tuple(out.shape),
+        param_dtype=tracer.param_dtype,
+        flops=flops,
+    )
+
+
+def _join(path: str, name: str | int) -> str:
+    return f"{path}.{name}" if path else str(name)
+
+
+class _Tracer:
+    def __init__(self, param_dtype: torch.dtype) -> None:
+        self.param_dtype = param_dtype
+        self.nodes: list[TracedLayer] = []
+        self.input_shape: Shape | None = None
+
+    def sequence(
+        self, specs: list[LayerSpec], x: torch.Tensor, loc: Loc, path: str, depth: int
+    ) -> tuple[list[LayerSpec], nn.Sequential, torch.Tensor, int]:
+        if self.input_shape is None:
+            self.input_shape = tuple(x.shape)
+        inferred, modules, total = [], [], 0
+        for i, spec in enumerate(specs):
+            node = self.layer(spec, x, (*loc, i), _join(path, i), depth)
+            inferred.append(node.spec)
+            modules.append(node.module)
+            total += node.flops
+            x = node.output
+        return inferred, nn.Sequential(*modules), x, total
+
+    def layer(self, spec: LayerSpec, x: torch.Tensor, loc: Loc, path: str, depth: int) -> TracedLayer:
+        node = TracedLayer(loc=loc, path=path, depth=depth, spec=spec, input_shape=tuple(x.shape))
+        self.nodes.append(node)
+        if isinstance(spec, ContainerSpec):
+            sequences, modules, outputs = [], [], []
+            for sub_loc, prefix, specs in spec.sequences():
+                first_child = len(self.nodes)
+                inferred, module, out, flops = self.sequence(
+                    specs, x, (*loc, *sub_loc), _join(path, prefix) if prefix else path, depth + 1
+                )
+                node.children += [n for n in self.nodes[first_child:] if n.depth == depth + 1]
+                sequences.append(inferred)
+                modules.append(module)
+                outputs.append(out)
+                node.flops += flops
+            node.spec = spec.with_sequences(sequences)
+            node.module = node.spec.assemble(modules)
+            with self.located(node):
+                out = node.spec.combine(x, outputs)
+        else:
+            with self.located(node):
+                node.spec = spec.infer(tuple(x.shape))
+                with torch.device("meta"):
+                    node.module = node.spec.build().to(self.param_dtype)
+                out, node.flops = node.spec.trace(node.module, x)
+        node.output = out
+        node.output_shape = tuple(out.shape)
+        return node
+
+    def located(self, node: TracedLayer) -> _Located:
+        return _Located(self, node)
+
+    def traced_so_far(self) -> list[dict]:
+        done = [n for n in self.nodes if n.output is not None]
+        return [{"path": n.path, "type": n.spec.type, "output_shape": list(n.output_shape)} for n in done]
+
+
+class _Located:
+    """Turns any failure inside one layer into a ``SpecError`` that names that layer."""
+
+    def __init__(self, tracer: _Tracer, node: TracedLayer) -> None:
+        self.tracer, self.node = tracer, node
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        node = self.node
+        traced = self.tracer.traced_so_far()
+        if isinstance(exc, SpecError):
+            loc, reason, ctx, cls = (*node.loc, *exc.loc), exc.msg, dict(exc.ctx), type(exc)
+        else:  # torch refused the layer: its own message names the sizes
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            loc, ctx, cls = node.loc, {}, ShapeError
+        steps = [f"input {shape_str(self.tracer.input_shape or ())}"] + [
+            f"{t['path']} {t['type']} {shape_str(t['output_shape'])}" for t in traced
+        ]
+        if len(steps) > MAX_TRACED_IN_MESSAGE:
+            steps = [steps[0], "...", *steps[-(MAX_TRACED_IN_MESSAGE - 1) :]]
+        msg = (
+            f"{node.spec.type} at module path '{node.path}' cannot take input "
+            f"{shape_str(node.input_shape)}: {reason}. Traced so far: {' -> '.join(steps)}"
+        )
+        ctx.update(layer=node.spec.type, path=node.path, input_shape=list(node.input_shape), traced=traced)
+        raise cls(loc, msg, ctx) from exc
