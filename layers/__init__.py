@@ -4,16 +4,16 @@ Importing a module below registers its spec classes; the order is the catalog's 
 """
 
 from layers import (  # noqa: F401  (imported to register their layer types)
-    linear,
-    conv,
-    pooling,
-    dropout,
-    norm,
     activation,
-    recurrent,
     attention,
-    custom,
     containers,
+    conv,
+    custom,
+    dropout,
+    linear,
+    norm,
+    pooling,
+    recurrent,
 )
 from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.errors import LimitError, ShapeError, SpecError

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Self
 
 from pydantic import Field
 from torch import nn
 
-from layers.base import Dim, LayerSpec
+from layers.base import Dim, Shape, ShapePreservingSpec, expect_dim
 
 # The names a block may choose (``ConvBlock.activation``): a closed table, never a lookup.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -24,7 +24,7 @@ ActivationName = Literal["relu", "leaky_relu", "elu", "gelu", "silu", "sigmoid",
 assert set(ActivationName.__args__) == set(ACTIVATIONS)
 
 
-class ActivationSpec(LayerSpec):
+class ActivationSpec(ShapePreservingSpec):
     """Base of the element-wise activations (not a registered type)."""
 
     category: ClassVar[str] = "activation"
@@ -102,6 +102,10 @@ class SoftmaxSpec(ActivationSpec):
     type: Literal["Softmax"] = "Softmax"
     dim: Dim = Field(-1, description="dimension to normalise over")
 
+    def infer(self, shape: Shape) -> Self:
+        expect_dim(shape, self.dim)
+        return self
+
     def build(self) -> nn.Module:
         return nn.Softmax(dim=self.dim)
 
@@ -111,6 +115,10 @@ class LogSoftmaxSpec(ActivationSpec):
 
     type: Literal["LogSoftmax"] = "LogSoftmax"
     dim: Dim = Field(-1, description="dimension to normalise over")
+
+    def infer(self, shape: Shape) -> Self:
+        expect_dim(shape, self.dim)
+        return self
 
     def build(self) -> nn.Module:
         return nn.LogSoftmax(dim=self.dim)

@@ -42,7 +42,9 @@ class MultiheadAttentionSpec(LayerSpec):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Self:
         if self.embed_dim is not None and self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(
+                f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
+            )
         return self
 
     def infer(self, shape: Shape) -> Self:

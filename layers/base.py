@@ -75,6 +75,20 @@ class LayerSpec(BaseModel):
         return out, counter.get_total_flops()
 
 
+class ShapePreservingSpec(LayerSpec):
+    """A layer whose output has its input's shape and dtype and no FLOPs that torch counts
+    (activations, norms, dropout): its trace skips the meta kernels, which cost milliseconds
+    each (a meta BatchNorm2d runs a Python decomposition), and returns the input's shape.
+
+    Integer inputs still run for real, so torch itself reports the layers that refuse them.
+    """
+
+    def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if not x.is_floating_point():
+            return super().trace(module, x)
+        return x, 0
+
+
 class ContainerSpec(LayerSpec):
     """A layer made of child layer sequences (``Sequential``, ``Residual``, ``Concat``)."""
 
@@ -104,15 +118,12 @@ def shape_str(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def infer_size(
-    given: int | None, shape: Shape, dim: int, field: str, what: str = "size"
-) -> int:
+def infer_size(given: int | None, shape: Shape, dim: int, field: str, what: str = "size") -> int:
     """The size of ``shape[dim]``, checked against ``given`` when the spec sets it."""
     if not -len(shape) <= dim < len(shape):
         raise ShapeError(
             (field,),
-            f"expected an input with a dimension {dim} to read {field} from, got shape "
-            f"{shape_str(shape)}",
+            f"expected an input with a dimension {dim} to read {field} from, got shape {shape_str(shape)}",
             {"expected_rank_at_least": abs(dim) + (dim >= 0), "got": list(shape)},
         )
     actual = shape[dim]
@@ -124,6 +135,17 @@ def infer_size(
             {"expected": given, "got": actual, "input_shape": list(shape)},
         )
     return actual
+
+
+def expect_dim(shape: Shape, dim: int, field: str = "dim") -> None:
+    """Raise ``ShapeError`` unless ``dim`` indexes a dimension of the input."""
+    if not -len(shape) <= dim < len(shape):
+        raise ShapeError(
+            (field,),
+            f"{field} {dim} is out of range for an input of shape {shape_str(shape)} "
+            f"(expected -{len(shape)} to {len(shape) - 1})",
+            {"expected": [-len(shape), len(shape) - 1], "got": dim},
+        )
 
 
 def expect_rank(shape: Shape, ranks: Sequence[int], layer: str) -> None:

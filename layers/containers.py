@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 import torch
 from pydantic import Field
@@ -72,7 +72,7 @@ class ResidualSpec(ContainerSpec):
 
     def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
         body: list[tuple[Loc, str, list[LayerSpec]]] = [(("layers",), "layers", self.layers)]
-        return body + [(("shortcut",), "shortcut", self.shortcut)] if self.shortcut else body
+        return [*body, (("shortcut",), "shortcut", self.shortcut)] if self.shortcut else body
 
     def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
         update = {"layers": sequences[0]}
@@ -116,9 +116,12 @@ class ConcatSpec(ContainerSpec):
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         first = outputs[0]
         dim = self.dim % first.dim() if -first.dim() <= self.dim < first.dim() else None
+
+        def others(t: torch.Tensor) -> list[int]:
+            return [size for d, size in enumerate(t.shape) if d != dim]
+
         for i, out in enumerate(outputs):
-            same_rank = out.dim() == first.dim() and dim is not None
-            if not same_rank or any(a != b for d, (a, b) in enumerate(zip(out.shape, first.shape)) if d != dim):
+            if dim is None or out.dim() != first.dim() or others(out) != others(first):
                 raise ShapeError(
                     ("branches", i),
                     f"Concat along dim {self.dim} needs branch outputs equal in every other "

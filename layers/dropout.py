@@ -7,10 +7,10 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from torch import nn
 
-from layers.base import LayerSpec
+from layers.base import ShapePreservingSpec
 
 
-class DropoutSpec(LayerSpec):
+class DropoutSpec(ShapePreservingSpec):
     """Zeroes elements with probability p during training."""
 
     category: ClassVar[str] = "dropout"
@@ -21,7 +21,7 @@ class DropoutSpec(LayerSpec):
         return nn.Dropout(self.p)
 
 
-class Dropout2dSpec(LayerSpec):
+class Dropout2dSpec(ShapePreservingSpec):
     """Zeroes whole channels with probability p during training."""
 
     category: ClassVar[str] = "dropout"

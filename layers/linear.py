@@ -8,7 +8,16 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from layers.base import Dim, LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
+from layers.base import (
+    Dim,
+    LayerSpec,
+    OptionalSize,
+    Shape,
+    ShapePreservingSpec,
+    Size,
+    expect_rank,
+    infer_size,
+)
 
 
 class LinearSpec(LayerSpec):
@@ -56,7 +65,7 @@ class BilinearSpec(LayerSpec):
         return Bilinear(self.in1_features, self.in2_features, self.out_features, bias=self.bias)
 
 
-class IdentitySpec(LayerSpec):
+class IdentitySpec(ShapePreservingSpec):
     """Returns its input unchanged."""
 
     category: ClassVar[str] = "shape"

@@ -7,11 +7,11 @@ from typing import ClassVar, Literal, Self
 from pydantic import Field, model_validator
 from torch import nn
 
-from layers.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
+from layers.base import OptionalSize, Shape, ShapePreservingSpec, Size, expect_rank, infer_size
 from layers.errors import ShapeError
 
 
-class BatchNormSpec(LayerSpec):
+class BatchNormSpec(ShapePreservingSpec):
     """Fields shared by the batch norms (not a registered type)."""
 
     category: ClassVar[str] = "normalization"
@@ -51,7 +51,7 @@ class BatchNorm2dSpec(BatchNormSpec):
         return nn.BatchNorm2d(**self.norm_args())
 
 
-class LayerNormSpec(LayerSpec):
+class LayerNormSpec(ShapePreservingSpec):
     """Layer normalisation over the trailing dimensions."""
 
     category: ClassVar[str] = "normalization"
@@ -65,7 +65,9 @@ class LayerNormSpec(LayerSpec):
 
     def infer(self, shape: Shape) -> Self:
         if self.normalized_shape is None:
-            return self.model_copy(update={"normalized_shape": [infer_size(None, shape, -1, "normalized_shape")]})
+            return self.model_copy(
+                update={"normalized_shape": [infer_size(None, shape, -1, "normalized_shape")]}
+            )
         n = len(self.normalized_shape)
         for i, size in enumerate(self.normalized_shape):
             infer_size(size, shape, i - n, "normalized_shape")
@@ -77,7 +79,7 @@ class LayerNormSpec(LayerSpec):
         )
 
 
-class GroupNormSpec(LayerSpec):
+class GroupNormSpec(ShapePreservingSpec):
     """Group normalisation: channels split into num_groups groups."""
 
     category: ClassVar[str] = "normalization"
@@ -96,6 +98,7 @@ class GroupNormSpec(LayerSpec):
         return self
 
     def infer(self, shape: Shape) -> Self:
+        expect_rank(shape, range(2, 9), self.type)
         channels = infer_size(self.num_channels, shape, 1, "num_channels", "channels")
         if channels % self.num_groups:
             raise ShapeError(

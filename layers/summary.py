@@ -60,7 +60,9 @@ def _unique_params(module: nn.Module) -> list[nn.Parameter]:
     return list(module.parameters())  # nn.Module.parameters() yields each tensor once
 
 
-def summarize(spec: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType = "float32") -> ModelSummary:
+def summarize(
+    spec: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType = "float32"
+) -> ModelSummary:
     """Trace ``spec`` on the meta device and describe it; raises ``SpecError`` naming a layer."""
     traced = trace_model(spec, input_shape, input_dtype)
     params = _unique_params(traced.module)

@@ -30,7 +30,10 @@ class LayerCatalog(BaseModel):
 def catalog() -> dict[str, LayerType]:
     return {
         name: LayerType(
-            type=name, category=spec.category, description=spec.description(), json_schema=spec.model_json_schema()
+            type=name,
+            category=spec.category,
+            description=spec.description(),
+            json_schema=spec.model_json_schema(),
         )
         for name, spec in LAYER_SPECS.items()
     }

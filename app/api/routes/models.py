@@ -20,7 +20,9 @@ ERRORS = {
 
 
 @router.post("/summary", responses=ERRORS)
-def model_summary(request: Annotated[SummaryRequest, Body(openapi_examples=SUMMARY_EXAMPLES)]) -> ModelSummary:
+def model_summary(
+    request: Annotated[SummaryRequest, Body(openapi_examples=SUMMARY_EXAMPLES)],
+) -> ModelSummary:
     """Everything PyTorch knows about the model, without allocating it."""
     request.model.check_limits(settings.max_layers, settings.max_nesting)
     return summarize(request.model, tuple(request.input_shape), request.input_dtype)
