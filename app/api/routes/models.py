@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, Body
@@ -19,10 +20,17 @@ ERRORS = {
 }
 
 
+@lru_cache(maxsize=settings.summary_cache_size)
+def _cached_summary(request_json: str) -> ModelSummary:
+    # Keyed by the validated request's canonical JSON: the same spec is traced once.
+    request = SummaryRequest.model_validate_json(request_json)
+    return summarize(request.model, tuple(request.input_shape), request.input_dtype)
+
+
 @router.post("/summary", responses=ERRORS)
 def model_summary(
     request: Annotated[SummaryRequest, Body(openapi_examples=SUMMARY_EXAMPLES)],
 ) -> ModelSummary:
     """Everything PyTorch knows about the model, without allocating it."""
     request.model.check_limits(settings.max_layers, settings.max_nesting)
-    return summarize(request.model, tuple(request.input_shape), request.input_dtype)
+    return _cached_summary(request.model_dump_json())
