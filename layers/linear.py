@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field
 from torch import nn
 
 from layers.base import (
+    MAX_SIZE,
     Dim,
     LayerSpec,
     OptionalSize,
@@ -93,7 +94,7 @@ class UnflattenSpec(LayerSpec):
     category: ClassVar[str] = "shape"
     type: Literal["Unflatten"] = "Unflatten"
     dim: Dim
-    unflattened_size: list[int] = Field(
+    unflattened_size: list[Annotated[int, Field(ge=-1, le=MAX_SIZE)]] = Field(
         min_length=1, max_length=8, description="new sizes; one of them may be -1"
     )
 
