@@ -24,6 +24,24 @@ SMALL_CNN = {
     ]
 }
 
+# LeNet-5's shape scaled to the 8x8 digits (the training dataset): 8x8 -> 4x4 -> 2x2 -> 10 classes.
+LENET_DIGITS = {
+    "layers": [
+        {"type": "Conv2d", "out_channels": 6, "kernel_size": 3, "padding": 1},
+        {"type": "ReLU"},
+        {"type": "MaxPool2d", "kernel_size": 2},
+        {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"type": "ReLU"},
+        {"type": "MaxPool2d", "kernel_size": 2},
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 120},
+        {"type": "ReLU"},
+        {"type": "Linear", "out_features": 84},
+        {"type": "ReLU"},
+        {"type": "Linear", "out_features": 10},
+    ]
+}
+
 LSTM_CLASSIFIER = {
     "layers": [
         {"type": "Embedding", "num_embeddings": 1000, "embedding_dim": 64},
@@ -40,6 +58,10 @@ SUMMARY_EXAMPLES = {
     "small_cnn": {
         "summary": "A small CNN with a residual block (8x8 digits)",
         "value": {"model": SMALL_CNN, "input_shape": [64, 1, 8, 8]},
+    },
+    "lenet_digits": {
+        "summary": "A LeNet-style CNN for the 8x8 digits dataset",
+        "value": {"model": LENET_DIGITS, "input_shape": [64, 1, 8, 8]},
     },
     "lstm": {
         "summary": "An LSTM classifier over token ids",

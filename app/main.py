@@ -2,23 +2,38 @@
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from app.api.main import api_router
+from app.api.routes.docs import STATIC_DIR
 from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
+from app.jobs.engine import jobs_lifespan
+from app.core.security import APILockMiddleware
 
 app = FastAPI(
     title="Model Builder",
     version="0.1.0",
     description="Turns JSON layer specs into PyTorch models and reports shapes, parameters, FLOPs "
     "and memory before you spend a GPU-hour.",
+    docs_url=None,  # served offline by app.api.routes.docs
+    redoc_url=None,
+    lifespan=jobs_lifespan,  # the job store, and Ray for training
 )
 app.add_middleware(
     BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
+)
+# Inside CORS (its headers reach a 401/429), outside the body limit (a rejected body is never read).
+app.add_middleware(
+    APILockMiddleware,
+    api_keys=[key.get_secret_value() for key in settings.api_keys],
+    rate_per_s=settings.rate_limit_per_s,
+    burst=settings.rate_limit_burst,
 )
 app.add_middleware(
     CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
 )
 install_error_handlers(app)
 app.include_router(api_router)
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

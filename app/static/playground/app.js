@@ -1,0 +1,382 @@
+// The playground: a layer list edited through forms generated from GET /v1/layers, a live
+// summary from POST /v1/models/summary, and a training panel on POST /v1/jobs + its SSE stream.
+import * as api from "./api.js";
+import { layerFields } from "./forms.js";
+
+const $ = (sel) => document.querySelector(sel);
+const state = {
+  catalog: new Map(), // type -> {type, category, description, schema}
+  layers: [], // the spec's top-level layers, exactly as sent to the API
+  examples: {}, // name -> {summary, value}, read from the summary endpoint's OpenAPI examples
+  summaryRun: 0, // drops responses that arrive after a newer request was sent
+  job: null,
+  source: null,
+  chart: null,
+};
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+const fmt = (n) => Number(n).toLocaleString("en-US");
+
+// ---- the layer list -------------------------------------------------------------------------
+
+function renderLayers() {
+  const list = $("#layers");
+  list.replaceChildren(...state.layers.map(layerCard));
+  syncJson();
+}
+
+function layerCard(layer, i) {
+  const item = document.createElement("li");
+  item.className = "layer";
+  item.dataset.index = i;
+  const entry = state.catalog.get(layer.type);
+
+  const head = document.createElement("div");
+  head.className = "layer-head";
+  const title = document.createElement("strong");
+  title.textContent = layer.type ?? "(no type)";
+  const desc = document.createElement("span");
+  desc.className = "desc";
+  desc.textContent = entry ? entry.description : "unknown layer type";
+  head.append(title, desc, button("↑", "move up", () => move(i, -1)),
+    button("↓", "move down", () => move(i, +1)), button("✕", "remove", () => remove(i)));
+
+  const fields = document.createElement("div");
+  fields.className = "fields";
+  if (entry) {
+    fields.append(...layerFields(entry.schema, layer, (name, value) => setField(i, name, value)));
+  }
+  const errors = document.createElement("p");
+  errors.className = "layer-error";
+  item.append(head, fields, errors);
+  return item;
+}
+
+function button(text, label, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.textContent = text;
+  b.title = label;
+  b.setAttribute("aria-label", label);
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function setField(i, name, value) {
+  const card = $(`#layers > li[data-index="${i}"]`);
+  const label = card.querySelector(`[data-field="${name}"]`);
+  label.classList.toggle("invalid", value instanceof Error);
+  if (value instanceof Error) return;
+  if (value === undefined) delete state.layers[i][name];
+  else state.layers[i][name] = value;
+  changed(false);
+}
+
+function move(i, step) {
+  const j = i + step;
+  if (j < 0 || j >= state.layers.length) return;
+  [state.layers[i], state.layers[j]] = [state.layers[j], state.layers[i]];
+  changed(true);
+}
+
+function remove(i) {
+  state.layers.splice(i, 1);
+  changed(true);
+}
+
+function addLayer() {
+  state.layers.push({ type: $("#catalog").value });
+  changed(true);
+}
+
+/** Something in the spec changed: redraw the cards if the list itself changed, then re-summarize. */
+function changed(structure) {
+  if (structure) renderLayers();
+  else syncJson();
+  scheduleSummary();
+}
+
+// ---- the JSON view --------------------------------------------------------------------------
+
+function syncJson() {
+  const box = $("#spec-json");
+  if (document.activeElement !== box) box.value = JSON.stringify({ layers: state.layers }, null, 2);
+  $("#json-error").hidden = true;
+}
+
+function onJsonEdited() {
+  let spec;
+  try {
+    spec = JSON.parse($("#spec-json").value);
+    if (!Array.isArray(spec?.layers)) throw new Error('expected {"layers": [...]}');
+  } catch (err) {
+    $("#json-error").textContent = `Not applied: ${err.message}`;
+    $("#json-error").hidden = false;
+    return;
+  }
+  state.layers = spec.layers;
+  renderLayers();
+  scheduleSummary();
+}
+
+// ---- the summary ----------------------------------------------------------------------------
+
+let summaryTimer;
+function scheduleSummary() {
+  clearTimeout(summaryTimer);
+  summaryTimer = setTimeout(runSummary, 250);
+}
+
+function inputShape() {
+  return $("#input-shape").value.split(/[\s,[\]]+/).filter(Boolean).map(Number);
+}
+
+async function runSummary() {
+  const run = ++state.summaryRun;
+  const request = { model: { layers: state.layers }, input_shape: inputShape(), input_dtype: $("#input-dtype").value };
+  $("#summary-status").textContent = "Tracing on the meta device…";
+  const { ok, status, body } = await api.summarize(request);
+  if (run !== state.summaryRun) return;
+  const other = showErrors(ok ? [] : body?.detail ?? `HTTP ${status}`);
+  $("#summary").classList.toggle("stale", !ok);
+  if (ok) renderSummary(body);
+  else {
+    const where = other.join("; ") || "see the highlighted layer.";
+    $("#summary-status").textContent = `${status === 422 ? "Invalid model" : `HTTP ${status}`}: ${where}`;
+  }
+}
+
+function renderSummary(s) {
+  const rows = s.layers.map((layer) => {
+    const tr = document.createElement("tr");
+    tr.dataset.layer = layer.path.split(".")[0];
+    tr.className = `depth-${layer.depth}`;
+    const name = `${"  ".repeat(layer.depth)}${layer.path} ${layer.type}`;
+    for (const text of [name, `[${layer.output_shape.join(", ")}]`, fmt(layer.num_params), fmt(layer.flops)]) {
+      tr.insertCell().textContent = text;
+    }
+    return tr;
+  });
+  $("#summary tbody").replaceChildren(...rows);
+  $("#summary-status").textContent = `Output [${s.output_shape.join(", ")}] · ${fmt(s.total_params)} parameters `
+    + `(${fmt(s.param_bytes)} bytes) · ${fmt(s.flops)} FLOPs`;
+  showInferred(s.model.layers);
+}
+
+/** Puts each inferred size (e.g. in_features) into the placeholder of the field left empty. */
+function showInferred(inferred) {
+  inferred.forEach((spec, i) => {
+    for (const input of document.querySelectorAll(`#layers > li[data-index="${i}"] [data-inferred]`)) {
+      const value = spec[input.name];
+      if (input.value === "" && value !== null && value !== undefined) input.placeholder = `${value} (inferred)`;
+    }
+  });
+}
+
+/** Marks the layers a 422 points at (loc = ["body", "model", "layers", i, ...]). */
+function showErrors(detail) {
+  for (const card of document.querySelectorAll("#layers > li")) {
+    card.classList.remove("has-error");
+    card.querySelector(".layer-error").textContent = "";
+    for (const f of card.querySelectorAll(".field.error")) f.classList.remove("error");
+  }
+  const { byLayer, other } = api.errorsByLayer(detail);
+  for (const [i, errors] of byLayer) {
+    const card = $(`#layers > li[data-index="${i}"]`);
+    if (!card) continue;
+    card.classList.add("has-error");
+    card.querySelector(".layer-error").textContent = errors.map((e) => e.msg).join("\n");
+    for (const { field } of errors) {
+      for (const part of field) card.querySelector(`.field[data-field="${part}"]`)?.classList.add("error");
+    }
+  }
+  return other;
+}
+
+// ---- training -------------------------------------------------------------------------------
+
+function trainRequest() {
+  const f = new FormData($("#train-form"));
+  return {
+    model: { layers: state.layers },
+    dataset: { name: f.get("dataset") },
+    loss: { type: f.get("loss") },
+    optimizer: { type: f.get("optimizer"), lr: Number(f.get("lr")) },
+    epochs: Number(f.get("epochs")),
+    batch_size: Number(f.get("batch_size")),
+    seed: Number(f.get("seed")),
+    device: f.get("device"),
+  };
+}
+
+async function startTraining(event) {
+  event.preventDefault();
+  stopFollowing();
+  setTraining(true);
+  trainStatus("Submitting…");
+  const { ok, status, body } = await api.startJob(trainRequest());
+  if (!ok) {
+    setTraining(false);
+    const other = showErrors(body?.detail ?? `HTTP ${status}`);
+    const retry = status === 429 ? " (too many queued jobs; try again shortly)" : "";
+    trainStatus(`Not started, HTTP ${status}${retry}: ${other.join("; ") || "see the highlighted layer."}`);
+    return;
+  }
+  state.job = body;
+  newChart();
+  trainStatus(`Job ${body.id}: ${body.status}`);
+  state.source = api.followJob(body.id, ["progress", "job", "done", "end", "final"], onJobEvent);
+  state.source.onerror = () => {
+    // The stream closes after the final event; if it dropped earlier, read the job once.
+    if (state.job && !TERMINAL.has(state.job.status)) api.getJob(state.job.id).then((r) => r.ok && onJobEvent("job", r.body));
+    stopFollowing();
+  };
+}
+
+function onJobEvent(name, data) {
+  if (data.history) {
+    // A whole job: its status and every finished epoch.
+    state.job = data;
+    drawHistory(data.history);
+    const m = data.metrics;
+    const result = m?.val_accuracy != null ? `, val accuracy ${(m.val_accuracy * 100).toFixed(1)}%` : "";
+    const error = data.error ? `: ${data.error}` : "";
+    trainStatus(`Job ${data.id}: ${data.status}${data.device ? ` on ${data.device}` : ""}${result}${error}`);
+    if (TERMINAL.has(data.status)) {
+      stopFollowing();
+      setTraining(false);
+    }
+    return;
+  }
+  // A progress event: step-level loss, and the epoch's numbers once it ends.
+  if (data.val_loss != null || data.val_accuracy != null) upsertEpoch(data);
+  const loss = data.loss ?? data.train_loss;
+  trainStatus(`Job ${state.job.id}: running, epoch ${data.epoch ?? "?"}`
+    + `${data.step != null ? `, step ${data.step}` : ""}${loss != null ? `, loss ${Number(loss).toFixed(4)}` : ""}`);
+}
+
+async function cancelTraining() {
+  if (!state.job) return;
+  trainStatus(`Cancelling job ${state.job.id}…`);
+  const { ok, status, body } = await api.cancelJob(state.job.id);
+  if (!ok) trainStatus(`Cancel failed, HTTP ${status}: ${JSON.stringify(body?.detail)}`);
+  else if (body?.status) onJobEvent("job", body);
+}
+
+function stopFollowing() {
+  state.source?.close();
+  state.source = null;
+}
+
+function setTraining(running) {
+  $("#train").disabled = running;
+  $("#cancel").disabled = !running;
+}
+
+function trainStatus(text) {
+  $("#train-status").textContent = text;
+}
+
+// ---- the chart (uPlot, vendored) ------------------------------------------------------------
+
+let history = [];
+
+function newChart() {
+  history = [];
+  state.chart?.destroy();
+  const el = $("#chart");
+  el.hidden = $("#history").hidden = false;
+  state.chart = new uPlot({
+    width: Math.max(el.clientWidth, 300),
+    height: 240,
+    scales: { x: { time: false }, acc: { range: [0, 1] } },
+    series: [
+      { label: "epoch" },
+      { label: "train loss", stroke: "#2563eb", width: 2, points: { show: true } },
+      { label: "val loss", stroke: "#ea580c", width: 2, points: { show: true } },
+      { label: "val accuracy", stroke: "#16a34a", width: 2, scale: "acc", points: { show: true } },
+    ],
+    axes: [
+      { label: "epoch" },
+      { label: "loss" },
+      { label: "accuracy", scale: "acc", side: 1, grid: { show: false } },
+    ],
+  }, [[], [], [], []], el);
+  drawHistory([]);
+}
+
+function upsertEpoch(point) {
+  history = history.filter((p) => p.epoch !== point.epoch).concat([point]).sort((a, b) => a.epoch - b.epoch);
+  draw();
+}
+
+function drawHistory(points) {
+  history = [...points];
+  draw();
+}
+
+function draw() {
+  const col = (key) => history.map((p) => p[key] ?? null);
+  state.chart?.setData([col("epoch"), col("train_loss"), col("val_loss"), col("val_accuracy")]);
+  $("#chart").dataset.points = history.length;
+  const num = (v, digits) => (v == null ? "–" : Number(v).toFixed(digits));
+  $("#history tbody").replaceChildren(...history.map((p) => {
+    const tr = document.createElement("tr");
+    for (const text of [p.epoch, num(p.train_loss, 4), num(p.val_loss, 4), num(p.val_accuracy, 3)]) tr.insertCell().textContent = text;
+    return tr;
+  }));
+}
+
+// ---- start-up -------------------------------------------------------------------------------
+
+function loadExample(name) {
+  const example = state.examples[name]?.value;
+  if (!example) return;
+  state.layers = structuredClone(example.model.layers);
+  $("#input-shape").value = example.input_shape.join(", ");
+  $("#input-dtype").value = example.input_dtype ?? "float32";
+  changed(true);
+}
+
+function fillCatalog(entries) {
+  const groups = new Map();
+  for (const entry of entries) {
+    state.catalog.set(entry.type, entry);
+    if (!groups.has(entry.category)) groups.set(entry.category, document.createElement("optgroup"));
+    groups.get(entry.category).label = entry.category;
+    groups.get(entry.category).append(new Option(entry.type, entry.type));
+  }
+  $("#catalog").replaceChildren(...groups.values());
+  const help = () => { $("#catalog-help").textContent = state.catalog.get($("#catalog").value)?.description ?? ""; };
+  $("#catalog").addEventListener("change", help);
+  help();
+}
+
+async function main() {
+  const [catalog, spec] = await Promise.all([api.layerCatalog(), api.openapi()]);
+  if (!catalog.ok) {
+    $("#summary-status").textContent = `Could not load the layer catalog: HTTP ${catalog.status}`;
+    return;
+  }
+  fillCatalog(catalog.body.data);
+  // The presets are the "Try it out" examples of POST /v1/models/summary: one source for both.
+  const body = spec.body?.paths?.["/v1/models/summary"]?.post?.requestBody?.content?.["application/json"];
+  state.examples = body?.examples ?? {};
+  for (const [name, ex] of Object.entries(state.examples)) $("#example").add(new Option(ex.summary ?? name, name));
+
+  $("#example").addEventListener("change", (e) => loadExample(e.target.value));
+  $("#clear").addEventListener("click", () => { state.layers = []; changed(true); });
+  $("#add-layer").addEventListener("click", addLayer);
+  $("#spec-json").addEventListener("input", onJsonEdited);
+  $("#spec-json").addEventListener("blur", syncJson);
+  $("#input-shape").addEventListener("input", scheduleSummary);
+  $("#input-dtype").addEventListener("change", scheduleSummary);
+  $("#train-form").addEventListener("submit", startTraining);
+  $("#cancel").addEventListener("click", cancelTraining);
+
+  $("#example").value = "seed" in state.examples ? "seed" : "";
+  if ($("#example").value) loadExample("seed");
+  else changed(true);
+  document.body.dataset.ready = "true";
+}
+
+main();

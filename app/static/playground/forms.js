@@ -1,0 +1,122 @@
+// Turns one layer's JSON schema (from GET /v1/layers) into form inputs. Pure DOM, no framework.
+//
+// Every field maps to one input; an empty input means "leave the field out", so the API uses its
+// default or infers the size from the previous layer. Values are parsed back to JSON by kind:
+//   boolean -> checkbox, enum -> select, integer/number -> number input,
+//   int-or-list / string-or-int (e.g. kernel_size, padding) -> text ("3" or "3, 3" or "same"),
+//   anything structured (a container's layers, branches) -> a JSON textarea.
+
+const SCALARS = new Set(["integer", "number", "string", "boolean"]);
+
+/** The non-null alternatives of a property, and whether null (= inferred) is allowed. */
+function variants(prop) {
+  const all = prop.anyOf ?? [prop];
+  return { options: all.filter((v) => v.type !== "null"), nullable: all.some((v) => v.type === "null") };
+}
+
+/** Which widget a property gets. */
+export function fieldKind(prop) {
+  const { options } = variants(prop);
+  if (options.length === 1) {
+    const v = options[0];
+    if (v.enum) return "enum";
+    if (v.type === "boolean") return "boolean";
+    if (v.type === "integer" || v.type === "number") return v.type;
+    if (v.type === "string") return "string";
+  }
+  const flat = options.every((v) => SCALARS.has(v.type) || (v.type === "array" && SCALARS.has(v.items?.type)));
+  return flat ? "text" : "json";
+}
+
+/** Text typed into a "text" field -> JSON value ("3" -> 3, "3, 3" -> [3, 3], "same" -> "same"). */
+export function parseText(text) {
+  const t = text.trim();
+  if (t.startsWith("[")) return JSON.parse(t);
+  const parts = t.split(",").map((s) => s.trim());
+  const nums = parts.map(Number);
+  if (parts.every((s) => s !== "") && nums.every(Number.isFinite)) return parts.length === 1 ? nums[0] : nums;
+  return t;
+}
+
+function showValue(value, kind) {
+  if (value === undefined || value === null) return "";
+  if (kind === "json") return JSON.stringify(value);
+  return Array.isArray(value) ? value.join(", ") : String(value);
+}
+
+/** A hint for an empty field: its default, or that the API infers it. */
+function placeholder(prop, required) {
+  if (required) return "required";
+  if (prop.default === null) return "inferred";
+  if (prop.default !== undefined) return `default ${showValue(prop.default, "text")}`;
+  return "optional";
+}
+
+/**
+ * One labelled input for `name`, showing `value` (undefined = not set).
+ * `onChange(value)` gets the parsed JSON value, or undefined when the field is cleared;
+ * it gets an Error when the text cannot be parsed.
+ */
+export function fieldInput(name, prop, value, required, onChange) {
+  const kind = fieldKind(prop);
+  const label = document.createElement("label");
+  label.className = `field field-${kind}`;
+  label.dataset.field = name;
+  label.title = prop.description ?? "";
+  label.append(name.replaceAll("_", " "));
+
+  let input;
+  if (kind === "boolean") {
+    input = document.createElement("input");
+    input.type = "checkbox";
+    input.checked = value ?? prop.default ?? false;
+  } else if (kind === "enum") {
+    input = document.createElement("select");
+    const { options } = variants(prop);
+    for (const choice of ["", ...options[0].enum]) input.add(new Option(choice || "—", choice));
+    input.value = value ?? prop.default ?? "";
+  } else if (kind === "json") {
+    input = document.createElement("textarea");
+    input.rows = 3;
+    input.spellcheck = false;
+  } else {
+    input = document.createElement("input");
+    if (kind === "integer" || kind === "number") {
+      const v = variants(prop).options[0];
+      input.type = "number";
+      input.step = kind === "integer" ? "1" : "any";
+      if (v.minimum !== undefined) input.min = v.minimum;
+      if (v.maximum !== undefined) input.max = v.maximum;
+    }
+  }
+  if (kind !== "boolean" && kind !== "enum") {
+    input.value = showValue(value, kind);
+    input.placeholder = placeholder(prop, required);
+    if (prop.default === null) input.dataset.inferred = "true"; // the summary fills in its value
+  }
+  input.name = name;
+
+  input.addEventListener(kind === "boolean" || kind === "enum" ? "change" : "input", () => {
+    if (kind === "boolean") return onChange(input.checked);
+    const raw = input.value;
+    if (raw.trim() === "") return onChange(undefined);
+    try {
+      if (kind === "integer" || kind === "number") onChange(Number(raw));
+      else if (kind === "json") onChange(JSON.parse(raw));
+      else if (kind === "text") onChange(parseText(raw));
+      else onChange(raw);
+    } catch (err) {
+      onChange(err);
+    }
+  });
+  label.append(input);
+  return label;
+}
+
+/** Inputs for every field of a layer type except its `type` tag. */
+export function layerFields(schema, layer, onField) {
+  const required = new Set(schema.required ?? []);
+  return Object.entries(schema.properties ?? {})
+    .filter(([name]) => name !== "type")
+    .map(([name, prop]) => fieldInput(name, prop, layer[name], required.has(name), (v) => onField(name, v)));
+}
