@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +14,12 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default=["*"], description="origins allowed to call the API from a browser (JSON list)"
     )
+    # The lock for an exposed API (app/core/security.py): off by default, on in docker-compose.yml.
+    api_keys: list[SecretStr] = Field(
+        default=[], description="keys accepted in the X-API-Key header on /v1 (JSON list); none: open"
+    )
+    rate_limit_per_s: float = Field(0, ge=0, description="requests per second per client on /v1; 0: off")
+    rate_limit_burst: int = Field(30, gt=0, description="requests a client may send at once on /v1")
     max_body_bytes: int = Field(1 << 20, gt=0, description="largest request body; 413 beyond it")
     max_json_depth: int = Field(96, gt=0, description="deepest JSON nesting of a request body")
     max_layers: int = Field(4096, gt=0, description="layers in one model, containers included")
