@@ -9,6 +9,7 @@ from app.api.routes.docs import STATIC_DIR
 from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
+from app.core.security import APILockMiddleware
 
 app = FastAPI(
     title="Model Builder",
@@ -20,6 +21,13 @@ app = FastAPI(
 )
 app.add_middleware(
     BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
+)
+# Inside CORS (its headers reach a 401/429), outside the body limit (a rejected body is never read).
+app.add_middleware(
+    APILockMiddleware,
+    api_keys=[key.get_secret_value() for key in settings.api_keys],
+    rate_per_s=settings.rate_limit_per_s,
+    burst=settings.rate_limit_burst,
 )
 app.add_middleware(
     CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
