@@ -10,6 +10,7 @@ from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
 from app.core.security import APILockMiddleware
+from app.jobs.engine import jobs_lifespan
 
 app = FastAPI(
     title="Model Builder",
@@ -18,6 +19,7 @@ app = FastAPI(
     "and memory before you spend a GPU-hour.",
     docs_url=None,  # served offline by app.api.routes.docs
     redoc_url=None,
+    lifespan=jobs_lifespan,  # the job store, and Ray for training
 )
 app.add_middleware(
     BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth

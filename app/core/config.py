@@ -29,6 +29,25 @@ class Settings(BaseSettings):
     max_input_numel: int = Field(1 << 36, gt=0, description="largest element count of an input")
     summary_cache_size: int = Field(256, ge=0, description="summaries kept for repeated requests")
     data_dir: Path = Field(Path("data"), description="where jobs are persisted (SQLite)")
+    # Training jobs (app/jobs): limits checked before a job is queued.
+    max_epochs: int = Field(200, gt=0, description="epochs of one training job")
+    max_steps: int = Field(200_000, gt=0, description="optimizer steps of one job, all epochs together")
+    max_batch_size: int = Field(4096, gt=0, description="largest training batch")
+    max_job_seconds: float = Field(600, gt=0, description="wall time of one job; it fails past it")
+    max_queued_jobs: int = Field(16, gt=0, description="jobs queued or running at once; 429 beyond")
+    max_job_memory_bytes: int = Field(
+        4 << 30, gt=0, description="estimated training memory of one job (weights, grads, state, activations)"
+    )
+    max_dataset_samples: int = Field(100_000, gt=0, description="samples of a synthetic or inline dataset")
+    max_dataset_numel: int = Field(1 << 26, gt=0, description="numbers in a dataset's inputs, all samples")
+    train_wait_seconds: float = Field(120, gt=0, description="how long POST /v1/train waits for its job")
+    progress_every_steps: int = Field(50, gt=0, description="a progress event every N steps, and each epoch")
+    worker_threads: int = Field(1, gt=0, description="torch threads of a CPU training worker")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (else env RAY_ADDRESS; else an embedded local Ray)"
+    )
+    ray_num_cpus: int | None = Field(None, gt=0, description="CPUs of the embedded Ray (default: all)")
+    ray_eager_start: bool = Field(True, description="start Ray with the API rather than on the first job")
 
 
 settings = Settings()

@@ -1,0 +1,149 @@
+"""Training jobs: submit, follow (JSON or Server-Sent Events), list, cancel, or train and wait."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from app.core.config import settings
+from app.core.errors import spec_error_response
+from app.jobs.engine import JobEngine, QueueFull
+from app.jobs.plan import plan_job
+from app.jobs.store import TERMINAL
+from app.schemas.jobs import JobCreate, JobPublic, JobsPublic
+from layers.errors import SpecError
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+POLL_S = 0.2
+RETRY_AFTER_S = 5
+ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "request body too large"},
+    422: {"description": "invalid job: a field, a shape mismatch naming the layer, or a limit"},
+    429: {"description": "too many jobs queued or running; retry after Retry-After seconds"},
+    503: {"description": "the training backend is not started"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job"}}
+
+
+def get_engine(request: Request) -> JobEngine:
+    engine = getattr(request.app.state, "jobs", None)
+    if engine is None:
+        raise HTTPException(503, "training jobs are not available: the app was started without its lifespan")
+    return engine
+
+
+EngineDep = Annotated[JobEngine, Depends(get_engine)]
+
+
+def get_job(job_id: str, engine: EngineDep) -> dict:
+    job = engine.store.get(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+JobDep = Annotated[dict, Depends(get_job)]
+
+
+def _submit(job: JobCreate, engine: JobEngine) -> str | JSONResponse:
+    """Check and queue ``job``: its id, or the 422 answer. Runs in the thread pool."""
+    try:
+        plan = plan_job(job)
+        return engine.submit(job.model_dump(mode="json"), plan, job.device)
+    except SpecError as e:
+        return spec_error_response(e, ("body",))
+    except QueueFull as e:
+        raise HTTPException(429, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
+
+
+@router.post("/jobs", status_code=202, responses=ERRORS)
+def create_job(job: JobCreate, engine: EngineDep, response: Response) -> JobPublic:
+    """Queue a training run; follow it at /v1/jobs/{id} or /v1/jobs/{id}/events."""
+    submitted = _submit(job, engine)
+    if isinstance(submitted, JSONResponse):
+        return submitted  # type: ignore[return-value]
+    response.headers["Location"] = f"/v1/jobs/{submitted}"
+    return JobPublic.model_validate(engine.store.get(submitted))
+
+
+@router.get("/jobs")
+def list_jobs(
+    engine: EngineDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobsPublic:
+    """Recent jobs, newest first (without their requests)."""
+    jobs, count = engine.store.list(offset, limit)
+    return JobsPublic(data=[JobPublic.model_validate(job) for job in jobs], count=count)
+
+
+@router.get("/jobs/{job_id}", responses=NOT_FOUND)
+def read_job(job: JobDep) -> JobPublic:
+    """One job: status, device, per-epoch history, metrics, error."""
+    return JobPublic.model_validate(job)
+
+
+@router.delete("/jobs/{job_id}", responses={**NOT_FOUND, 409: {"description": "the job already finished"}})
+def cancel_job(job: JobDep, engine: EngineDep) -> JobPublic:
+    """Cancel a queued or running job (a running worker is killed at once)."""
+    if not engine.cancel(job["id"]):
+        status = engine.store.get(job["id"])["status"]
+        raise HTTPException(409, f"job {job['id']} already finished ({status})")
+    return JobPublic.model_validate(engine.store.get(job["id"]))
+
+
+@router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, responses=NOT_FOUND)
+async def job_events(
+    job: JobDep,
+    engine: EngineDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """Live progress as Server-Sent Events: `progress` (step, epoch, loss) every N steps, `epoch`
+    after each epoch, then one `done` event carrying the finished job."""
+    job_id = job["id"]
+    seq = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    while True:
+        events = await run_in_threadpool(engine.store.events_after, job_id, seq)
+        for seq, kind, data in events:  # seq carries over to the next poll
+            yield ServerSentEvent(data=data, event=kind, id=str(seq))
+        if events:
+            continue
+        current = await run_in_threadpool(engine.store.get, job_id)
+        if current["status"] in TERMINAL:
+            # Events written between the last poll and the finish come before the final one.
+            late = await run_in_threadpool(engine.store.events_after, job_id, seq)
+            for late_seq, kind, data in late:
+                yield ServerSentEvent(data=data, event=kind, id=str(late_seq))
+            finished = JobPublic.model_validate(current).model_dump(mode="json")
+            yield ServerSentEvent(data=finished, event="done")
+            return
+        await asyncio.sleep(POLL_S)
+
+
+@router.post(
+    "/train",
+    responses={**ERRORS, 202: {"description": "still running after the wait; poll /v1/jobs/{id}"}},
+)
+async def train_and_wait(job: JobCreate, engine: EngineDep, response: Response) -> JobPublic:
+    """Train and wait for the result (at most MB_TRAIN_WAIT_SECONDS; then 202 with the running job)."""
+    submitted = await run_in_threadpool(_submit, job, engine)
+    if isinstance(submitted, JSONResponse):
+        return submitted  # type: ignore[return-value]
+    deadline = time.monotonic() + settings.train_wait_seconds
+    while True:
+        current = await run_in_threadpool(engine.store.get, submitted)
+        if current["status"] in TERMINAL:
+            return JobPublic.model_validate(current)
+        if time.monotonic() > deadline:
+            response.status_code = 202
+            response.headers["Location"] = f"/v1/jobs/{submitted}"
+            return JobPublic.model_validate(current)
+        await asyncio.sleep(POLL_S)

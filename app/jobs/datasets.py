@@ -1,0 +1,196 @@
+"""Training datasets: scikit-learn's digits, seeded synthetic data, and small inline data.
+
+Each spec can ``describe()`` itself cheaply (sample shape, dtype, targets: what the API checks
+before queueing) and ``load()`` its tensors (what the worker trains on). The train/validation
+split is a fixed permutation from the dataset's own ``split_seed``, so it never depends on the
+job's seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.config import settings
+from layers.base import Shape
+from layers.errors import SpecError
+from layers.losses import Targets
+
+ValFraction = Annotated[float, Field(gt=0, lt=1, description="share of the samples held out for validation")]
+SplitSeed = Annotated[int, Field(ge=0, lt=2**63, description="seed of the fixed train/validation split")]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the API needs to know about a dataset before queueing a job on it."""
+
+    samples: int
+    sample_shape: Shape
+    dtype: Literal["float32", "int64"]
+    targets: Targets
+
+    @property
+    def input_bytes(self) -> int:
+        per_target = 8 if self.targets.num_classes is not None else 4 * math.prod(self.targets.shape)
+        return self.samples * (4 * math.prod(self.sample_shape) + per_target)
+
+
+class _Dataset(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    val_fraction: ValFraction = 0.2
+    split_seed: SplitSeed = 0
+
+    def describe(self, classification: bool) -> DatasetInfo:
+        """Sizes and targets, without generating the data (for a classification loss or not)."""
+        raise NotImplementedError
+
+    def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """All samples as ``(x, y)`` on the CPU: inputs batch-first, targets as the info says."""
+        raise NotImplementedError
+
+    def split(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(x_train, y_train, x_val, y_val)`` by a fixed seeded permutation."""
+        n = x.shape[0]
+        n_val = min(max(1, round(n * self.val_fraction)), n - 1)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        train, val = order[n_val:], order[:n_val]
+        return x[train], y[train], x[val], y[val]
+
+
+class DigitsDataset(_Dataset):
+    """scikit-learn's 8x8 handwritten digits: 1797 samples, 10 classes, inputs [1, 8, 8] in [0, 1]."""
+
+    name: Literal["digits"] = "digits"
+
+    def describe(self, classification: bool) -> DatasetInfo:
+        return DatasetInfo(1797, (1, 8, 8), "float32", Targets(num_classes=10, shape=()))
+
+    def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from sklearn.datasets import load_digits  # shipped with scikit-learn: no download
+
+        digits = load_digits()
+        x = torch.tensor(digits.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+        return x, torch.tensor(digits.target, dtype=torch.int64)
+
+
+class SyntheticDataset(_Dataset):
+    """Seeded random inputs of any sample shape, labelled by a fixed random linear teacher.
+
+    Classification labels are the teacher's argmax, regression targets its outputs plus noise:
+    a model able to represent a linear map can learn either. Integer inputs (token ids, for
+    models starting with an Embedding) are labelled from a random per-token table instead.
+    """
+
+    name: Literal["synthetic"] = "synthetic"
+    task: Literal["classification", "regression"] = "classification"
+    shape: list[Annotated[int, Field(gt=0, le=1 << 20)]] = Field(
+        min_length=1, max_length=5, description="shape of one sample, without the batch dimension"
+    )
+    samples: int = Field(1024, ge=2, le=settings.max_dataset_samples)
+    num_classes: int = Field(10, ge=2, le=10_000, description="classes, for classification")
+    targets: int = Field(1, ge=1, le=10_000, description="values per sample, for regression")
+    noise: float = Field(0.0, ge=0, le=100, description="std of Gaussian noise added to regression targets")
+    dtype: Literal["float32", "int64"] = Field("float32", description='"int64" for token ids')
+    vocab_size: int = Field(100, ge=2, le=1 << 20, description="token ids are drawn below it (int64 inputs)")
+    seed: int = Field(0, ge=0, lt=2**63, description="seed of the inputs and the teacher")
+
+    def describe(self, classification: bool) -> DatasetInfo:
+        numel = self.samples * math.prod(self.shape)
+        if numel > settings.max_dataset_numel:
+            raise SpecError(
+                ("dataset", "samples"),
+                f"{self.samples} samples of shape {self.shape} are {numel} numbers; the limit is "
+                f"{settings.max_dataset_numel}",
+                {"limit": settings.max_dataset_numel, "got": numel},
+            )
+        if self.task == "classification":
+            targets = Targets(num_classes=self.num_classes, shape=())
+        else:
+            targets = Targets(num_classes=None, shape=(self.targets,))
+        return DatasetInfo(self.samples, tuple(self.shape), self.dtype, targets)
+
+    def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed)
+        outputs = self.num_classes if self.task == "classification" else self.targets
+        features = math.prod(self.shape)
+        if self.dtype == "int64":
+            x = torch.randint(0, self.vocab_size, (self.samples, *self.shape), generator=g)
+            table = torch.randn(self.vocab_size, outputs, generator=g)
+            teacher = table[x.reshape(self.samples, -1)].mean(dim=1)  # bag of tokens
+        else:
+            x = torch.randn(self.samples, *self.shape, generator=g)
+            weight = torch.randn(features, outputs, generator=g) / math.sqrt(features)
+            teacher = x.reshape(self.samples, -1) @ weight
+        if self.task == "classification":
+            return x, teacher.argmax(dim=1)
+        return x, teacher + self.noise * torch.randn(teacher.shape, generator=g)
+
+
+class InlineDataset(_Dataset):
+    """Small data sent in the request: ``x`` (one entry per sample) and ``y`` (labels or values).
+
+    With a classification loss ``y`` holds class indices 0..C-1; with a regression loss real
+    values, one number or one nested list per sample.
+    """
+
+    name: Literal["inline"] = "inline"
+    x: list[Any] = Field(
+        min_length=2, max_length=settings.max_dataset_samples, description="inputs: numbers or nested lists"
+    )
+    y: list[Any] = Field(min_length=2, max_length=settings.max_dataset_samples, description="targets")
+    dtype: Literal["float32", "int64"] = Field("float32", description='"int64" for token ids')
+
+    def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` and ``y`` as tensors; ``SpecError`` at the field when they are ragged or mismatched."""
+        x = _tensor(self.x, torch.float32 if self.dtype == "float32" else torch.int64, "x")
+        y = _tensor(self.y, torch.float64, "y")
+        if y.shape[0] != x.shape[0]:
+            raise SpecError(
+                ("dataset", "y"),
+                f"y has {y.shape[0]} entries but x has {x.shape[0]} samples",
+                {"x": x.shape[0], "y": y.shape[0]},
+            )
+        if x.dim() > settings.max_input_rank:
+            raise SpecError(
+                ("dataset", "x"), f"x has {x.dim()} dimensions; the limit is {settings.max_input_rank}"
+            )
+        if x.numel() > settings.max_dataset_numel:
+            raise SpecError(
+                ("dataset", "x"), f"x has {x.numel()} numbers; the limit is {settings.max_dataset_numel}"
+            )
+        if self.dtype == "int64" and bool((x < 0).any()):
+            raise SpecError(("dataset", "x"), "token ids must not be negative")
+        if not classification:
+            return x, y.float()
+        if y.dim() != 1 or bool((y != y.round()).any()) or bool((y < 0).any()):
+            raise SpecError(
+                ("dataset", "y"),
+                "a classification loss needs y to be one class index (an integer >= 0) per sample",
+            )
+        return x, y.long()
+
+    def describe(self, classification: bool) -> DatasetInfo:
+        x, y = self.load(classification)
+        if classification:
+            targets = Targets(num_classes=max(2, int(y.max()) + 1), shape=())
+        else:
+            targets = Targets(num_classes=None, shape=tuple(y.shape[1:]))
+        return DatasetInfo(x.shape[0], tuple(x.shape[1:]), self.dtype, targets)
+
+
+def _tensor(values: list, dtype: torch.dtype, field: str) -> torch.Tensor:
+    try:
+        tensor = torch.tensor(values, dtype=dtype)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise SpecError(("dataset", field), f"{field} must be a rectangular array of numbers: {e}") from e
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise SpecError(("dataset", field), f"{field} must hold finite numbers")
+    return tensor
+
+
+AnyDataset = Annotated[DigitsDataset | SyntheticDataset | InlineDataset, Field(discriminator="name")]

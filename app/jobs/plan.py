@@ -1,0 +1,93 @@
+"""Everything checked before a job is queued, and the payload its worker is sent.
+
+The model is traced on the meta device at the training batch size against the dataset's
+sample shape; the loss is checked against the model's output and the dataset's targets; the
+run's memory (weights, gradients, optimizer state, activations, data) is estimated and held
+against the limits. Every refusal is a ``SpecError`` whose ``loc`` is relative to the body.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from app.core.config import settings
+from app.schemas.jobs import JobCreate
+from layers.errors import LimitError, SpecError
+from layers.summary import summarize
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    payload: dict  # what the worker is sent (see app.jobs.train.TrainPayload)
+    memory_estimate_bytes: int
+    steps_total: int
+
+
+def plan_job(job: JobCreate) -> JobPlan:
+    """Check ``job`` against its dataset and the limits; raise ``SpecError`` at the offending field."""
+    try:
+        job.model.check_limits(settings.max_layers, settings.max_nesting)
+    except SpecError as e:
+        raise _under("model", e) from e
+    classification = job.loss.task == "classification"
+    info = job.dataset.describe(classification)
+    steps_per_epoch = math.ceil(math.ceil(info.samples * (1 - job.dataset.val_fraction)) / job.batch_size)
+    steps_total = steps_per_epoch * job.epochs
+    if steps_total > settings.max_steps:
+        raise LimitError(
+            ("epochs",),
+            f"{job.epochs} epochs of {steps_per_epoch} steps are {steps_total} steps; the limit is "
+            f"{settings.max_steps}",
+            {"limit": settings.max_steps, "got": steps_total},
+        )
+    try:
+        summary = summarize(job.model, (job.batch_size, *info.sample_shape), info.dtype)
+    except SpecError as e:
+        raise _under("model", e) from e
+    last = ("model", "layers", len(job.model.layers) - 1)
+    output = tuple(summary.output_shape[1:])
+    job.loss.check(output, info.targets, last)
+
+    state = job.optimizer.state_per_param()
+    # Weights, their gradients and the optimizer's state; every leaf output kept for backward
+    # plus its gradient; the whole dataset on the device.
+    memory = (
+        summary.param_bytes * (2 + state)
+        + summary.buffer_bytes
+        + 2 * summary.activation_bytes
+        + info.input_bytes
+    )
+    if memory > settings.max_job_memory_bytes:
+        raise LimitError(
+            ("model",),
+            f"training this model at batch size {job.batch_size} needs about {_gib(memory)} (weights "
+            f"{_gib(summary.param_bytes)} x {2 + state} with gradients and {job.optimizer.type} state, "
+            f"activations {_gib(2 * summary.activation_bytes)}, data {_gib(info.input_bytes)}); "
+            f"the limit is {_gib(settings.max_job_memory_bytes)}",
+            {"limit": settings.max_job_memory_bytes, "got": memory},
+        )
+    payload = {
+        "model": summary.model,
+        "output_shape": list(output),
+        "dataset": job.dataset.model_dump(),
+        "loss": job.loss.model_dump(),
+        "optimizer": job.optimizer.model_dump(),
+        "epochs": job.epochs,
+        "batch_size": job.batch_size,
+        "seed": job.seed,
+        "device": job.device,
+        "time_limit_s": job.time_limit_s or settings.max_job_seconds,
+        "progress_every": settings.progress_every_steps,
+        "threads": settings.worker_threads,
+    }
+    return JobPlan(payload=payload, memory_estimate_bytes=memory, steps_total=steps_total)
+
+
+def _under(field: str, error: SpecError) -> SpecError:
+    """The same error with its loc moved under a body field."""
+    return type(error)((field, *error.loc), error.msg, error.ctx)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 24 else f"{n / (1 << 20):.2f} MiB"

@@ -1,0 +1,87 @@
+"""Schemas of the training-job endpoints: ``JobCreate`` in, ``JobPublic`` / ``JobsPublic`` out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.core.config import settings
+from app.jobs.datasets import AnyDataset
+from layers import ModelSpec
+from layers.losses import AnyLoss
+from layers.optimizers import AnyOptimizer
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+ACTIVE: tuple[JobStatus, ...] = ("queued", "running")
+
+
+class JobCreate(BaseModel):
+    """A short training run: a model, the data, the loss and the optimizer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec
+    dataset: AnyDataset
+    loss: AnyLoss
+    optimizer: AnyOptimizer
+    epochs: int = Field(5, gt=0, le=settings.max_epochs)
+    batch_size: int = Field(64, gt=0, le=settings.max_batch_size)
+    seed: int = Field(0, ge=0, lt=2**63, description="same seed, same device: same history")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description='"auto": CUDA when a worker has it, else CPU; "cuda" fails at once without one'
+    )
+    time_limit_s: float | None = Field(
+        None, gt=0, le=settings.max_job_seconds, description="wall-time limit, at most the server's"
+    )
+
+
+class EpochResult(BaseModel):
+    epoch: int
+    step: int = Field(description="optimizer steps so far")
+    train_loss: float = Field(description="mean training loss over the epoch")
+    val_loss: float
+    val_accuracy: float | None = Field(description="share of correct validation predictions (classification)")
+
+
+class Metrics(BaseModel):
+    train_loss: float
+    val_loss: float
+    val_accuracy: float | None
+
+
+class Progress(BaseModel):
+    epoch: int
+    step: int
+    steps_total: int
+    loss: float = Field(description="training loss of the latest step")
+
+
+class NodeInfo(BaseModel):
+    node_id: str = Field(description="the Ray node the worker ran on")
+    ip: str
+    hostname: str
+    pid: int = Field(description="the worker process")
+
+
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    device: str | None = Field(description="the device the job really used: cpu or cuda:N")
+    node: NodeInfo | None
+    history: list[EpochResult] = Field(description="one entry per finished epoch")
+    metrics: Metrics | None = Field(description="the final epoch's losses and accuracy")
+    progress: Progress | None = Field(description="the latest progress report")
+    duration_s: float | None = Field(description="training wall time, from worker start to finish")
+    error: str | None
+    memory_estimate_bytes: int = Field(description="weights, grads, optimizer state and activations")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    request: dict | None = Field(None, description="the job as submitted (left out of lists)")
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    count: int = Field(description="all stored jobs")
