@@ -32,9 +32,14 @@ LAYER_SPECS: dict[str, type[LayerSpec]] = {}
 class LayerSpec(BaseModel):
     """Base of every layer spec: strict (unknown fields are errors) and immutable."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinities parse from JSON (Python's parser accepts them) but are never a valid size,
+    # rate or epsilon, and could not be written back into the summary.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     category: ClassVar[str] = "other"
+    # Whether the layer runs on an integer tensor (token ids). Meta kernels do not check dtypes
+    # (a meta Linear takes int64), so the trace refuses integer inputs where torch would.
+    integer_input: ClassVar[bool] = False
     type: str
 
     @classmethod
@@ -70,6 +75,13 @@ class LayerSpec(BaseModel):
 
     def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Run the built module on a meta tensor: its output and its forward FLOPs."""
+        if not (x.is_floating_point() or self.integer_input):
+            raise ShapeError(
+                (),
+                f"expected a floating-point input, got {str(x.dtype).removeprefix('torch.')}; "
+                "integer inputs (token ids) go into an Embedding",
+                {"expected": "floating point", "got": str(x.dtype).removeprefix("torch.")},
+            )
         with FlopCounterMode(display=False) as counter:
             out = module(x)
         return out, counter.get_total_flops()
@@ -80,7 +92,7 @@ class ShapePreservingSpec(LayerSpec):
     (activations, norms, dropout): its trace skips the meta kernels, which cost milliseconds
     each (a meta BatchNorm2d runs a Python decomposition), and returns the input's shape.
 
-    Integer inputs still run for real, so torch itself reports the layers that refuse them.
+    Integer inputs take the full trace, which refuses them unless the layer takes integers.
     """
 
     def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:

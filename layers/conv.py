@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from layers.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
+from layers.base import MAX_SIZE, LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
 
 KernelArg = Size | list[Size]
-PaddingArg = int | list[int] | Literal["valid", "same"]
+Padding = Annotated[int, Field(ge=0, le=MAX_SIZE)]
+PaddingArg = Padding | list[Padding] | Literal["valid", "same"]
 
 
 class ConvSpec(LayerSpec):
@@ -26,6 +27,14 @@ class ConvSpec(LayerSpec):
     dilation: KernelArg = 1
     groups: Size = 1
     bias: bool = True
+
+    @field_validator("kernel_size", "stride", "padding", "dilation")
+    @classmethod
+    def _one_per_spatial_dim(cls, value: int | str | list[int]) -> int | str | list[int]:
+        # meta kernels accept a 3-long kernel for Conv2d (a 5-D weight); torch's real ones refuse it
+        if isinstance(value, list) and len(value) != cls.spatial_dims:
+            raise ValueError(f"expected one int or a list of {cls.spatial_dims}, got a list of {len(value)}")
+        return value
 
     def infer(self, shape: Shape) -> Self:
         n = self.spatial_dims
@@ -73,8 +82,29 @@ class ConvTranspose2dSpec(ConvSpec):
     """2-D transposed convolution (learned upsampling) over [B, C, H, W] inputs."""
 
     type: Literal["ConvTranspose2d"] = "ConvTranspose2d"
-    padding: int | list[int] = 0
-    output_padding: int | list[int] = 0
+    padding: Padding | list[Padding] = 0
+    output_padding: Padding | list[Padding] = 0
+
+    @field_validator("output_padding")
+    @classmethod
+    def _output_padding_per_dim(cls, value: int | list[int]) -> int | list[int]:
+        return cls._one_per_spatial_dim(value)
+
+    @model_validator(mode="after")
+    def _output_padding_below_stride_or_dilation(self) -> Self:
+        # torch checks this only in forward, which meta skips
+        def per_dim(value: int | list[int]) -> list[int]:
+            return value if isinstance(value, list) else [value] * self.spatial_dims
+
+        for out_pad, stride, dilation in zip(
+            per_dim(self.output_padding), per_dim(self.stride), per_dim(self.dilation), strict=True
+        ):
+            if out_pad >= max(stride, dilation):
+                raise ValueError(
+                    f"output_padding ({out_pad}) must be smaller than stride ({stride}) "
+                    f"or dilation ({dilation})"
+                )
+        return self
 
     def build(self) -> nn.Module:
         args = self.conv_args()

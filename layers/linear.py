@@ -70,6 +70,7 @@ class IdentitySpec(ShapePreservingSpec):
     """Returns its input unchanged."""
 
     category: ClassVar[str] = "shape"
+    integer_input: ClassVar[bool] = True
     type: Literal["Identity"] = "Identity"
 
     def build(self) -> nn.Module:
@@ -80,6 +81,7 @@ class FlattenSpec(LayerSpec):
     """Flattens dimensions start_dim..end_dim into one."""
 
     category: ClassVar[str] = "shape"
+    integer_input: ClassVar[bool] = True
     type: Literal["Flatten"] = "Flatten"
     start_dim: Dim = 1
     end_dim: Dim = -1
@@ -92,6 +94,7 @@ class UnflattenSpec(LayerSpec):
     """Expands dimension `dim` into the shape `unflattened_size`."""
 
     category: ClassVar[str] = "shape"
+    integer_input: ClassVar[bool] = True
     type: Literal["Unflatten"] = "Unflatten"
     dim: Dim
     unflattened_size: list[Annotated[int, Field(ge=-1, le=MAX_SIZE)]] = Field(
@@ -106,6 +109,7 @@ class EmbeddingSpec(LayerSpec):
     """Lookup table from integer ids to vectors (input dtype int64)."""
 
     category: ClassVar[str] = "embedding"
+    integer_input: ClassVar[bool] = True
     type: Literal["Embedding"] = "Embedding"
     num_embeddings: Size = Field(description="vocabulary size")
     embedding_dim: Size

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 from torch import nn
 
-from layers.base import OptionalSize, Shape, ShapePreservingSpec, Size, expect_rank, infer_size
+from layers.base import OptionalSize, Shape, ShapePreservingSpec, Size, expect_rank, infer_size, shape_str
 from layers.errors import ShapeError
 
 
@@ -24,6 +25,12 @@ class BatchNormSpec(ShapePreservingSpec):
 
     def infer(self, shape: Shape) -> Self:
         expect_rank(shape, self.ranks, self.type)
+        if math.prod(shape) == shape[1]:  # torch refuses this in training mode (the trace skips torch)
+            raise ShapeError(
+                (),
+                f"expected more than 1 value per channel when training, got input size {shape_str(shape)}",
+                {"expected": "batch x spatial size > 1", "got": list(shape)},
+            )
         return self.model_copy(
             update={"num_features": infer_size(self.num_features, shape, 1, "num_features", "features")}
         )

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from layers.errors import SpecError
@@ -16,5 +21,22 @@ async def _spec_error_handler(request: Request, exc: SpecError) -> JSONResponse:
     return spec_error_response(exc)
 
 
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as strings: Python's JSON parser accepts them in a request,
+    but they cannot be written back, and the default handler echoes each bad input (a 500)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+async def _request_validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, _spec_error_handler)
+    app.add_exception_handler(RequestValidationError, _request_validation_handler)
