@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, Field
 
 from layers import LAYER_SPECS
@@ -47,7 +48,9 @@ def list_layers() -> LayerCatalog:
 
 
 @router.get("/{layer_type}", responses={404: {"description": "no such layer type"}})
-def get_layer(layer_type: str) -> LayerType:
+def get_layer(
+    layer_type: Annotated[str, Path(openapi_examples={"linear": {"summary": "Linear", "value": "Linear"}})],
+) -> LayerType:
     """One layer type."""
     found = catalog().get(layer_type)
     if found is None:

@@ -1,0 +1,140 @@
+"""The OpenAPI document and the layer catalog both come from the registry, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from layers import LAYER_SPECS
+
+# The endpoints of the core (issue 2); each must be usable from Swagger UI's "Try it out" unchanged.
+CORE_OPERATIONS = [
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/v1/layers"),
+    ("get", "/v1/layers/{layer_type}"),
+    ("post", "/v1/models/summary"),
+]
+
+
+def resolve(schema: dict) -> dict:
+    """The schema itself, or its top-level ``$ref`` (recursive container schemas) resolved."""
+    if "$ref" in schema:
+        return schema["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+@pytest.fixture(scope="module")
+def openapi(client) -> dict:
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    return response.json()
+
+
+def layer_unions(node: object) -> list[dict]:
+    """Every union of the document discriminated by ``type`` that offers a layer (other unions,
+    e.g. of optimizers, use ``type`` too)."""
+    found, stack = [], [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            discriminator = item.get("discriminator", {})
+            if discriminator.get("propertyName") == "type" and "Linear" in discriminator.get("mapping", {}):
+                found.append(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def test_discriminator_mapping_equals_the_registry(openapi: dict) -> None:
+    schemas = openapi["components"]["schemas"]
+    model_layers = schemas["ModelSpec"]["properties"]["layers"]["items"]
+    unions = layer_unions(openapi)
+    assert model_layers in unions
+    # the model's list and every container's child lists use the same union
+    assert len(unions) >= 4
+    for union in unions:
+        mapping = union["discriminator"]["mapping"]
+        assert set(mapping) == set(LAYER_SPECS)
+        refs = {option["$ref"] for option in union["oneOf"]}
+        assert refs == set(mapping.values())
+        for name, ref in mapping.items():
+            schema = schemas[ref.rsplit("/", 1)[-1]]
+            assert schema["properties"]["type"]["const"] == name  # each tag points at its own spec
+            assert schema.get("additionalProperties") is False  # misspelt fields are errors
+
+
+def test_core_operations_have_working_examples(client, openapi: dict) -> None:
+    """Every parameter and request body of the core endpoints carries an example, and sending the
+    examples as they stand (Swagger UI's "Try it out") succeeds."""
+    for method, path in CORE_OPERATIONS:
+        operation = openapi["paths"][path][method]
+        values = {}
+        for parameter in operation.get("parameters", []):
+            if parameter.get("required"):
+                examples = parameter.get("examples") or parameter.get("schema", {}).get("examples")
+                assert examples, f"{method.upper()} {path}: parameter {parameter['name']} has no example"
+                first = (
+                    next(iter(examples.values())) if isinstance(examples, dict) else {"value": examples[0]}
+                )
+                values[parameter["name"]] = first["value"]
+        url = path.format(**values)
+        if "requestBody" in operation:
+            examples = operation["requestBody"]["content"]["application/json"].get("examples", {})
+            assert examples, f"{method.upper()} {path}: request body has no example"
+            for name, example in examples.items():
+                response = client.request(method, url, json=example["value"])
+                assert response.status_code == 200, (name, response.text)
+        else:
+            assert client.request(method, url).status_code == 200, url
+
+
+def test_summary_examples_cover_seed_cnn_and_lstm(openapi: dict) -> None:
+    examples = openapi["paths"]["/v1/models/summary"]["post"]["requestBody"]["content"]["application/json"]
+    types = {
+        layer["type"]
+        for example in examples["examples"].values()
+        for layer in example["value"]["model"]["layers"]
+    }
+    assert {"MyConv2d", "MyLinear", "Conv2d", "LSTM"} <= types
+
+
+def test_summary_documents_its_errors(openapi: dict) -> None:
+    responses = openapi["paths"]["/v1/models/summary"]["post"]["responses"]
+    assert {"200", "413", "422"} <= set(responses)
+
+
+def test_catalog_lists_every_registered_type(client) -> None:
+    body = client.get("/v1/layers").json()
+    assert body["count"] == len(body["data"]) == len(LAYER_SPECS)
+    assert [entry["type"] for entry in body["data"]] == list(LAYER_SPECS)
+    for entry in body["data"]:
+        spec = LAYER_SPECS[entry["type"]]
+        assert entry["category"] == spec.category and entry["category"] != "other", entry["type"]
+        assert entry["description"] and "\n" not in entry["description"]
+        assert entry["schema"] == spec.model_json_schema()
+        assert resolve(entry["schema"])["properties"]["type"]["const"] == entry["type"]
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_SPECS))
+def test_catalog_entry_for_each_type(client, name: str) -> None:
+    response = client.get(f"/v1/layers/{name}")
+    assert response.status_code == 200
+    assert response.json()["type"] == name
+    assert resolve(response.json()["schema"])["title"] == LAYER_SPECS[name].__name__
+
+
+@pytest.mark.parametrize("name", ["Conv3d", "linear", "__class__", "..%2Fsecrets", "os.system"])
+def test_unknown_catalog_entry_is_404(client, name: str) -> None:
+    response = client.get(f"/v1/layers/{name}")
+    assert response.status_code == 404
+    assert "detail" in response.json()
+
+
+def test_catalog_schemas_render_forms(client) -> None:
+    """A frontend form needs each field's type; inferred sizes are optional, required ones listed."""
+    linear = client.get("/v1/layers/Linear").json()["schema"]
+    assert linear["required"] == ["out_features"]
+    assert "in_features" in linear["properties"] and "description" in linear["properties"]["in_features"]
+    conv = client.get("/v1/layers/Conv2d").json()["schema"]
+    assert set(conv["required"]) == {"out_channels", "kernel_size"}
