@@ -1,0 +1,244 @@
+"""Scale-out on a real Ray cluster: separate ``ray start`` nodes on loopback, the API joined to
+them by ``RAY_ADDRESS``, as in the README's recipe (scripts/ray_cluster.sh).
+
+The head has no CPUs, so a job can only run on a worker node; the job reports that node. Killing
+the worker node mid-job (every process of it, as a crashed machine) fails the job with a clear
+reason while the API stays up, and a worker node that joins later runs the next job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "ray_cluster.sh"
+RAY = Path(sys.executable).parent / "ray"
+KEY = "scale-out-test-key"
+HEAD_IP, WORKER_IP, SECOND_WORKER_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+START_S = 120  # upper bound on a node or the API coming up on a busy 2-core machine
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check: Callable[[], object], timeout_s: float = START_S) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout_s:g} s")
+
+
+def mlp_job(epochs: int, batch_size: int = 64) -> dict:
+    return {
+        "model": {
+            "layers": [
+                {"type": "Flatten"},
+                {"type": "Linear", "out_features": 32},
+                {"type": "ReLU"},
+                {"type": "Linear", "out_features": 10},
+            ]
+        },
+        "dataset": {"name": "digits"},
+        "loss": {"type": "CrossEntropyLoss"},
+        "optimizer": {"type": "Adam", "lr": 0.01},
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "device": "cpu",
+    }
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    env: dict[str, str]
+    address: str
+    api: httpx.Client
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a process in its own session, so that killing its group kills it all."""
+        with open(self.tmp / f"{name}.log", "wb") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(
+                args,
+                cwd=ROOT,
+                env=env or self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def start_worker(self, name: str, ip: str) -> subprocess.Popen:
+        return self.start(name, ["bash", str(SCRIPT), "worker", self.address], {**self.env, "WORKER_IP": ip})
+
+    def kill(self, name: str) -> None:
+        """SIGKILL every process of a node at once: the node crashes, nothing shuts down cleanly."""
+        proc = self.procs.pop(name)
+        for pid in descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def run(self, body: dict, timeout_s: float = START_S) -> dict:
+        response = self.api.post("/v1/jobs", json=body)
+        assert response.status_code == 202, response.text
+        return self.wait_job(response.json()["id"], lambda job: job["status"] in TERMINAL, timeout_s)
+
+    def wait_job(self, job_id: str, done: Callable[[dict], bool], timeout_s: float = START_S) -> dict:
+        def check() -> dict | None:
+            job = self.api.get(f"/v1/jobs/{job_id}").json()
+            return job if done(job) else None
+
+        return wait_for(f"job {job_id}", check, timeout_s)  # type: ignore[return-value]
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """Every live process: pid -> (parent pid, process group)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+def descendants(leader: int) -> set[int]:
+    """The processes of ``leader``'s group and all their descendants (Ray's workers are group
+    leaders of their own, started by the raylet)."""
+    table = _processes()
+    found = {pid for pid, (_, group) in table.items() if group == leader} | {leader}
+    grew = True
+    while grew:
+        more = {pid for pid, (parent, _) in table.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found
+
+
+def _ray_healthy(address: str, env: dict[str, str]) -> bool:
+    args = [str(RAY), "health-check", "--address", address]
+    return subprocess.run(args, env=env, capture_output=True, timeout=60, check=False).returncode == 0
+
+
+def _api_ready(api: httpx.Client) -> bool:
+    try:
+        return api.get("/readyz").json().get("ray") == "up"
+    except httpx.TransportError:
+        return False
+
+
+def _kill_leftovers(tmp: Path) -> None:
+    """Kill, by pid, any process still naming this test's Ray temp dir (all of them are ours)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if str(tmp).encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    # A short temp dir: Ray's unix socket paths under it must fit in 107 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="mbray-", dir="/tmp"))
+    port, api_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MB_"))}
+    env.update(RAY=str(RAY), RAY_TMPDIR=str(tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    address = f"{HEAD_IP}:{port}"
+    api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers={"X-API-Key": KEY}, timeout=30)
+    c = Cluster(tmp, env, address, api)
+    try:
+        c.start("head", ["bash", str(SCRIPT), "head", str(port)])
+        wait_for("the Ray head", lambda: _ray_healthy(address, env))
+        c.start_worker("worker", WORKER_IP)
+        api_env = {
+            **env,
+            "RAY_ADDRESS": address,
+            "MB_DATA_DIR": str(tmp / "data"),
+            "MB_API_KEYS": f'["{KEY}"]',
+        }
+        uvicorn = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
+        c.start("api", [*uvicorn, "--port", str(api_port)], api_env)
+        try:
+            wait_for("the API joined to Ray", lambda: _api_ready(api))
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- api log ---\n{c.log('api')}") from None
+        yield c
+    finally:
+        api.close()
+        if "api" in c.procs:  # a clean shutdown first: the API closes its store and Ray
+            c.procs["api"].send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                c.procs["api"].wait(timeout=20)
+        for name in list(c.procs):
+            c.kill(name)
+        _kill_leftovers(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_the_api_is_locked_and_joined_to_the_cluster(cluster: Cluster) -> None:
+    assert httpx.get(cluster.api.base_url.join("/v1/jobs"), timeout=10).status_code == 401
+    assert cluster.api.get("/v1/jobs").status_code == 200
+    ready = cluster.api.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ray"] == "up"
+
+
+def test_jobs_run_on_the_worker_node(cluster: Cluster) -> None:
+    job = cluster.run(mlp_job(epochs=3))
+    assert job["status"] == "succeeded", job["error"]
+    assert job["node"]["ip"] == WORKER_IP  # the head has no CPUs: the job ran on the worker
+    # The training process is one of the worker node's processes (started by its raylet).
+    assert job["node"]["pid"] in descendants(cluster.procs["worker"].pid)
+    assert job["node"]["pid"] not in descendants(cluster.procs["head"].pid)
+    assert len(job["history"]) == 3 and job["metrics"]["val_accuracy"] > 0.8
+
+
+def test_killing_the_worker_node_mid_job_fails_the_job_and_the_api_carries_on(cluster: Cluster) -> None:
+    response = cluster.api.post("/v1/jobs", json=mlp_job(epochs=200, batch_size=4))
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    running = cluster.wait_job(job_id, lambda job: job["status"] == "running" and job["progress"])
+    assert running["node"]["ip"] == WORKER_IP
+
+    cluster.kill("worker")
+    failed = cluster.wait_job(job_id, lambda job: job["status"] in TERMINAL)
+    assert failed["status"] == "failed"
+    assert "died" in failed["error"], failed["error"]
+    assert cluster.api.get("/healthz").status_code == 200
+    assert cluster.api.get("/readyz").json()["ray"] == "up"  # the head is still there
+
+    # A worker node that joins later takes the next job.
+    cluster.start_worker("worker2", SECOND_WORKER_IP)
+    job = cluster.run(mlp_job(epochs=2))
+    assert job["status"] == "succeeded", job["error"]
+    assert job["node"]["ip"] == SECOND_WORKER_IP
