@@ -104,7 +104,7 @@ def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[
         total, seen = torch.zeros((), device=device), 0
         for start in range(0, n, bs):
             batch = order[start : start + bs]
-            if len(batch) == 1 and n > 1:
+            if len(batch) == 1 and bs > 1:
                 continue  # a trailing single sample: BatchNorm cannot train on one
             optimizer.zero_grad(set_to_none=True)
             loss = loss_fn(model(x_train[batch]), t_train[batch])

@@ -1,0 +1,266 @@
+"""Losses, optimizers, datasets and the training loop, in-process (no Ray), against PyTorch itself."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from pydantic import TypeAdapter, ValidationError
+from sklearn.datasets import load_digits
+from torch import nn
+
+from app.jobs.datasets import AnyDataset, DigitsDataset, InlineDataset, SyntheticDataset
+from app.jobs.train import train
+from layers import ModelSpec
+from layers.errors import SpecError
+from layers.losses import LOSS_SPECS, AnyLoss, Targets
+from layers.optimizers import OPTIMIZER_SPECS, AnyOptimizer
+from layers.trace import trace_model
+
+LOSS = TypeAdapter(AnyLoss)
+OPTIMIZER = TypeAdapter(AnyOptimizer)
+DATASET = TypeAdapter(AnyDataset)
+
+# Each loss with non-default arguments, the equivalent PyTorch module, and matching (output, target).
+LOSSES = {
+    "MSELoss": ({"beta": None}, nn.MSELoss()),
+    "L1Loss": ({}, nn.L1Loss()),
+    "SmoothL1Loss": ({"beta": 0.5}, nn.SmoothL1Loss(beta=0.5)),
+    "CrossEntropyLoss": ({"label_smoothing": 0.1}, nn.CrossEntropyLoss(label_smoothing=0.1)),
+    "NLLLoss": ({}, nn.NLLLoss()),
+    "BCEWithLogitsLoss": ({"pos_weight": 2.0}, nn.BCEWithLogitsLoss(pos_weight=torch.tensor([2.0]))),
+}
+OPTIMIZERS = {
+    "SGD": ({"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, torch.optim.SGD),
+    "Adam": ({"lr": 0.01, "betas": [0.8, 0.99], "amsgrad": True}, torch.optim.Adam),
+    "AdamW": ({"lr": 0.01, "weight_decay": 0.1}, torch.optim.AdamW),
+    "RMSprop": ({"lr": 0.01, "momentum": 0.5, "centered": True}, torch.optim.RMSprop),
+}
+MLP = {
+    "layers": [
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 32},
+        {"type": "ReLU"},
+        {"type": "Linear", "out_features": 10},
+    ]
+}
+
+
+def test_every_loss_and_optimizer_is_covered() -> None:
+    assert set(LOSSES) == set(LOSS_SPECS)
+    assert set(OPTIMIZERS) == set(OPTIMIZER_SPECS)
+
+
+@pytest.mark.parametrize("name", list(LOSS_SPECS))
+def test_loss_equals_pytorch(name: str) -> None:
+    args, reference = LOSSES[name]
+    args = {k: v for k, v in args.items() if v is not None}
+    spec = LOSS.validate_python({"type": name, **args})
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(8, 4, generator=g)
+    labels = torch.randint(0, 4, (8,), generator=g)
+    if spec.task == "classification":
+        target = spec.prepare(labels, (4,))
+        if name == "NLLLoss":
+            out = out.log_softmax(1)
+    else:
+        target = spec.prepare(torch.randn(8, 4, generator=g), (4,))
+    torch.testing.assert_close(spec.build()(out, target), reference(out, target), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZER_SPECS))
+def test_optimizer_steps_like_pytorch(name: str) -> None:
+    args, cls = OPTIMIZERS[name]
+    spec = OPTIMIZER.validate_python({"type": name, **args})
+    torch.manual_seed(0)
+    ours = nn.Linear(4, 3)
+    theirs = copy.deepcopy(ours)
+    opt_ours = spec.build(ours.parameters())
+    opt_theirs = cls(
+        theirs.parameters(), **{k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    )
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    state = sum(
+        len([v for v in s.values() if torch.is_tensor(v) and v.dim() > 0]) for s in opt_ours.state.values()
+    )
+    assert state == spec.state_per_param() * len(list(ours.parameters()))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "SGD", "nesterov": True},  # nesterov without momentum
+        {"type": "Adam", "lr": 0},
+        {"type": "Adam", "betas": [0.9, 1.0]},
+        {"type": "RMSprop", "weight_decay": -1},
+        {"type": "LBFGS"},
+        {"type": "Adam", "momentum": 0.9},  # not an Adam argument
+    ],
+)
+def test_bad_optimizers_are_refused(bad: dict) -> None:
+    with pytest.raises(ValidationError):
+        OPTIMIZER.validate_python(bad)
+
+
+def test_loss_checks_output_against_targets() -> None:
+    classes, values = Targets(10, ()), Targets(None, (3,))
+    ce = LOSS.validate_python({"type": "CrossEntropyLoss"})
+    ce.check((10,), classes, ("model", "layers", 2))
+    with pytest.raises(SpecError) as e:
+        ce.check((5,), classes, ("model", "layers", 2))
+    assert e.value.loc == ("model", "layers", 2) and "10" in e.value.msg
+    with pytest.raises(SpecError) as e:
+        ce.check((3,), values, ("model", "layers", 2))
+    assert e.value.loc == ("loss", "type")
+    mse = LOSS.validate_python({"type": "MSELoss"})
+    mse.check((3,), values, ("model", "layers", 0))
+    with pytest.raises(SpecError) as e:
+        mse.check((10,), classes, ("model", "layers", 0))
+    assert e.value.loc == ("loss", "type")
+    with pytest.raises(SpecError):
+        mse.check((4,), values, ("model", "layers", 0))
+    bce = LOSS.validate_python({"type": "BCEWithLogitsLoss"})
+    bce.check((1,), Targets(2, ()), ())
+    bce.check((10,), classes, ())
+    with pytest.raises(SpecError):
+        bce.check((1,), classes, ())
+
+
+def test_digits_are_sklearns_digits_scaled() -> None:
+    x, y = DigitsDataset().load(True)
+    digits = load_digits()
+    assert x.shape == (1797, 1, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+    torch.testing.assert_close(x.reshape(1797, 64) * 16, torch.tensor(digits.data, dtype=torch.float32))
+    assert y.tolist() == digits.target.tolist()
+    info = DigitsDataset().describe(True)
+    assert (info.samples, info.sample_shape, info.targets.num_classes) == (1797, (1, 8, 8), 10)
+
+
+def test_split_is_fixed_by_the_dataset_seed() -> None:
+    x, y = DigitsDataset().load(True)
+    a, b = DigitsDataset().split(x, y), DigitsDataset().split(x, y)
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+    assert a[0].shape[0] + a[2].shape[0] == 1797 and a[2].shape[0] == round(1797 * 0.2)
+    other = DigitsDataset(split_seed=1).split(x, y)
+    assert not torch.equal(a[3], other[3])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+def test_synthetic_data_has_the_requested_shape_and_is_seeded(dtype: str) -> None:
+    spec = SyntheticDataset(shape=[3, 5], samples=64, num_classes=4, dtype=dtype)
+    x, y = spec.load(True)
+    assert x.shape == (64, 3, 5) and str(x.dtype) == f"torch.{dtype}"
+    assert y.shape == (64,) and int(y.min()) >= 0 and int(y.max()) < 4
+    assert torch.equal(spec.load(True)[0], x)
+    reg = SyntheticDataset(task="regression", shape=[6], samples=32, targets=2, noise=0.1)
+    assert reg.load(False)[1].shape == (32, 2) and reg.describe(False).targets.shape == (2,)
+
+
+def test_inline_data_is_checked() -> None:
+    ok = InlineDataset(x=[[0, 1], [1, 0], [1, 1]], y=[0, 1, 1])
+    info = ok.describe(True)
+    assert (info.samples, info.sample_shape, info.targets.num_classes) == (3, (2,), 2)
+    for bad, field in [
+        ({"x": [[0, 1], [1]], "y": [0, 1]}, "x"),  # ragged
+        ({"x": [[0, 1], [1, 0]], "y": [0, 1, 1]}, "y"),  # lengths differ
+        ({"x": [[0, 1], [1, 0]], "y": [0.5, 1]}, "y"),  # not class indices
+        ({"x": [["a", 1], [1, 0]], "y": [0, 1]}, "x"),  # not numbers
+    ]:
+        with pytest.raises(SpecError) as e:
+            InlineDataset(**bad).describe(True)
+        assert e.value.loc == ("dataset", field), bad
+
+
+def payload(model: dict, dataset: dict, loss: dict, **extra: object) -> dict:
+    """What the API sends a worker, made the way app.jobs.plan makes it."""
+    spec = ModelSpec.model_validate(model)
+    info = DATASET.validate_python(dataset).describe(LOSS.validate_python(loss).task == "classification")
+    traced = trace_model(spec, (2, *info.sample_shape), info.dtype)
+    return {
+        "model": traced.spec.model_dump(),
+        "output_shape": list(traced.output_shape[1:]),
+        "dataset": dataset,
+        "loss": loss,
+        "optimizer": {"type": "Adam", "lr": 0.01},
+        "epochs": 2,
+        "batch_size": 64,
+        "seed": 0,
+        "device": "cpu",
+        "time_limit_s": 120,
+        "progress_every": 10,
+        "threads": 1,
+        **extra,
+    }
+
+
+def run(p: dict) -> list[dict]:
+    events = list(train(p))
+    assert events[-1]["kind"] == "done", events[-1]
+    return events
+
+
+def test_same_seed_same_history_and_another_seed_differs() -> None:
+    p = payload(MLP, {"name": "digits"}, {"type": "CrossEntropyLoss"})
+    first = [e for e in run(p) if e["kind"] == "epoch"]
+    again = [e for e in run(p) if e["kind"] == "epoch"]
+    other = [e for e in run({**p, "seed": 1}) if e["kind"] == "epoch"]
+    assert first == again
+    assert [e["train_loss"] for e in first] != [e["train_loss"] for e in other]
+    events = run(p)
+    assert next(e["kind"] for e in events) == "started" and events[0]["device"] == "cpu"
+    assert [e["step"] for e in events if e["kind"] == "progress"] == [10, 20, 30, 40]
+
+
+@pytest.mark.parametrize(
+    "model,dataset,loss",
+    [
+        (  # regression on a synthetic linear teacher
+            {"layers": [{"type": "Linear", "out_features": 2}]},
+            {"name": "synthetic", "task": "regression", "shape": [8], "targets": 2, "samples": 512},
+            {"type": "MSELoss"},
+        ),
+        (  # token ids through an Embedding, classified with BCE on one logit
+            {
+                "layers": [
+                    {"type": "Embedding", "num_embeddings": 20, "embedding_dim": 8},
+                    {"type": "Flatten"},
+                    {"type": "Linear", "out_features": 1},
+                ]
+            },
+            {"name": "synthetic", "shape": [4], "dtype": "int64", "vocab_size": 20, "num_classes": 2},
+            {"type": "BCEWithLogitsLoss"},
+        ),
+        (  # NLL on log-probabilities, inline data
+            {"layers": [{"type": "Linear", "out_features": 2}, {"type": "LogSoftmax", "dim": 1}]},
+            {"name": "inline", "x": [[0.0, 1.0], [1.0, 0.0]] * 20, "y": [0, 1] * 20},
+            {"type": "NLLLoss"},
+        ),
+    ],
+)
+def test_other_tasks_learn(model: dict, dataset: dict, loss: dict) -> None:
+    history = [e for e in run(payload(model, dataset, loss, epochs=15, batch_size=8)) if e["kind"] == "epoch"]
+    assert history[-1]["val_loss"] < 0.5 * history[0]["val_loss"], history
+
+
+def test_a_diverging_loss_fails_the_job_clearly() -> None:
+    dataset = {"name": "synthetic", "task": "regression", "shape": [8], "targets": 2, "samples": 256}
+    model = {"layers": [{"type": "Linear", "out_features": 2}]}
+    sgd = {"type": "SGD", "lr": 10}  # far too large: the loss overflows to inf within a few epochs
+    events = list(train(payload(model, dataset, {"type": "MSELoss"}, optimizer=sgd, epochs=20)))
+    assert events[-1]["kind"] == "failed" and "diverged" in events[-1]["error"], events[-1]
+
+
+def test_a_worker_failure_is_a_failed_event_not_an_exception() -> None:
+    p = payload(MLP, {"name": "digits"}, {"type": "CrossEntropyLoss"})
+    p["model"]["layers"][1]["in_features"] = 7  # a spec the API's trace would have refused
+    events = list(train(p))
+    assert events[-1]["kind"] == "failed" and "RuntimeError" in events[-1]["error"], events[-1]
