@@ -27,14 +27,13 @@ export const getJob = (id) => call("GET", `v1/jobs/${encodeURIComponent(id)}`);
 export const cancelJob = (id) => call("DELETE", `v1/jobs/${encodeURIComponent(id)}`);
 
 /**
- * Follows a job's Server-Sent Events: `onEvent(name, data)` for each event with its JSON data.
+ * Follows a job's Server-Sent Events: `onEvent(name, data)` for each named event, data parsed.
  * Returns the EventSource; close it to stop.
  */
 export function followJob(id, names, onEvent) {
   const source = new EventSource(`v1/jobs/${encodeURIComponent(id)}/events`);
   const handler = (name) => (e) => onEvent(name, JSON.parse(e.data));
   for (const name of names) source.addEventListener(name, handler(name));
-  source.onmessage = handler("message");
   return source;
 }
 

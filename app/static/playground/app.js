@@ -224,42 +224,45 @@ async function startTraining(event) {
   state.job = body;
   newChart();
   trainStatus(`Job ${body.id}: ${body.status}`);
-  state.source = api.followJob(body.id, ["progress", "job", "done", "end", "final"], onJobEvent);
-  state.source.onerror = () => {
-    // The stream closes after the final event; if it dropped earlier, read the job once.
-    if (state.job && !TERMINAL.has(state.job.status)) api.getJob(state.job.id).then((r) => r.ok && onJobEvent("job", r.body));
-    stopFollowing();
+  // Events: `progress` (epoch, step, steps_total, loss), `epoch` (one history entry), `done` (the job).
+  const source = api.followJob(body.id, ["progress", "epoch", "done"], onJobEvent);
+  source.onerror = () => {
+    // EventSource reconnects by itself (resuming at Last-Event-ID); if it gave up, read the job once.
+    if (source.readyState === EventSource.CLOSED && state.source === source) {
+      stopFollowing();
+      api.getJob(body.id).then((r) => r.ok && onJobEvent("done", r.body));
+    }
   };
+  state.source = source;
 }
 
 function onJobEvent(name, data) {
-  if (data.history) {
-    // A whole job: its status and every finished epoch.
+  if (name === "progress") {
+    trainStatus(`Job ${state.job.id}: running, epoch ${data.epoch}, step ${data.step} of ${data.steps_total}, `
+      + `loss ${data.loss.toFixed(4)}`);
+  } else if (name === "epoch") {
+    upsertEpoch(data);
+  } else {
     state.job = data;
     drawHistory(data.history);
-    const m = data.metrics;
-    const result = m?.val_accuracy != null ? `, val accuracy ${(m.val_accuracy * 100).toFixed(1)}%` : "";
-    const error = data.error ? `: ${data.error}` : "";
-    trainStatus(`Job ${data.id}: ${data.status}${data.device ? ` on ${data.device}` : ""}${result}${error}`);
+    const acc = data.metrics?.val_accuracy;
+    const result = acc != null ? `, validation accuracy ${(acc * 100).toFixed(1)}%` : "";
+    const time = data.duration_s != null ? ` in ${data.duration_s.toFixed(1)} s` : "";
+    trainStatus(`Job ${data.id}: ${data.status}${data.device ? ` on ${data.device}` : ""}${time}${result}`
+      + `${data.error ? `: ${data.error}` : ""}`);
     if (TERMINAL.has(data.status)) {
       stopFollowing();
       setTraining(false);
     }
-    return;
   }
-  // A progress event: step-level loss, and the epoch's numbers once it ends.
-  if (data.val_loss != null || data.val_accuracy != null) upsertEpoch(data);
-  const loss = data.loss ?? data.train_loss;
-  trainStatus(`Job ${state.job.id}: running, epoch ${data.epoch ?? "?"}`
-    + `${data.step != null ? `, step ${data.step}` : ""}${loss != null ? `, loss ${Number(loss).toFixed(4)}` : ""}`);
 }
 
 async function cancelTraining() {
   if (!state.job) return;
   trainStatus(`Cancelling job ${state.job.id}…`);
   const { ok, status, body } = await api.cancelJob(state.job.id);
-  if (!ok) trainStatus(`Cancel failed, HTTP ${status}: ${JSON.stringify(body?.detail)}`);
-  else if (body?.status) onJobEvent("job", body);
+  if (ok) onJobEvent("done", body);
+  else trainStatus(`Cancel failed, HTTP ${status}: ${body?.detail}`);
 }
 
 function stopFollowing() {
@@ -282,6 +285,7 @@ let history = [];
 
 function newChart() {
   history = [];
+  $("#chart").dataset.livePoints = 0;
   state.chart?.destroy();
   const el = $("#chart");
   el.hidden = $("#history").hidden = false;
@@ -296,7 +300,7 @@ function newChart() {
       { label: "val accuracy", stroke: "#16a34a", width: 2, scale: "acc", points: { show: true } },
     ],
     axes: [
-      { label: "epoch" },
+      { label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100] },
       { label: "loss" },
       { label: "accuracy", scale: "acc", side: 1, grid: { show: false } },
     ],
@@ -305,6 +309,7 @@ function newChart() {
 }
 
 function upsertEpoch(point) {
+  $("#chart").dataset.livePoints = Number($("#chart").dataset.livePoints ?? 0) + 1; // drawn from SSE
   history = history.filter((p) => p.epoch !== point.epoch).concat([point]).sort((a, b) => a.epoch - b.epoch);
   draw();
 }

@@ -113,8 +113,15 @@ export function fieldInput(name, prop, value, required, onChange) {
   return label;
 }
 
+/** A container's schema is recursive: its fields sit in $defs, behind a top-level $ref. */
+function resolve(schema) {
+  const name = schema.$ref?.match(/^#\/\$defs\/(.+)$/)?.[1];
+  return name ? schema.$defs[name] : schema;
+}
+
 /** Inputs for every field of a layer type except its `type` tag. */
-export function layerFields(schema, layer, onField) {
+export function layerFields(layerSchema, layer, onField) {
+  const schema = resolve(layerSchema);
   const required = new Set(schema.required ?? []);
   return Object.entries(schema.properties ?? {})
     .filter(([name]) => name !== "type")
