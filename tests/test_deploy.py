@@ -108,6 +108,7 @@ def test_worker_reserves_nvidia_gpus(compose: dict) -> None:
     devices = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
     assert compose["services"]["worker"]["build"]["args"]["TORCH_VARIANT"].startswith("cu")
+    assert "compute" in compose["services"]["worker"]["environment"]["NVIDIA_DRIVER_CAPABILITIES"]
     assert "deploy" not in compose["services"]["worker-cpu"]
 
 
