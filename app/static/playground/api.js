@@ -1,9 +1,18 @@
-// The whole API surface the playground uses: plain fetch and EventSource, relative URLs so the
-// page also works behind a path prefix. A frontend of your own needs nothing more than this.
+// The whole API surface the playground uses: plain fetch, relative URLs so the page also works
+// behind a path prefix. A frontend of your own needs nothing more than this.
+
+// Sent as X-API-Key when the server requires one (MB_API_KEYS); kept for this browser tab only.
+let apiKey = sessionStorage.getItem("mb-api-key") ?? "";
+export function setApiKey(key) {
+  apiKey = key.trim();
+  sessionStorage.setItem("mb-api-key", apiKey);
+}
+export const getApiKey = () => apiKey;
+const headers = (extra) => (apiKey ? { ...extra, "x-api-key": apiKey } : extra);
 
 /** JSON request; resolves to {ok, status, body} and never throws on an HTTP error status. */
 export async function call(method, url, body) {
-  const init = { method, headers: { accept: "application/json" } };
+  const init = { method, headers: headers({ accept: "application/json" }) };
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -27,14 +36,52 @@ export const getJob = (id) => call("GET", `v1/jobs/${encodeURIComponent(id)}`);
 export const cancelJob = (id) => call("DELETE", `v1/jobs/${encodeURIComponent(id)}`);
 
 /**
- * Follows a job's Server-Sent Events: `onEvent(name, data)` for each named event, data parsed.
- * Returns the EventSource; close it to stop.
+ * Follows a job's Server-Sent Events until its `done` event: `onEvent(name, data)` for each one,
+ * data parsed. Read with fetch rather than EventSource, which cannot send the X-API-Key header;
+ * a dropped stream is resumed where it stopped (Last-Event-ID). Resolves to false if the stream
+ * could not be followed to the end; abort `signal` to stop.
  */
-export function followJob(id, names, onEvent) {
-  const source = new EventSource(`v1/jobs/${encodeURIComponent(id)}/events`);
-  const handler = (name) => (e) => onEvent(name, JSON.parse(e.data));
-  for (const name of names) source.addEventListener(name, handler(name));
-  return source;
+export async function followJob(id, onEvent, signal) {
+  let lastId = null;
+  for (let attempt = 0; attempt < 5 && !signal.aborted; attempt++) {
+    try {
+      const extra = { accept: "text/event-stream" };
+      if (lastId) extra["last-event-id"] = lastId;
+      const res = await fetch(`v1/jobs/${encodeURIComponent(id)}/events`, { headers: headers(extra), signal });
+      if (!res.ok) return false;
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+        buffer += chunk.value.replaceAll("\r\n", "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const event = parseEvent(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+          if (event.id) lastId = event.id;
+          if (event.data) onEvent(event.name, JSON.parse(event.data));
+          if (event.name === "done") return true;
+        }
+      }
+    } catch {
+      if (signal.aborted) return false;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // then resume after the last event
+  }
+  return false;
+}
+
+/** One SSE block ("event: epoch\ndata: {...}\nid: 3") -> {name, data, id}. */
+function parseEvent(block) {
+  const event = { name: "message", data: "", id: null };
+  for (const line of block.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon <= 0) continue; // a comment, or a field without a value
+    const [field, value] = [line.slice(0, colon), line.slice(colon + 1).replace(/^ /, "")];
+    if (field === "event") event.name = value;
+    else if (field === "data") event.data += (event.data ? "\n" : "") + value;
+    else if (field === "id") event.id = value;
+  }
+  return event;
 }
 
 /**

@@ -10,7 +10,7 @@ const state = {
   examples: {}, // name -> {summary, value}, read from the summary endpoint's OpenAPI examples
   summaryRun: 0, // drops responses that arrive after a newer request was sent
   job: null,
-  source: null,
+  follow: null, // aborts the event stream being read
   chart: null,
 };
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
@@ -225,15 +225,12 @@ async function startTraining(event) {
   newChart();
   trainStatus(`Job ${body.id}: ${body.status}`);
   // Events: `progress` (epoch, step, steps_total, loss), `epoch` (one history entry), `done` (the job).
-  const source = api.followJob(body.id, ["progress", "epoch", "done"], onJobEvent);
-  source.onerror = () => {
-    // EventSource reconnects by itself (resuming at Last-Event-ID); if it gave up, read the job once.
-    if (source.readyState === EventSource.CLOSED && state.source === source) {
-      stopFollowing();
-      api.getJob(body.id).then((r) => r.ok && onJobEvent("done", r.body));
-    }
-  };
-  state.source = source;
+  const follow = new AbortController();
+  state.follow = follow;
+  api.followJob(body.id, onJobEvent, follow.signal).then((finished) => {
+    // If the stream could not be followed to the end, show the job as it is now.
+    if (!finished && !follow.signal.aborted) api.getJob(body.id).then((r) => r.ok && onJobEvent("done", r.body));
+  });
 }
 
 function onJobEvent(name, data) {
@@ -266,8 +263,8 @@ async function cancelTraining() {
 }
 
 function stopFollowing() {
-  state.source?.close();
-  state.source = null;
+  state.follow?.abort();
+  state.follow = null;
 }
 
 function setTraining(running) {
@@ -357,9 +354,17 @@ function fillCatalog(entries) {
 }
 
 async function main() {
+  $("#api-key").value = api.getApiKey();
+  $("#api-key").addEventListener("change", (e) => {
+    api.setApiKey(e.target.value);
+    location.reload(); // start over with the key
+  });
   const [catalog, spec] = await Promise.all([api.layerCatalog(), api.openapi()]);
   if (!catalog.ok) {
-    $("#summary-status").textContent = `Could not load the layer catalog: HTTP ${catalog.status}`;
+    const locked = catalog.status === 401;
+    const why = locked ? "this server needs an API key (enter it at the top right)" : `HTTP ${catalog.status}`;
+    $("#summary-status").textContent = `Could not load the layer catalog: ${why}`;
+    if (locked) $("#api-key").focus();
     return;
   }
   fillCatalog(catalog.body.data);
