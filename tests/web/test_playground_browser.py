@@ -216,3 +216,31 @@ def test_a_model_that_does_not_fit_the_dataset_is_refused_on_its_layer(offline_p
     expect(page.locator("#train-status")).to_contain_text("Not started, HTTP 422")
     expect(card(page, 0)).to_have_class(re.compile("has-error"))
     expect(card(page, 0).locator(".layer-error")).to_contain_text("in_channels")
+
+
+def test_loss_optimizer_and_dataset_forms_come_from_the_jobs_schema(
+    offline_page: OfflinePage, server: str
+) -> None:
+    page = open_playground(offline_page)
+    schemas = httpx.get(f"{server}/openapi.json").json()["components"]["schemas"]["JobCreate"]["properties"]
+    for field in ["dataset", "loss", "optimizer"]:
+        choices = page.locator(f'[name="{field}-choice"] option').evaluate_all("os => os.map(o => o.value)")
+        assert sorted(choices) == sorted(schemas[field]["discriminator"]["mapping"])
+
+    page.select_option("#example", "lenet_digits")
+    page.select_option('[name="optimizer-choice"]', "SGD")
+    optimizer = page.locator('.choice[data-field="optimizer"]')
+    optimizer.locator('[data-field="lr"] input').fill("0.05")
+    optimizer.locator('[data-field="momentum"] input').fill("0.9")
+    optimizer.locator('[data-field="nesterov"] input').check()
+    page.fill('#train-form [name="epochs"]', "2")
+    page.click("#train")
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
+
+    job_id = re.search(r"Job (\w+)", status.inner_text()).group(1)
+    request = httpx.get(f"{server}/v1/jobs/{job_id}").json()["request"]
+    assert request["optimizer"] | {"lr": 0.05, "momentum": 0.9, "nesterov": True} == request["optimizer"]
+    assert request["optimizer"]["type"] == "SGD"
+    assert request["loss"]["type"] == "CrossEntropyLoss" and request["dataset"]["name"] == "digits"
+    assert request["epochs"] == 2

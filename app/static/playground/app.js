@@ -1,7 +1,7 @@
 // The playground: a layer list edited through forms generated from GET /v1/layers, a live
 // summary from POST /v1/models/summary, and a training panel on POST /v1/jobs + its SSE stream.
 import * as api from "./api.js";
-import { layerFields } from "./forms.js";
+import { specFields } from "./forms.js";
 
 const $ = (sel) => document.querySelector(sel);
 const state = {
@@ -9,6 +9,7 @@ const state = {
   layers: [], // the spec's top-level layers, exactly as sent to the API
   examples: {}, // name -> {summary, value}, read from the summary endpoint's OpenAPI examples
   summaryRun: 0, // drops responses that arrive after a newer request was sent
+  train: {}, // the job's dataset, loss and optimizer specs, edited in the training panel
   job: null,
   follow: null, // aborts the event stream being read
   chart: null,
@@ -43,7 +44,7 @@ function layerCard(layer, i) {
   const fields = document.createElement("div");
   fields.className = "fields";
   if (entry) {
-    fields.append(...layerFields(entry.schema, layer, (name, value) => setField(i, name, value)));
+    fields.append(...specFields(entry.schema, layer, (name, value) => setField(i, name, value)));
   }
   const errors = document.createElement("p");
   errors.className = "layer-error";
@@ -62,13 +63,13 @@ function button(text, label, onClick) {
 }
 
 function setField(i, name, value) {
-  const card = $(`#layers > li[data-index="${i}"]`);
-  const label = card.querySelector(`[data-field="${name}"]`);
-  label.classList.toggle("invalid", value instanceof Error);
-  if (value instanceof Error) return;
-  if (value === undefined) delete state.layers[i][name];
-  else state.layers[i][name] = value;
+  setOrDelete(state.layers[i], name, value);
   changed(false);
+}
+
+function setOrDelete(spec, name, value) {
+  if (value === undefined) delete spec[name]; // left out: the API's default, or inferred
+  else spec[name] = value;
 }
 
 function move(i, step) {
@@ -194,17 +195,49 @@ function showErrors(detail) {
 
 // ---- training -------------------------------------------------------------------------------
 
+const TRAIN_DEFAULTS = { dataset: "digits", loss: "CrossEntropyLoss", optimizer: "Adam" };
+
+/**
+ * The dataset, loss and optimizer pickers, read from the OpenAPI schema of POST /v1/jobs: each a
+ * select over the union's variants and a form for the chosen one, like a layer's.
+ */
+function fillTrainChoices(openapi) {
+  const schemas = openapi?.components?.schemas ?? {};
+  const job = schemas.JobCreate;
+  if (!job) {
+    $("#train-form").hidden = true;
+    trainStatus("This server has no training API.");
+    return;
+  }
+  for (const block of document.querySelectorAll("#train-form .choice")) {
+    const field = block.dataset.field;
+    const { propertyName: tag, mapping } = job.properties[field].discriminator;
+    const select = block.querySelector("select");
+    for (const name of Object.keys(mapping)) select.add(new Option(name, name));
+    select.value = TRAIN_DEFAULTS[field] in mapping ? TRAIN_DEFAULTS[field] : select.options[0].value;
+    const pick = () => {
+      const schema = schemas[mapping[select.value].split("/").pop()];
+      const spec = { [tag]: select.value };
+      state.train[field] = spec;
+      const inputs = specFields(schema, spec, (name, value) => setOrDelete(spec, name, value), tag);
+      block.querySelector(".fields").replaceChildren(...inputs);
+      const help = block.querySelector(".help");
+      if (help) help.textContent = schema.description ?? "";
+    };
+    select.addEventListener("change", pick);
+    pick();
+  }
+}
+
 function trainRequest() {
-  const f = new FormData($("#train-form"));
+  const value = (name) => $(`#train-form .grid [name="${name}"]`).value;
   return {
     model: { layers: state.layers },
-    dataset: { name: f.get("dataset") },
-    loss: { type: f.get("loss") },
-    optimizer: { type: f.get("optimizer"), lr: Number(f.get("lr")) },
-    epochs: Number(f.get("epochs")),
-    batch_size: Number(f.get("batch_size")),
-    seed: Number(f.get("seed")),
-    device: f.get("device"),
+    ...state.train, // dataset, loss, optimizer
+    epochs: Number(value("epochs")),
+    batch_size: Number(value("batch_size")),
+    seed: Number(value("seed")),
+    device: value("device"),
   };
 }
 
@@ -372,6 +405,7 @@ async function main() {
   const body = spec.body?.paths?.["/v1/models/summary"]?.post?.requestBody?.content?.["application/json"];
   state.examples = body?.examples ?? {};
   for (const [name, ex] of Object.entries(state.examples)) $("#example").add(new Option(ex.summary ?? name, name));
+  fillTrainChoices(spec.body);
 
   $("#example").addEventListener("change", (e) => loadExample(e.target.value));
   $("#clear").addEventListener("click", () => { state.layers = []; changed(true); });

@@ -24,7 +24,8 @@ export function fieldKind(prop) {
     if (v.type === "integer" || v.type === "number") return v.type;
     if (v.type === "string") return "string";
   }
-  const flat = options.every((v) => SCALARS.has(v.type) || (v.type === "array" && SCALARS.has(v.items?.type)));
+  const item = (v) => v.items ?? v.prefixItems?.[0];
+  const flat = options.every((v) => SCALARS.has(v.type) || (v.type === "array" && SCALARS.has(item(v)?.type)));
   return flat ? "text" : "json";
 }
 
@@ -53,9 +54,9 @@ function placeholder(prop, required) {
 }
 
 /**
- * One labelled input for `name`, showing `value` (undefined = not set).
- * `onChange(value)` gets the parsed JSON value, or undefined when the field is cleared;
- * it gets an Error when the text cannot be parsed.
+ * One labelled input for `name`, showing `value` (undefined = not set). `onChange(value)` gets
+ * the parsed JSON value, or undefined when the field is cleared; text that does not parse marks
+ * the field invalid and is not passed on.
  */
 export function fieldInput(name, prop, value, required, onChange) {
   const kind = fieldKind(prop);
@@ -97,20 +98,26 @@ export function fieldInput(name, prop, value, required, onChange) {
   input.name = name;
 
   input.addEventListener(kind === "boolean" || kind === "enum" ? "change" : "input", () => {
-    if (kind === "boolean") return onChange(input.checked);
-    const raw = input.value;
-    if (raw.trim() === "") return onChange(undefined);
+    let parsed;
     try {
-      if (kind === "integer" || kind === "number") onChange(Number(raw));
-      else if (kind === "json") onChange(JSON.parse(raw));
-      else if (kind === "text") onChange(parseText(raw));
-      else onChange(raw);
-    } catch (err) {
-      onChange(err);
+      parsed = parseInput(input, kind);
+    } catch {
+      return label.classList.add("invalid");
     }
+    label.classList.remove("invalid");
+    onChange(parsed);
   });
   label.append(input);
   return label;
+}
+
+function parseInput(input, kind) {
+  if (kind === "boolean") return input.checked;
+  const raw = input.value;
+  if (raw.trim() === "") return undefined;
+  if (kind === "integer" || kind === "number") return Number(raw);
+  if (kind === "json") return JSON.parse(raw);
+  return kind === "text" ? parseText(raw) : raw;
 }
 
 /** A container's schema is recursive: its fields sit in $defs, behind a top-level $ref. */
@@ -119,11 +126,14 @@ function resolve(schema) {
   return name ? schema.$defs[name] : schema;
 }
 
-/** Inputs for every field of a layer type except its `type` tag. */
-export function layerFields(layerSchema, layer, onField) {
-  const schema = resolve(layerSchema);
+/**
+ * Inputs for every field of one variant of a tagged union (a layer type, a loss, a dataset...)
+ * except its tag; `onField(name, value)` on each edit, value undefined when cleared.
+ */
+export function specFields(variantSchema, spec, onField, tag = "type") {
+  const schema = resolve(variantSchema);
   const required = new Set(schema.required ?? []);
   return Object.entries(schema.properties ?? {})
-    .filter(([name]) => name !== "type")
-    .map(([name, prop]) => fieldInput(name, prop, layer[name], required.has(name), (v) => onField(name, v)));
+    .filter(([name]) => name !== tag)
+    .map(([name, prop]) => fieldInput(name, prop, spec[name], required.has(name), (v) => onField(name, v)));
 }
