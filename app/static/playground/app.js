@@ -133,7 +133,11 @@ function inputShape() {
 
 async function runSummary() {
   const run = ++state.summaryRun;
-  const request = { model: { layers: state.layers }, input_shape: inputShape(), input_dtype: $("#input-dtype").value };
+  const request = {
+    model: { layers: state.layers },
+    input_shape: inputShape(),
+    input_dtype: $("#input-dtype").value,
+  };
   $("#summary-status").textContent = "Tracing on the meta device…";
   const { ok, status, body } = await api.summarize(request);
   if (run !== state.summaryRun) return;
@@ -149,8 +153,6 @@ async function runSummary() {
 function renderSummary(s) {
   const rows = s.layers.map((layer) => {
     const tr = document.createElement("tr");
-    tr.dataset.layer = layer.path.split(".")[0];
-    tr.className = `depth-${layer.depth}`;
     const name = `${"  ".repeat(layer.depth)}${layer.path} ${layer.type}`;
     for (const text of [name, `[${layer.output_shape.join(", ")}]`, fmt(layer.num_params), fmt(layer.flops)]) {
       tr.insertCell().textContent = text;
@@ -272,6 +274,7 @@ function onJobEvent(name, data) {
       + `loss ${data.loss.toFixed(4)}`);
   } else if (name === "epoch") {
     upsertEpoch(data);
+    trainStatus(`Job ${state.job.id}: running, epoch ${data.epoch} done, val loss ${data.val_loss.toFixed(4)}`);
   } else {
     state.job = data;
     drawHistory(data.history);
@@ -311,10 +314,10 @@ function trainStatus(text) {
 
 // ---- the chart (uPlot, vendored) ------------------------------------------------------------
 
-let history = [];
+let points = []; // one {epoch, train_loss, val_loss, val_accuracy} per finished epoch
 
 function newChart() {
-  history = [];
+  points = [];
   $("#chart").dataset.livePoints = 0;
   state.chart?.destroy();
   const el = $("#chart");
@@ -340,23 +343,25 @@ function newChart() {
 
 function upsertEpoch(point) {
   $("#chart").dataset.livePoints = Number($("#chart").dataset.livePoints ?? 0) + 1; // drawn from SSE
-  history = history.filter((p) => p.epoch !== point.epoch).concat([point]).sort((a, b) => a.epoch - b.epoch);
+  points = points.filter((p) => p.epoch !== point.epoch).concat([point]).sort((a, b) => a.epoch - b.epoch);
   draw();
 }
 
-function drawHistory(points) {
-  history = [...points];
+function drawHistory(history) {
+  points = [...history];
   draw();
 }
 
 function draw() {
-  const col = (key) => history.map((p) => p[key] ?? null);
+  const col = (key) => points.map((p) => p[key] ?? null);
   state.chart?.setData([col("epoch"), col("train_loss"), col("val_loss"), col("val_accuracy")]);
-  $("#chart").dataset.points = history.length;
+  $("#chart").dataset.points = points.length;
   const num = (v, digits) => (v == null ? "–" : Number(v).toFixed(digits));
-  $("#history tbody").replaceChildren(...history.map((p) => {
+  $("#history tbody").replaceChildren(...points.map((p) => {
     const tr = document.createElement("tr");
-    for (const text of [p.epoch, num(p.train_loss, 4), num(p.val_loss, 4), num(p.val_accuracy, 3)]) tr.insertCell().textContent = text;
+    for (const text of [p.epoch, num(p.train_loss, 4), num(p.val_loss, 4), num(p.val_accuracy, 3)]) {
+      tr.insertCell().textContent = text;
+    }
     return tr;
   }));
 }
