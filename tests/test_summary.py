@@ -271,3 +271,19 @@ def test_swagger_examples_succeed(client, name: str) -> None:
     model = traced.spec.build()
     assert response.json()["total_params"] == count_params(model)[0]
     assert response.json()["model_repr"] == str(model)
+
+
+def test_concurrent_summaries_do_not_interfere() -> None:
+    """The API traces in a thread pool: meta-device and FLOP-counter modes must stay per thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from test_reference_models import REFERENCES
+
+    jobs = [(ref.spec, tuple(ref.input_shape), ref.input_dtype) for ref in REFERENCES.values()] * 4
+    alone = [summarize(ModelSpec.model_validate(s), shape, dtype) for s, shape, dtype in jobs]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda job: summarize(ModelSpec.model_validate(job[0]), *job[1:]), jobs))
+    assert together == alone
+    # and nothing leaked out of the threads into this one: new tensors are real, on the CPU
+    assert torch.empty(1).device.type == "cpu"
+    assert nn.Linear(2, 2).weight.device.type == "cpu"
