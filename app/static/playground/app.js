@@ -413,7 +413,11 @@ async function main() {
   fillTrainChoices(spec.body);
 
   $("#example").addEventListener("change", (e) => loadExample(e.target.value));
-  $("#clear").addEventListener("click", () => { state.layers = []; changed(true); });
+  $("#clear").addEventListener("click", () => {
+    state.layers = [];
+    $("#example").value = "";
+    changed(true);
+  });
   $("#add-layer").addEventListener("click", addLayer);
   $("#spec-json").addEventListener("input", onJsonEdited);
   $("#spec-json").addEventListener("blur", syncJson);
