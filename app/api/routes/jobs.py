@@ -25,6 +25,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 POLL_S = 0.2
 RETRY_AFTER_S = 5
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body is not JSON"},
     413: {"description": "request body too large"},
     422: {"description": "invalid job: a field, a shape mismatch naming the layer, or a limit"},
     429: {"description": "too many jobs queued or running; retry after Retry-After seconds"},
@@ -77,7 +78,7 @@ def create_job(job: JobCreate, engine: EngineDep, response: Response) -> JobPubl
 @router.get("/jobs")
 def list_jobs(
     engine: EngineDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobsPublic:
     """Recent jobs, newest first (without their requests)."""

@@ -1,0 +1,117 @@
+"""End-to-end check of the GPU path: a training job with ``"device": "cuda"`` on a machine (or a
+Ray cluster) that has one.
+
+    .venv/bin/python scripts/gpu_check.py                      # in-process app, embedded Ray
+    .venv/bin/python scripts/gpu_check.py --url http://host:8000 [--api-key KEY]   # a running API
+
+Checks, each printed as it runs: the cluster offers a GPU; a ``cuda`` job trains the digits CNN
+to >= 0.9 validation accuracy and reports a ``cuda`` device and its Ray node; an ``auto`` job
+lands on the GPU too; the same seed twice gives the same history (reported, not required: cuDNN
+may pick non-deterministic kernels). Exit status 0 when every required check passes, 1 when one
+fails, 2 when there is no GPU (a ``cuda`` job must then be refused at once with a 422).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CNN = {
+    "layers": [
+        {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+        {"type": "BatchNorm2d"},
+        {"type": "ReLU"},
+        {"type": "MaxPool2d", "kernel_size": 2},
+        {"type": "Conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1},
+        {"type": "ReLU"},
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 10},
+    ]
+}
+
+
+def body(device: str, seed: int = 0) -> dict[str, Any]:
+    return {
+        "model": CNN,
+        "dataset": {"name": "digits"},
+        "loss": {"type": "CrossEntropyLoss"},
+        "optimizer": {"type": "Adam", "lr": 0.003},
+        "epochs": 8,
+        "batch_size": 64,
+        "seed": seed,
+        "device": device,
+    }
+
+
+def check(ok: bool, what: str, detail: object = "") -> bool:
+    print(f"[{'ok' if ok else 'FAIL'}] {what} {detail}".rstrip(), flush=True)
+    return ok
+
+
+def run(client: Any) -> int:
+    ready = client.get("/readyz").json()
+    print("readyz:", json.dumps(ready), flush=True)
+    started = time.perf_counter()
+    first = client.post("/v1/train", json=body("cuda"))
+    if first.status_code == 422:
+        check(True, "no GPU here: a cuda job is refused at once", first.json()["detail"][0]["msg"])
+        return 2
+    job = first.json()
+    wall = time.perf_counter() - started
+    steps = job["history"][-1]["step"] if job.get("history") else 0
+    results = [
+        check(
+            first.status_code == 200 and job["status"] == "succeeded", "cuda job succeeded", job.get("error")
+        ),
+        check(str(job.get("device", "")).startswith("cuda"), "ran on", job.get("device")),
+        check(job.get("node") is not None, "on Ray node", json.dumps(job.get("node"))),
+        check(
+            (job.get("metrics") or {}).get("val_accuracy", 0) >= 0.9,
+            "digits validation accuracy >= 0.9:",
+            (job.get("metrics") or {}).get("val_accuracy"),
+        ),
+    ]
+    if job.get("duration_s"):
+        print(f"      {steps} steps in {job['duration_s']:.2f} s on the worker ({wall:.2f} s wall, cold)")
+    auto = client.post("/v1/train", json=body("auto")).json()
+    results.append(check(str(auto.get("device", "")).startswith("cuda"), "auto picked", auto.get("device")))
+    again = client.post("/v1/train", json=body("cuda")).json()
+    same = again.get("history") == job.get("history")
+    check(True, "same seed, same history on cuda:", same)
+    if again.get("duration_s"):
+        seconds = again["duration_s"]
+        print(f"      warm: {steps} steps in {seconds:.2f} s ({steps / seconds:.0f} steps/s)")
+    return 0 if all(results) else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a running API; default: the app in this process")
+    parser.add_argument("--api-key", help="X-API-Key, if the API is locked")
+    args = parser.parse_args()
+    if args.url:
+        import httpx
+
+        headers = {"X-API-Key": args.api_key} if args.api_key else {}
+        with httpx.Client(base_url=args.url, headers=headers, timeout=600) as client:
+            return run(client)
+    import torch
+    from fastapi.testclient import TestClient
+
+    from app.main import app
+
+    print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}", flush=True)
+    if torch.cuda.is_available():
+        print("GPU:", torch.cuda.get_device_name(0), flush=True)
+    with TestClient(app) as client:
+        return run(client)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
