@@ -151,3 +151,5 @@ def test_finished_jobs_survive_a_crash_and_running_ones_fail_with_a_reason(
     ready = second.api.get("/readyz").json()
     assert ready["status"] == "not ready" and ready["ray"] == "down"
     assert second.api.get("/healthz").status_code == 200
+    refused = second.api.post("/v1/jobs", json=job())
+    assert refused.status_code == 503 and "Ray" in refused.json()["detail"], refused.text

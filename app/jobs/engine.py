@@ -35,6 +35,10 @@ class QueueFull(Exception):
     """Too many jobs queued or running; the client should retry later."""
 
 
+class BackendDown(Exception):
+    """Ray cannot be started or does not answer; the client should retry later."""
+
+
 def run_job(payload: dict) -> Iterator[dict[str, Any]]:
     """The Ray task: train, reporting the node it runs on."""
     import ray
@@ -58,7 +62,12 @@ class JobEngine:
             log.warning("marked %d jobs left queued or running by an earlier API as failed", failed)
 
     def start_ray(self) -> None:
-        ray_runtime.ensure_ray()
+        try:
+            ray_runtime.ensure_ray()
+        except Exception as e:
+            raise BackendDown(f"could not start or join Ray: {type(e).__name__}: {e}") from e
+        if not ray_runtime.alive():
+            raise BackendDown("Ray does not answer; see GET /readyz")
         if self._remote is None:
             import ray
 
@@ -77,7 +86,7 @@ class JobEngine:
         return 1 if device == "cuda" or (device == "auto" and gpus >= 1) else 0
 
     def submit(self, request: dict, plan: JobPlan, device: str) -> str:
-        """Store and start a job; its id. Raises ``SpecError`` (device) or ``QueueFull``."""
+        """Store and start a job; its id. Raises ``SpecError`` (device), ``QueueFull`` or ``BackendDown``."""
         num_gpus = self.check_device(device)
         with self._lock:
             if self.store.count_active() >= settings.max_queued_jobs:

@@ -14,7 +14,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.core.config import settings
 from app.core.errors import spec_error_response
-from app.jobs.engine import JobEngine, QueueFull
+from app.jobs.engine import BackendDown, JobEngine, QueueFull
 from app.jobs.plan import plan_job
 from app.jobs.store import TERMINAL
 from app.schemas.jobs import JobCreate, JobPublic, JobsPublic
@@ -29,7 +29,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "request body too large"},
     422: {"description": "invalid job: a field, a shape mismatch naming the layer, or a limit"},
     429: {"description": "too many jobs queued or running; retry after Retry-After seconds"},
-    503: {"description": "the training backend is not started"},
+    503: {"description": "the training backend (Ray) is not available"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job"}}
 
@@ -63,6 +63,8 @@ def _submit(job: JobCreate, engine: JobEngine) -> str | JSONResponse:
         return spec_error_response(e, ("body",))
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
+    except BackendDown as e:
+        raise HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
 
 
 @router.post("/jobs", status_code=202, responses=ERRORS)
