@@ -113,6 +113,14 @@ class GroupNormSpec(ShapePreservingSpec):
                 f"expected channels divisible by num_groups {self.num_groups}, got {channels} channels",
                 {"expected_divisor": self.num_groups, "got": channels},
             )
+        # torch's training-mode check: each group needs more than one value (the trace skips torch)
+        if shape[0] * (channels // self.num_groups) * math.prod(shape[2:]) == 1:
+            raise ShapeError(
+                (),
+                f"expected more than 1 value per group when training, got input size {shape_str(shape)} "
+                f"with {self.num_groups} groups",
+                {"expected": "batch x channels per group x spatial size > 1", "got": list(shape)},
+            )
         return self.model_copy(update={"num_channels": channels})
 
     def build(self) -> nn.Module:

@@ -158,7 +158,9 @@ def image_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
             + (["residual", "concat", "sequential"] if depth < MAX_DEPTH else [])
         )
     )
-    if choice in ("bn", "bn1d") and not batch_norm_fits(shape):
+    # In training mode each group needs more than one value, as each batch-norm channel does.
+    fitting = [g for g in range(1, channels + 1) if channels % g == 0 and batch_norm_fits(shape, g)]
+    if (choice == "bn" and not batch_norm_fits(shape)) or (choice == "gn" and not fitting):
         choice = "elementwise"
     if choice == "conv":
         return conv2d(draw, shape)
@@ -180,7 +182,7 @@ def image_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
     if choice == "bn":
         return maybe(draw, {"type": "BatchNorm2d"}, num_features=channels), nn.BatchNorm2d(channels)
     if choice == "gn":
-        groups = draw(st.sampled_from([g for g in range(1, channels + 1) if channels % g == 0]))
+        groups = draw(st.sampled_from(fitting))
         spec = maybe(draw, {"type": "GroupNorm", "num_groups": groups}, num_channels=channels)
         return spec, nn.GroupNorm(groups, channels)
     if choice == "pool":
@@ -369,9 +371,9 @@ def run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module.train()(x)
 
 
-def batch_norm_fits(shape: torch.Size) -> bool:
-    """In training mode a batch norm needs more than one value per channel."""
-    return math.prod(shape) > shape[1]
+def batch_norm_fits(shape: torch.Size, groups: int | None = None) -> bool:
+    """In training mode a batch norm needs more than one value per channel (group norm: group)."""
+    return math.prod(shape) > (groups or shape[1])
 
 
 # -- whole stacks ---------------------------------------------------------------------------------

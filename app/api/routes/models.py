@@ -15,6 +15,7 @@ from layers.summary import ModelSummary, summarize
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 ERRORS = {
+    400: {"description": "the body is not text (FastAPI cannot decode it)"},
     413: {"description": "request body too large"},
     422: {"description": "invalid spec, a shape mismatch (naming the layer) or a limit exceeded"},
 }
