@@ -1,0 +1,217 @@
+"""A bounded load test on loopback: a real uvicorn server, concurrent clients, seconds not minutes.
+
+One server process (embedded Ray, a temporary data directory) takes concurrent summaries of mixed
+sizes (small CNNs to a 12-layer transformer, repeated and unique, valid and invalid) while
+training jobs are submitted, and a probe keeps calling ``/healthz``. Asserted: no 5xx, every
+answer is the expected one, every accepted job reaches a final state and is listed, the server's
+resident memory stays bounded from one round to the next, and ``/healthz`` keeps answering
+(a generous sanity bound, not a latency target: timings belong to ``bench/``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.examples import LSTM_CLASSIFIER, SEED_MODEL, SMALL_CNN
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCURRENCY = 16
+ROUNDS = 3
+PER_ROUND = 60  # summaries per round, mixed
+HEALTHZ_SANITY_S = 5.0  # even on a busy 2-core CI machine a liveness probe answers within this
+RSS_GROWTH_LIMIT = 150 << 20  # after the warm-up round, growth stays under this
+
+TRANSFORMER_12 = {
+    "layers": [
+        {"type": "Embedding", "num_embeddings": 32000, "embedding_dim": 768},
+        *({"type": "TransformerEncoderLayer", "nhead": 12, "dim_feedforward": 3072} for _ in range(12)),
+        {"type": "LayerNorm"},
+        {"type": "Linear", "out_features": 32000},
+    ]
+}
+MISMATCH = {"layers": [{"type": "Flatten"}, {"type": "Linear", "in_features": 7, "out_features": 2}]}
+JOB = {
+    "model": {
+        "layers": [
+            {"type": "Flatten"},
+            {"type": "Linear", "out_features": 16},
+            {"type": "ReLU"},
+            {"type": "Linear", "out_features": 10},
+        ]
+    },
+    "dataset": {"name": "digits"},
+    "loss": {"type": "CrossEntropyLoss"},
+    "optimizer": {"type": "Adam", "lr": 0.01},
+    "epochs": 1,
+    "batch_size": 64,
+    "device": "cpu",
+}
+
+
+def summary_body(i: int) -> tuple[dict, int]:
+    """The i-th request of a round and the status it must get. Odd batch sizes make most requests
+    unique (the summary cache misses); the rest repeat (it hits)."""
+    batch = 1 + i % 7
+    bodies = [
+        ({"model": SEED_MODEL, "input_shape": [batch, 3, 8, 8]}, 200),
+        ({"model": SMALL_CNN, "input_shape": [batch, 1, 28, 28]}, 200),
+        ({"model": LSTM_CLASSIFIER, "input_shape": [batch, 64], "input_dtype": "int64"}, 200),
+        ({"model": TRANSFORMER_12, "input_shape": [batch, 128], "input_dtype": "int64"}, 200),
+        ({"model": MISMATCH, "input_shape": [batch, 3, 4, 4]}, 422),
+    ]
+    return bodies[i % len(bodies)]
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """uvicorn on a socket bound here to a free loopback port (handed over: no race for the port)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    env = {
+        **os.environ,
+        "MB_DATA_DIR": str(tmp_path_factory.mktemp("load-jobs")),
+        "MB_MAX_QUEUED_JOBS": "4",
+        "MB_RAY_NUM_CPUS": "1",
+    }
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--fd", str(sock.fileno())]
+    proc = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env, pass_fds=[sock.fileno()])
+    sock.close()  # the server holds its own copy
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"the server exited with {proc.returncode}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def summaries(client: httpx.AsyncClient, count: int) -> list[tuple[int, int]]:
+    """``count`` summaries from ``CONCURRENCY`` concurrent clients: (expected, got) statuses."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+    results: list[tuple[int, int]] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            body, expected = summary_body(queue.get_nowait())
+            response = await client.post("/v1/models/summary", json=body)
+            results.append((expected, response.status_code))
+            if response.status_code == 422:
+                assert response.json()["detail"][0]["loc"][:4] == ["body", "model", "layers", 1]
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return results
+
+
+async def probe_health(client: httpx.AsyncClient, stop: asyncio.Event) -> list[float]:
+    latencies = []
+    while not stop.is_set():
+        started = time.perf_counter()
+        response = await client.get("/healthz")
+        latencies.append(time.perf_counter() - started)
+        assert response.status_code == 200
+        await asyncio.sleep(0.1)
+    return latencies
+
+
+async def submit_jobs(client: httpx.AsyncClient, count: int) -> list[str]:
+    """Submit ``count`` small jobs; a full queue (429) is retried after its Retry-After."""
+    ids = []
+    for seed in range(count):
+        while True:
+            response = await client.post("/v1/jobs", json={**JOB, "seed": seed})
+            if response.status_code != 429:
+                break
+            await asyncio.sleep(min(float(response.headers["retry-after"]), 1.0))
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+    return ids
+
+
+async def load(url: str, pid: int) -> dict:
+    limits = httpx.Limits(max_connections=CONCURRENCY + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        stop = asyncio.Event()
+        probe = asyncio.create_task(probe_health(client, stop))
+        statuses = await summaries(client, PER_ROUND)  # warm-up round: caches, lazy imports
+        rss = [rss_bytes(pid)]
+        jobs = asyncio.create_task(submit_jobs(client, 6))
+        for _ in range(ROUNDS):
+            statuses += await summaries(client, PER_ROUND)
+            rss.append(rss_bytes(pid))
+        job_ids = await jobs
+        stop.set()
+        health = await probe
+        finished = {}
+        deadline = time.monotonic() + 120
+        while len(finished) < len(job_ids) and time.monotonic() < deadline:
+            for job_id in job_ids:
+                job = (await client.get(f"/v1/jobs/{job_id}")).json()
+                if job["status"] not in ("queued", "running"):
+                    finished[job_id] = job["status"]
+            await asyncio.sleep(0.2)
+        listed = (await client.get("/v1/jobs", params={"limit": 100})).json()
+    return {
+        "statuses": statuses,
+        "rss": rss,
+        "health": health,
+        "jobs": finished,
+        "ids": job_ids,
+        "listed": listed,
+    }
+
+
+def test_concurrent_summaries_and_jobs_hold_up(server: tuple[str, int]) -> None:
+    url, pid = server
+    result = asyncio.run(load(url, pid))
+
+    statuses = result["statuses"]
+    assert len(statuses) == PER_ROUND * (ROUNDS + 1)
+    assert not [got for _, got in statuses if got >= 500], "server errors under load"
+    assert all(expected == got for expected, got in statuses), [s for s in statuses if s[0] != s[1]]
+
+    assert sorted(result["jobs"]) == sorted(result["ids"]), "a job never finished"
+    assert set(result["jobs"].values()) == {"succeeded"}, result["jobs"]
+    assert set(result["ids"]) <= {job["id"] for job in result["listed"]["data"]}
+
+    rss = result["rss"]
+    assert max(rss) - rss[0] < RSS_GROWTH_LIMIT, f"resident memory per round (MiB): {[r >> 20 for r in rss]}"
+    health = result["health"]
+    assert health and max(health) < HEALTHZ_SANITY_S, f"slowest /healthz: {max(health):.2f} s"
+    print(  # shown with -s: the figures behind the bounds
+        f"\nload: {len(statuses)} summaries, {len(result['ids'])} jobs; RSS per round (MiB) "
+        f"{[r >> 20 for r in rss]}; /healthz {len(health)} probes, slowest {max(health) * 1000:.0f} ms"
+    )
