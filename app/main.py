@@ -1,5 +1,8 @@
 """Model Builder: JSON layer specs in, everything PyTorch knows about the model out."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
@@ -10,7 +13,16 @@ from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
 from app.core.security import APILockMiddleware
+from app.core.warmup import warm_up_in_background
 from app.jobs.engine import jobs_lifespan
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    warm_up_in_background()
+    async with jobs_lifespan(app):  # the job store, and Ray for training
+        yield
+
 
 app = FastAPI(
     title="Model Builder",
@@ -19,7 +31,7 @@ app = FastAPI(
     "and memory before you spend a GPU-hour.",
     docs_url=None,  # served offline by app.api.routes.docs
     redoc_url=None,
-    lifespan=jobs_lifespan,  # the job store, and Ray for training
+    lifespan=lifespan,
 )
 app.add_middleware(
     BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth

@@ -61,10 +61,13 @@ def _unique_params(module: nn.Module) -> list[nn.Parameter]:
 
 
 def summarize(
-    spec: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType = "float32"
+    spec: ModelSpec,
+    input_shape: tuple[int, ...],
+    input_dtype: InputDType = "float32",
+    time_budget_s: float | None = None,
 ) -> ModelSummary:
     """Trace ``spec`` on the meta device and describe it; raises ``SpecError`` naming a layer."""
-    traced = trace_model(spec, input_shape, input_dtype)
+    traced = trace_model(spec, input_shape, input_dtype, time_budget_s)
     params = _unique_params(traced.module)
     layers = [
         LayerSummary(

@@ -6,6 +6,7 @@ output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allo
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from layers.base import ContainerSpec, LayerSpec, Shape, shape_str
-from layers.errors import Loc, ShapeError, SpecError
+from layers.errors import LimitError, Loc, ShapeError, SpecError
 from layers.model import ModelSpec
 
 InputDType = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32"]
@@ -60,10 +61,20 @@ def param_dtype_for(input_dtype: torch.dtype) -> torch.dtype:
     return input_dtype if input_dtype.is_floating_point else torch.float32
 
 
-def trace_model(spec: ModelSpec, input_shape: Shape, input_dtype: InputDType = "float32") -> TracedModel:
-    """Build ``spec`` on meta for an input of ``input_shape``; raise ``SpecError`` naming the layer."""
+def trace_model(
+    spec: ModelSpec,
+    input_shape: Shape,
+    input_dtype: InputDType = "float32",
+    time_budget_s: float | None = None,
+) -> TracedModel:
+    """Build ``spec`` on meta for an input of ``input_shape``; raise ``SpecError`` naming the layer.
+
+    With ``time_budget_s``, a trace still running past it stops at the next layer with a
+    ``LimitError`` (a few deep recurrent layers cost tenths of a second each on meta).
+    """
     dtype = DTYPES[input_dtype]
-    tracer = _Tracer(param_dtype_for(dtype))
+    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+    tracer = _Tracer(param_dtype_for(dtype), deadline, time_budget_s)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
     specs, module, out, flops = tracer.sequence(spec.layers, x, ("layers",), "", 0)
     return TracedModel(
@@ -82,8 +93,9 @@ def _join(path: str, name: str | int) -> str:
 
 
 class _Tracer:
-    def __init__(self, param_dtype: torch.dtype) -> None:
+    def __init__(self, param_dtype: torch.dtype, deadline: float | None, budget_s: float | None) -> None:
         self.param_dtype = param_dtype
+        self.deadline, self.budget_s = deadline, budget_s
         self.nodes: list[TracedLayer] = []
         self.input_shape: Shape | None = None
 
@@ -102,6 +114,13 @@ class _Tracer:
         return inferred, nn.Sequential(*modules), x, total
 
     def layer(self, spec: LayerSpec, x: torch.Tensor, loc: Loc, path: str, depth: int) -> TracedLayer:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise LimitError(
+                loc,
+                f"tracing the model took longer than {self.budget_s:g} s; it stopped before this "
+                f"{spec.type} (module path '{path}'). Use fewer or smaller layers",
+                {"limit_s": self.budget_s, "layers_traced": len(self.nodes)},
+            )
         node = TracedLayer(loc=loc, path=path, depth=depth, spec=spec, input_shape=tuple(x.shape))
         self.nodes.append(node)
         if isinstance(spec, ContainerSpec):

@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     max_input_rank: int = Field(6, gt=0, description="dimensions of an input shape")
     max_input_dim: int = Field(1 << 20, gt=0, description="largest size of one input dimension")
     max_input_numel: int = Field(1 << 36, gt=0, description="largest element count of an input")
+    max_trace_seconds: float = Field(10, gt=0, description="time to trace one model; 422 beyond it")
     summary_cache_size: int = Field(256, ge=0, description="summaries kept for repeated requests")
     data_dir: Path = Field(Path("data"), description="where jobs are persisted (SQLite)")
     # Training jobs (app/jobs): limits checked before a job is queued.

@@ -42,7 +42,9 @@ def plan_job(job: JobCreate) -> JobPlan:
             {"limit": settings.max_steps, "got": steps_total},
         )
     try:
-        summary = summarize(job.model, (job.batch_size, *info.sample_shape), info.dtype)
+        summary = summarize(
+            job.model, (job.batch_size, *info.sample_shape), info.dtype, settings.max_trace_seconds
+        )
     except SpecError as e:
         raise _under("model", e) from e
     last = ("model", "layers", len(job.model.layers) - 1)

@@ -25,7 +25,9 @@ ERRORS = {
 def _cached_summary(request_json: str) -> ModelSummary:
     # Keyed by the validated request's canonical JSON: the same spec is traced once.
     request = SummaryRequest.model_validate_json(request_json)
-    return summarize(request.model, tuple(request.input_shape), request.input_dtype)
+    return summarize(
+        request.model, tuple(request.input_shape), request.input_dtype, settings.max_trace_seconds
+    )
 
 
 @router.post("/summary", responses=ERRORS)
