@@ -1,14 +1,19 @@
 """Time and peak memory of a model summary: ours (meta device) vs torchinfo (real CPU tensors).
 
-Run by hand, not in CI (about 5 minutes on 2 cores):
+Run by hand, not in CI (about 5 minutes on 2 cores for the first two cases, 15 for all):
 
     .venv/bin/python bench/summary_vs_torchinfo.py            # all cases, 3 runs each
-    .venv/bin/python bench/summary_vs_torchinfo.py --runs 5
+    .venv/bin/python bench/summary_vs_torchinfo.py --runs 5 --cases resnet18_b1 resnet50_b1
 
-Models, each specified once in the spec language:
-- ResNet-50 (bottleneck residual blocks, 25,557,032 parameters) at batch 64, 3x224x224;
+Models, each specified once in the spec language (the torchvision ones with exactly torchvision's
+parameter counts, asserted):
+- ResNet-50 (bottleneck residual blocks, 25,557,032 parameters) at batch 64 and 1, 3x224x224;
 - a ~6.7e9-parameter transformer: token embedding (32,000 x 4096), 32 TransformerEncoderLayers
-  (d_model 4096, 32 heads, feed-forward 16384), LayerNorm and a linear head, 2048 tokens.
+  (d_model 4096, 32 heads, feed-forward 16384), LayerNorm and a linear head, 2048 tokens;
+- ResNet-18 (basic residual blocks, 11,689,512 parameters) at batch 1 and 64;
+- VGG-16 (configuration D, 138,357,544 parameters) at batch 64;
+- a 12-layer BERT-base-sized encoder (vocabulary 30,522, d_model 768, 12 heads, feed-forward
+  3072, tied nothing: 131,968,314 parameters), one sequence of 512 token ids.
 
 Ways to summarise, each measured in a fresh subprocess (so peak RSS is the case's own):
 - ``summarize``: ``layers.summary.summarize(spec, shape)`` in process;
@@ -70,6 +75,56 @@ def bottleneck(width: int, stride: int, project: bool) -> list[dict]:
     return [block, {"type": "ReLU"}]
 
 
+def basic_block(width: int, stride: int, project: bool) -> list[dict]:
+    """torchvision's BasicBlock: two 3x3 conv-BN (ReLU between), then the ReLU after the sum."""
+    block: dict = {"type": "Residual", "layers": [*conv_bn(width, 3, stride), *conv_bn(width, 3, relu=False)]}
+    if project:
+        block["shortcut"] = conv_bn(width, 1, stride, relu=False)
+    return [block, {"type": "ReLU"}]
+
+
+def resnet18() -> dict:
+    layers = [*conv_bn(64, 7, 2), {"type": "MaxPool2d", "kernel_size": 3, "stride": 2, "padding": 1}]
+    for stage, width in enumerate((64, 128, 256, 512)):
+        for i in range(2):
+            layers += basic_block(width, 2 if stage and not i else 1, project=bool(stage) and not i)
+    layers += [
+        {"type": "AdaptiveAvgPool2d", "output_size": 1},
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 1000},
+    ]
+    return {"layers": layers}
+
+
+def vgg16() -> dict:
+    """torchvision's VGG-16 (configuration D, no batch norm)."""
+    layers: list[dict] = []
+    for width, convs in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(convs):
+            layers += [
+                {"type": "Conv2d", "out_channels": width, "kernel_size": 3, "padding": 1},
+                {"type": "ReLU"},
+            ]
+        layers.append({"type": "MaxPool2d", "kernel_size": 2, "stride": 2})
+    layers += [{"type": "AdaptiveAvgPool2d", "output_size": 7}, {"type": "Flatten"}]
+    for width in (4096, 4096):
+        layers += [{"type": "Linear", "out_features": width}, {"type": "ReLU"}, {"type": "Dropout"}]
+    return {"layers": [*layers, {"type": "Linear", "out_features": 1000}]}
+
+
+def transformer_12() -> dict:
+    """A BERT-base-sized encoder: 12 layers, d_model 768, 12 heads, feed-forward 3072."""
+    block = {"type": "TransformerEncoderLayer", "nhead": 12, "dim_feedforward": 3072, "activation": "gelu"}
+    return {
+        "layers": [
+            {"type": "Embedding", "num_embeddings": 30522, "embedding_dim": 768},
+            *[block] * 12,
+            {"type": "LayerNorm"},
+            {"type": "Linear", "out_features": 30522},
+        ]
+    }
+
+
 def resnet50() -> dict:
     layers = [*conv_bn(64, 7, 2), {"type": "MaxPool2d", "kernel_size": 3, "stride": 2, "padding": 1}]
     for stage, (width, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True)):
@@ -98,8 +153,14 @@ def transformer_7b() -> dict:
 CASES = {
     "resnet50_b64": {"model": resnet50(), "input_shape": [64, 3, 224, 224], "input_dtype": "float32"},
     "transformer_7b": {"model": transformer_7b(), "input_shape": [1, 2048], "input_dtype": "int64"},
+    "resnet18_b1": {"model": resnet18(), "input_shape": [1, 3, 224, 224], "input_dtype": "float32"},
+    "resnet18_b64": {"model": resnet18(), "input_shape": [64, 3, 224, 224], "input_dtype": "float32"},
+    "resnet50_b1": {"model": resnet50(), "input_shape": [1, 3, 224, 224], "input_dtype": "float32"},
+    "vgg16_b64": {"model": vgg16(), "input_shape": [64, 3, 224, 224], "input_dtype": "float32"},
+    "transformer_12l": {"model": transformer_12(), "input_shape": [1, 512], "input_dtype": "int64"},
 }
-RESNET50_PARAMS = 25_557_032  # torchvision.models.resnet50().parameters(), published
+# torchvision's published parameter counts: the specs above are those architectures.
+PUBLISHED_PARAMS = {"resnet18": 11_689_512, "resnet50": 25_557_032, "vgg16": 138_357_544}
 TORCHINFO_CAP_BYTES = 8 * GIB  # address-space cap for the torchinfo attempt on the 7B model
 
 
@@ -269,8 +330,9 @@ def main() -> None:
             for r in results[mode]:
                 print(f"  {case} {mode}: {json.dumps(r)}", flush=True)
         ours = results["summarize"][0]
-        if case == "resnet50_b64":
-            assert ours.get("total_params") == RESNET50_PARAMS, ours
+        published = PUBLISHED_PARAMS.get(case.split("_")[0])
+        if published is not None:
+            assert ours.get("total_params") == published, (case, ours)
         info = results["torchinfo"]
         for mode in ("summarize", "http"):
             rows.append(
@@ -310,7 +372,9 @@ def main() -> None:
         for mode in ("summarize", "http"):
             _, _, cold, warm, rss = modes[mode]
             if info[3] and warm and info[4] and rss:
-                ratio = f"{info[3] / warm:,.0f}x time, {info[4] / rss:.1f}x memory"
+                speedup = info[3] / warm  # below 10x, two significant digits (batch 1 can be < 1x)
+                speed = f"{speedup:,.0f}x" if speedup >= 10 else f"{speedup:.2g}x"
+                ratio = f"{speed} time, {info[4] / rss:.1f}x memory"
             else:
                 ratio = "torchinfo cannot run"
             print(f"| {case} | {mode} | {fmt(cold)} | {fmt(warm)} | {fmt(rss, 'MiB')} | {ratio} |")
