@@ -200,6 +200,25 @@ BAD = [
         ["body", "model", "layers", 1],
     ),
     ("too much memory", {"model": HUGE}, ["body", "model"]),
+    (
+        "token ids past the vocabulary",
+        {
+            "model": {
+                "layers": [
+                    {"type": "Embedding", "num_embeddings": 10, "embedding_dim": 4},
+                    {"type": "Flatten"},
+                    {"type": "Linear", "out_features": 10},
+                ]
+            },
+            "dataset": {"name": "synthetic", "shape": [6], "dtype": "int64", "vocab_size": 50},
+        },
+        ["body", "model", "layers", 0, "num_embeddings"],
+    ),
+    (
+        "token ids into a Linear",
+        {"dataset": {"name": "synthetic", "shape": [6], "dtype": "int64"}},
+        ["body", "model", "layers", 1],
+    ),
     ("unknown dataset", {"dataset": {"name": "mnist"}}, ["body", "dataset"]),
     (
         "ragged inline x",

@@ -32,6 +32,7 @@ class DatasetInfo:
     sample_shape: Shape
     dtype: Literal["float32", "int64"]
     targets: Targets
+    tokens: int | None = None  # integer inputs: every id is below this
 
     @property
     def input_bytes(self) -> int:
@@ -112,7 +113,8 @@ class SyntheticDataset(_Dataset):
             targets = Targets(num_classes=self.num_classes, shape=())
         else:
             targets = Targets(num_classes=None, shape=(self.targets,))
-        return DatasetInfo(self.samples, tuple(self.shape), self.dtype, targets)
+        tokens = self.vocab_size if self.dtype == "int64" else None
+        return DatasetInfo(self.samples, tuple(self.shape), self.dtype, targets, tokens)
 
     def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed)
@@ -180,7 +182,8 @@ class InlineDataset(_Dataset):
             targets = Targets(num_classes=max(2, int(y.max()) + 1), shape=())
         else:
             targets = Targets(num_classes=None, shape=tuple(y.shape[1:]))
-        return DatasetInfo(x.shape[0], tuple(x.shape[1:]), self.dtype, targets)
+        tokens = int(x.max()) + 1 if self.dtype == "int64" else None
+        return DatasetInfo(x.shape[0], tuple(x.shape[1:]), self.dtype, targets, tokens)
 
 
 def _tensor(values: list, dtype: torch.dtype, field: str) -> torch.Tensor:

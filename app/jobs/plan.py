@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from app.core.config import settings
 from app.schemas.jobs import JobCreate
-from layers.errors import LimitError, SpecError
+from layers.base import ContainerSpec
+from layers.errors import LimitError, ShapeError, SpecError
 from layers.summary import summarize
 
 
@@ -47,6 +48,7 @@ def plan_job(job: JobCreate) -> JobPlan:
         )
     except SpecError as e:
         raise _under("model", e) from e
+    _check_token_ids(job, info.tokens)
     last = ("model", "layers", len(job.model.layers) - 1)
     output = tuple(summary.output_shape[1:])
     job.loss.check(output, info.targets, last)
@@ -84,6 +86,21 @@ def plan_job(job: JobCreate) -> JobPlan:
         "threads": settings.worker_threads,
     }
     return JobPlan(payload=payload, memory_estimate_bytes=memory, steps_total=steps_total)
+
+
+def _check_token_ids(job: JobCreate, tokens: int | None) -> None:
+    """Token ids must fit the Embedding that reads them (the meta trace cannot see values)."""
+    if tokens is None:
+        return
+    loc, first = next((loc, spec) for loc, _, spec in job.model.walk() if not isinstance(spec, ContainerSpec))
+    vocabulary = getattr(first, "num_embeddings", None)
+    if vocabulary is not None and vocabulary < tokens:
+        raise ShapeError(
+            ("model", *loc, "num_embeddings"),
+            f"the dataset's token ids go up to {tokens - 1} but this {first.type} has "
+            f"{vocabulary} embeddings (ids 0..{vocabulary - 1})",
+            {"expected_at_least": tokens, "got": vocabulary},
+        )
 
 
 def _under(field: str, error: SpecError) -> SpecError:

@@ -12,16 +12,19 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import queue
 import sys
 import threading
+from collections.abc import Callable
+from typing import Any
 
 from app.core.config import settings
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _probe_lock = threading.Lock()
-_owner = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-owner")
-_probe = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-probe")
+_owner_tasks: queue.SimpleQueue = queue.SimpleQueue()
+_owner: threading.Thread | None = None
 _pending: concurrent.futures.Future | None = None
 _connected = False
 LOOPBACK = "127.0.0.1"
@@ -41,7 +44,33 @@ def ensure_ray() -> None:
     """
     if _connected:
         return
-    _owner.submit(_connect).result()
+    _on_owner_thread(_connect).result()
+
+
+def _on_owner_thread(fn: Callable[[], Any]) -> concurrent.futures.Future:
+    """Run ``fn`` on the owner thread: a daemon that never ends, so it is not joined at exit
+    (an executor's thread would be, before Ray's own exit handler, killing Ray under it)."""
+    global _owner
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    with _probe_lock:
+        if _owner is None:
+            _owner = threading.Thread(target=_owner_loop, name="ray-owner", daemon=True)
+            _owner.start()
+    _owner_tasks.put((fn, future))
+    return future
+
+
+def _owner_loop() -> None:
+    while True:
+        fn, future = _owner_tasks.get()
+        _settle(future, fn)
+
+
+def _settle(future: concurrent.futures.Future, fn: Callable[[], Any]) -> None:
+    try:
+        future.set_result(fn())
+    except BaseException as e:
+        future.set_exception(e)
 
 
 def _connect() -> None:
@@ -90,7 +119,8 @@ def alive(timeout_s: float = 2.0) -> bool:
         return False
     with _probe_lock:
         if _pending is None or _pending.done():
-            _pending = _probe.submit(_any_node_alive)
+            _pending = concurrent.futures.Future()
+            threading.Thread(target=_settle, args=(_pending, _any_node_alive), daemon=True).start()
         pending = _pending
     try:
         return pending.result(timeout=timeout_s)
