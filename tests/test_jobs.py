@@ -325,3 +325,13 @@ def test_beyond_the_queue_limit_is_429_with_retry_after(api: TestClient, monkeyp
         assert int(response.headers["retry-after"]) > 0
     finally:
         api.delete(f"/v1/jobs/{job_id}")
+
+
+def test_train_answers_202_with_the_running_job_when_its_wait_ends(api: TestClient, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "train_wait_seconds", 0.5)
+    response = api.post("/v1/train", json=LONG)
+    assert response.status_code == 202, response.text
+    job_id = response.json()["id"]
+    assert response.json()["status"] in ("queued", "running")
+    assert response.headers["location"] == f"/v1/jobs/{job_id}"
+    assert api.delete(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
