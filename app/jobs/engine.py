@@ -121,11 +121,11 @@ class JobEngine:
     def close(self) -> None:
         """Stop watching; jobs still active die with this process, so they are marked failed."""
         self._closing.set()
-        for job_id in list(self._handles):
+        for job_id, handle in list(self._handles.items()):
             if self.store.finish(job_id, "failed", RESTART_REASON):
                 import ray
 
-                ray.cancel(self._handles[job_id], force=True)
+                ray.cancel(handle, force=True)
         for monitor in list(self._monitors.values()):
             monitor.join(timeout=2 * POLL_S)
         self.store.close()
