@@ -73,7 +73,9 @@ def trace_model(
     ``LimitError`` (a few deep recurrent layers cost tenths of a second each on meta).
     """
     dtype = DTYPES[input_dtype]
-    deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
+    # CPU time of this thread, not wall time: under concurrent requests a trace waits for the GIL,
+    # and a valid model must not be refused because the server is busy.
+    deadline = None if time_budget_s is None else time.thread_time() + time_budget_s
     tracer = _Tracer(param_dtype_for(dtype), deadline, time_budget_s)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
     specs, module, out, flops = tracer.sequence(spec.layers, x, ("layers",), "", 0)
@@ -114,10 +116,10 @@ class _Tracer:
         return inferred, nn.Sequential(*modules), x, total
 
     def layer(self, spec: LayerSpec, x: torch.Tensor, loc: Loc, path: str, depth: int) -> TracedLayer:
-        if self.deadline is not None and time.monotonic() > self.deadline:
+        if self.deadline is not None and time.thread_time() > self.deadline:
             raise LimitError(
                 loc,
-                f"tracing the model took longer than {self.budget_s:g} s; it stopped before this "
+                f"tracing the model took more than {self.budget_s:g} s of CPU time; it stopped before this "
                 f"{spec.type} (module path '{path}'). Use fewer or smaller layers",
                 {"limit_s": self.budget_s, "layers_traced": len(self.nodes)},
             )

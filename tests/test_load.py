@@ -128,7 +128,9 @@ async def summaries(client: httpx.AsyncClient, count: int) -> list[tuple[int, in
             body, expected = summary_body(queue.get_nowait())
             response = await client.post("/v1/models/summary", json=body)
             results.append((expected, response.status_code))
-            if response.status_code == 422:
+            if response.status_code != expected:
+                print(f"unexpected {response.status_code} for {body['input_shape']}: {response.text[:600]}")
+            elif expected == 422:
                 assert response.json()["detail"][0]["loc"][:4] == ["body", "model", "layers", 1]
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
