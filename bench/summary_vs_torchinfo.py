@@ -316,7 +316,7 @@ def main() -> None:
 
     print(f"machine: {machine()}")
     print(f"versions: {versions()}")
-    print(f"command: .venv/bin/python bench/summary_vs_torchinfo.py --runs {args.runs} --warm {args.warm}")
+    print(f"command: .venv/bin/python bench/summary_vs_torchinfo.py {' '.join(sys.argv[1:])}".rstrip())
     print("load average (1, 5, 15 min) at the start: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print()
     started = time.perf_counter()
