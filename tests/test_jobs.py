@@ -285,17 +285,20 @@ def test_with_cuda_the_job_trains_on_the_gpu(api: TestClient, device: str) -> No
 # Stopping workers last: each stopped worker costs the next job a fresh worker process.
 def test_cancel_stops_a_running_job(api: TestClient) -> None:
     job_id = submit(api, LONG)
-    started = wait(api, job_id, running)
-    assert started["status"] == "running" and started["device"] == "cpu"
-    pid = started["node"]["pid"]
-    response = api.delete(f"/v1/jobs/{job_id}")
-    assert response.status_code == 200 and response.json()["status"] == "cancelled"
-    deadline = time.monotonic() + 5
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(pid), "the worker still runs after its job was cancelled"
-    assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
-    assert api.delete(f"/v1/jobs/{job_id}").status_code == 409
+    try:
+        started = wait(api, job_id, running)
+        assert started["status"] == "running" and started["device"] == "cpu"
+        pid = started["node"]["pid"]
+        response = api.delete(f"/v1/jobs/{job_id}")
+        assert response.status_code == 200 and response.json()["status"] == "cancelled"
+        deadline = time.monotonic() + 5
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(pid), "the worker still runs after its job was cancelled"
+        assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        assert api.delete(f"/v1/jobs/{job_id}").status_code == 409
+    finally:
+        api.delete(f"/v1/jobs/{job_id}")
 
 
 def test_a_job_past_its_time_limit_fails_with_a_timeout(api: TestClient) -> None:

@@ -85,14 +85,18 @@ class JobEngine:
             )
         return 1 if device == "cuda" or (device == "auto" and gpus >= 1) else 0
 
-    def submit(self, request: dict, plan: JobPlan, device: str) -> str:
-        """Store and start a job; its id. Raises ``SpecError`` (device), ``QueueFull`` or ``BackendDown``."""
+    def submit(self, request: dict, plan: JobPlan, device: str) -> dict:
+        """Store and start a job: the job as queued (a fast worker may already run it).
+
+        Raises ``SpecError`` (device), ``QueueFull`` or ``BackendDown``.
+        """
         num_gpus = self.check_device(device)
         with self._lock:
             if self.store.count_active() >= settings.max_queued_jobs:
                 raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
             job_id = uuid.uuid4().hex
             self.store.create(job_id, request, plan.memory_estimate_bytes)
+            queued = self.store.get(job_id)
             handle = self._remote.options(num_cpus=1, num_gpus=num_gpus, name=f"train-{job_id[:8]}").remote(
                 plan.payload
             )
@@ -105,7 +109,7 @@ class JobEngine:
             )
             self._monitors[job_id] = monitor
         monitor.start()
-        return job_id
+        return queued
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job; False when it had already finished."""

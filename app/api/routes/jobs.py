@@ -74,8 +74,8 @@ def get_job(job_id: str, engine: EngineDep) -> dict:
 JobDep = Annotated[dict, Depends(get_job)]
 
 
-def _submit(job: JobCreate, engine: JobEngine) -> str | JSONResponse:
-    """Check and queue ``job``: its id, or the 422 answer. Runs in the thread pool."""
+def _submit(job: JobCreate, engine: JobEngine) -> dict | JSONResponse:
+    """Check and queue ``job``: the queued job, or the 422 answer. Runs in the thread pool."""
     try:
         plan = plan_job(job)
         return engine.submit(job.model_dump(mode="json"), plan, job.device)
@@ -93,8 +93,8 @@ def create_job(job: JobBody, engine: EngineDep, response: Response) -> JobPublic
     submitted = _submit(job, engine)
     if isinstance(submitted, JSONResponse):
         return submitted  # type: ignore[return-value]
-    response.headers["Location"] = f"/v1/jobs/{submitted}"
-    return JobPublic.model_validate(engine.store.get(submitted))
+    response.headers["Location"] = f"/v1/jobs/{submitted['id']}"
+    return JobPublic.model_validate(submitted)
 
 
 @router.get("/jobs")
@@ -161,12 +161,13 @@ async def train_and_wait(job: JobBody, engine: EngineDep, response: Response) ->
     if isinstance(submitted, JSONResponse):
         return submitted  # type: ignore[return-value]
     deadline = time.monotonic() + settings.train_wait_seconds
+    job_id = submitted["id"]
     while True:
-        current = await run_in_threadpool(engine.store.get, submitted)
+        current = await run_in_threadpool(engine.store.get, job_id)
         if current["status"] in TERMINAL:
             return JobPublic.model_validate(current)
         if time.monotonic() > deadline:
             response.status_code = 202
-            response.headers["Location"] = f"/v1/jobs/{submitted}"
+            response.headers["Location"] = f"/v1/jobs/{job_id}"
             return JobPublic.model_validate(current)
         await asyncio.sleep(POLL_S)
