@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     max_input_numel: int = Field(1 << 36, gt=0, description="largest element count of an input")
     max_trace_seconds: float = Field(10, gt=0, description="time to trace one model; 422 beyond it")
     summary_cache_size: int = Field(256, ge=0, description="summaries kept for repeated requests")
+    max_concurrent_traces: int = Field(
+        2, gt=0, description="summaries traced at once; more wait their turn (tracing holds the GIL)"
+    )
     data_dir: Path = Field(Path("data"), description="where jobs are persisted (SQLite)")
     # Training jobs (app/jobs): limits checked before a job is queued.
     max_epochs: int = Field(200, gt=0, description="epochs of one training job")
