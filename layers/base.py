@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Self
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from layers.errors import Loc, ShapeError
+from layers.strict import SpecModel
 
 Shape = tuple[int, ...]
 
@@ -29,12 +30,10 @@ Dim = Annotated[int, Field(ge=-8, le=8, description="tensor dimension; negative 
 LAYER_SPECS: dict[str, type[LayerSpec]] = {}
 
 
-class LayerSpec(BaseModel):
-    """Base of every layer spec: strict (unknown fields are errors) and immutable."""
+class LayerSpec(SpecModel):
+    """Base of every layer spec: strict (see ``SpecModel``) and immutable."""
 
-    # NaN and infinities parse from JSON (Python's parser accepts them) but are never a valid size,
-    # rate or epsilon, and could not be written back into the summary.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True)
 
     category: ClassVar[str] = "other"
     # Whether the layer runs on an integer tensor (token ids). Meta kernels do not check dtypes

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from torch import nn
 
 from layers.base import Shape, shape_str
 from layers.errors import Loc, ShapeError, SpecError
+from layers.strict import SpecModel
 
 LOSS_SPECS: dict[str, type[LossSpec]] = {}
 
@@ -33,10 +34,10 @@ class Targets:
         return f"real values of shape {shape_str(self.shape)} per sample"
 
 
-class LossSpec(BaseModel):
+class LossSpec(SpecModel):
     """Base of every loss spec: strict, immutable, registered by its ``type`` literal."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     task: ClassVar[Literal["classification", "regression"]] = "regression"
     type: str

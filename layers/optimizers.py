@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from typing import Annotated, Any, Literal, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
+
+from layers.strict import SpecModel
 
 OPTIMIZER_SPECS: dict[str, type[OptimizerSpec]] = {}
 
@@ -20,10 +22,10 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 Eps = Annotated[float, Field(gt=0, le=1, description="added to denominators for stability")]
 
 
-class OptimizerSpec(BaseModel):
+class OptimizerSpec(SpecModel):
     """Base of every optimizer spec: strict, immutable, registered by its ``type`` literal."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
     type: str
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from app.core.config import settings
 from layers.base import Shape
 from layers.errors import SpecError
 from layers.losses import Targets
+from layers.strict import SpecModel
 
 ValFraction = Annotated[float, Field(gt=0, lt=1, description="share of the samples held out for validation")]
 SplitSeed = Annotated[int, Field(ge=0, lt=2**63, description="seed of the fixed train/validation split")]
@@ -40,8 +41,8 @@ class DatasetInfo:
         return self.samples * (4 * math.prod(self.sample_shape) + per_target)
 
 
-class _Dataset(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Dataset(SpecModel):
+    model_config = ConfigDict(frozen=True)
 
     val_fraction: ValFraction = 0.2
     split_seed: SplitSeed = 0

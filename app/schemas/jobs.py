@@ -5,22 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.core.config import settings
 from app.jobs.datasets import AnyDataset
 from layers import ModelSpec
 from layers.losses import AnyLoss
 from layers.optimizers import AnyOptimizer
+from layers.strict import SpecModel
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running")
 
 
-class JobCreate(BaseModel):
+class JobCreate(SpecModel):
     """A short training run: a model, the data, the loss and the optimizer."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: ModelSpec
     dataset: AnyDataset

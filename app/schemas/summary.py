@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from app.core.config import settings
 from layers import ModelSpec
+from layers.strict import SpecModel
 from layers.trace import InputDType
 
 InputDim = Annotated[int, Field(gt=0, le=settings.max_input_dim)]
@@ -22,9 +23,7 @@ InputShape = Annotated[
 ]
 
 
-class SummaryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SummaryRequest(SpecModel):
     model: ModelSpec
     input_shape: InputShape
     input_dtype: InputDType = Field("float32", description='"int64" for token ids')
