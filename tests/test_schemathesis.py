@@ -70,13 +70,6 @@ CONFIG = schemathesis.Config.from_dict(
                 }
                 for name in JOB_SUBMISSIONS
             ),
-            {
-                # Two routes share each of these paths (GET + POST, GET + DELETE) and Starlette's
-                # 405 names only the first route's methods in Allow. Known framework behaviour,
-                # reported; the check stays on everywhere else.
-                "include-path-regex": r"^/v1/jobs(/\{job_id\})?$",
-                "checks": {"allow_header_conformance": {"enabled": False}},
-            },
         ],
     }
 )

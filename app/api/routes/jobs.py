@@ -51,7 +51,8 @@ DIGITS_CNN = {
 }
 EXAMPLES = {"digits_cnn": {"summary": "A small CNN on the 8x8 digits (~0.95 accuracy)", "value": DIGITS_CNN}}
 JobBody = Annotated[JobCreate, Body(openapi_examples=EXAMPLES)]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job"}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: ERRORS[503]}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job"}, **UNAVAILABLE}
 
 
 def get_engine(request: Request) -> JobEngine:
@@ -97,7 +98,7 @@ def create_job(job: JobBody, engine: EngineDep, response: Response) -> JobPublic
     return JobPublic.model_validate(submitted)
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=UNAVAILABLE)
 def list_jobs(
     engine: EngineDep,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
