@@ -94,7 +94,7 @@ class ResidualSpec(ContainerSpec):
                 + ("" if self.shortcut else "; add a shortcut (e.g. a 1x1 Conv2d) to match them"),
                 {"expected": list(skip.shape), "got": list(body.shape)},
             )
-        return body + skip
+        return body  # equal shapes and dtypes: the sum is shaped like the body (no meta add needed)
 
 
 class ConcatSpec(ContainerSpec):

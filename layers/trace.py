@@ -145,7 +145,9 @@ class _Tracer:
             with self.located(node):
                 node.spec = spec.infer(tuple(x.shape))
                 with torch.device("meta"):
-                    node.module = node.spec.build().to(self.param_dtype)
+                    node.module = node.spec.build()
+                if self.param_dtype != torch.get_default_dtype():  # .to() walks every tensor
+                    node.module.to(self.param_dtype)
                 out, node.flops = node.spec.trace(node.module, x)
         node.output = out
         node.output_shape = tuple(out.shape)
