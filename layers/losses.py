@@ -8,15 +8,15 @@ loss takes (class indices, one-hot floats, real values), and counts correct pred
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from layers.base import Shape, shape_str
 from layers.errors import Loc, ShapeError, SpecError
-from layers.strict import SpecModel
+from layers.spec import TypedSpec, union_of
 
 LOSS_SPECS: dict[str, type[LossSpec]] = {}
 
@@ -34,23 +34,11 @@ class Targets:
         return f"real values of shape {shape_str(self.shape)} per sample"
 
 
-class LossSpec(SpecModel):
+class LossSpec(TypedSpec):
     """Base of every loss spec: strict, immutable, registered by its ``type`` literal."""
 
-    model_config = ConfigDict(frozen=True)
-
     task: ClassVar[Literal["classification", "regression"]] = "regression"
-    type: str
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        name = cls.model_fields["type"].default
-        if not isinstance(name, str):
-            return
-        if name in LOSS_SPECS:
-            raise TypeError(f"loss type {name!r} registered twice")
-        LOSS_SPECS[name] = cls
+    registry: ClassVar[dict[str, Any]] = LOSS_SPECS
 
     def build(self) -> nn.Module:
         raise NotImplementedError
@@ -206,4 +194,4 @@ class BCEWithLogitsLossSpec(LossSpec):
         return (predicted == labels).sum()
 
 
-AnyLoss = Annotated[Union[tuple(LOSS_SPECS.values())], Field(discriminator="type")]  # noqa: UP007
+AnyLoss = union_of(LOSS_SPECS)

@@ -7,7 +7,6 @@ import line in ``layers/__init__.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
@@ -15,8 +14,9 @@ from torch import nn
 from layers import containers
 from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.errors import LimitError, Loc
+from layers.spec import union_of
 
-AnyLayer = Annotated[Union[tuple(LAYER_SPECS.values())], Field(discriminator="type")]  # noqa: UP007
+AnyLayer = union_of(LAYER_SPECS)
 
 for _container in (containers.SequentialSpec, containers.ResidualSpec, containers.ConcatSpec):
     _container.model_rebuild(_types_namespace={"AnyLayer": AnyLayer})

@@ -7,14 +7,15 @@ state tensors it keeps, for the memory estimate made before a job is queued.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from layers.strict import SpecModel
+from layers.spec import TypedSpec, union_of
 
 OPTIMIZER_SPECS: dict[str, type[OptimizerSpec]] = {}
+OptimizerClass = type[torch.optim.Optimizer]  # aliased: inside a spec class, `type` is the field
 
 LearningRate = Annotated[float, Field(gt=0, le=10, description="learning rate")]
 WeightDecay = Annotated[float, Field(ge=0, le=1, description="L2 penalty (decoupled for AdamW)")]
@@ -22,22 +23,10 @@ Beta = Annotated[float, Field(ge=0, lt=1)]
 Eps = Annotated[float, Field(gt=0, le=1, description="added to denominators for stability")]
 
 
-class OptimizerSpec(SpecModel):
+class OptimizerSpec(TypedSpec):
     """Base of every optimizer spec: strict, immutable, registered by its ``type`` literal."""
 
-    model_config = ConfigDict(frozen=True)
-
-    type: str
-
-    @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
-        super().__pydantic_init_subclass__(**kwargs)
-        name = cls.model_fields["type"].default
-        if not isinstance(name, str):
-            return
-        if name in OPTIMIZER_SPECS:
-            raise TypeError(f"optimizer type {name!r} registered twice")
-        OPTIMIZER_SPECS[name] = cls
+    registry: ClassVar[dict[str, Any]] = OPTIMIZER_SPECS
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         raise NotImplementedError
@@ -80,6 +69,7 @@ class SGDSpec(OptimizerSpec):
 class AdamSpec(OptimizerSpec):
     """Adam: per-parameter step sizes from running moments of the gradient."""
 
+    optimizer_class: ClassVar[OptimizerClass] = torch.optim.Adam
     type: Literal["Adam"] = "Adam"
     lr: LearningRate = 0.001
     betas: tuple[Beta, Beta] = (0.9, 0.999)
@@ -88,7 +78,7 @@ class AdamSpec(OptimizerSpec):
     amsgrad: bool = False
 
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(
+        return self.optimizer_class(
             params,
             lr=self.lr,
             betas=self.betas,
@@ -105,17 +95,8 @@ class AdamWSpec(AdamSpec):
     """AdamW: Adam with decoupled weight decay."""
 
     type: Literal["AdamW"] = "AdamW"
+    optimizer_class: ClassVar[OptimizerClass] = torch.optim.AdamW
     weight_decay: WeightDecay = 0.01
-
-    def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            params,
-            lr=self.lr,
-            betas=self.betas,
-            eps=self.eps,
-            weight_decay=self.weight_decay,
-            amsgrad=self.amsgrad,
-        )
 
 
 class RMSpropSpec(OptimizerSpec):
@@ -144,4 +125,4 @@ class RMSpropSpec(OptimizerSpec):
         return 1 + (self.momentum > 0) + self.centered
 
 
-AnyOptimizer = Annotated[Union[tuple(OPTIMIZER_SPECS.values())], Field(discriminator="type")]  # noqa: UP007
+AnyOptimizer = union_of(OPTIMIZER_SPECS)

@@ -22,31 +22,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CNN = {
-    "layers": [
-        {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
-        {"type": "BatchNorm2d"},
-        {"type": "ReLU"},
-        {"type": "MaxPool2d", "kernel_size": 2},
-        {"type": "Conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1},
-        {"type": "ReLU"},
-        {"type": "Flatten"},
-        {"type": "Linear", "out_features": 10},
-    ]
-}
+from app.examples import digits_job
 
 
 def body(device: str, seed: int = 0) -> dict[str, Any]:
-    return {
-        "model": CNN,
-        "dataset": {"name": "digits"},
-        "loss": {"type": "CrossEntropyLoss"},
-        "optimizer": {"type": "Adam", "lr": 0.003},
-        "epochs": 8,
-        "batch_size": 64,
-        "seed": seed,
-        "device": device,
-    }
+    return digits_job(epochs=8, seed=seed, device=device)
 
 
 def check(ok: bool, what: str, detail: object = "") -> bool:

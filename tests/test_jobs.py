@@ -14,20 +14,11 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.core.config import settings
+from app.examples import DIGITS_CNN, digits_job
 from app.main import app
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-CNN = {
-    "layers": [
-        {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1},
-        {"type": "ReLU"},
-        {"type": "MaxPool2d", "kernel_size": 2},
-        {"type": "Conv2d", "out_channels": 32, "kernel_size": 3, "padding": 1},
-        {"type": "ReLU"},
-        {"type": "Flatten"},
-        {"type": "Linear", "out_features": 10},
-    ]
-}
+CNN = DIGITS_CNN
 MLP = {
     "layers": [
         {"type": "Flatten"},
@@ -39,17 +30,7 @@ MLP = {
 
 
 def job(model: dict = MLP, **extra: object) -> dict:
-    return {
-        "model": model,
-        "dataset": {"name": "digits"},
-        "loss": {"type": "CrossEntropyLoss"},
-        "optimizer": {"type": "Adam", "lr": 0.003},
-        "epochs": 2,
-        "batch_size": 64,
-        "seed": 0,
-        "device": "cpu",
-        **extra,
-    }
+    return digits_job(model, **{"epochs": 2, "device": "cpu", **extra})
 
 
 LONG = job(epochs=100, batch_size=1)  # ~140k steps: minutes, unless stopped

@@ -19,7 +19,7 @@ from app.core.config import settings
 from layers.base import Shape
 from layers.errors import SpecError
 from layers.losses import Targets
-from layers.strict import SpecModel
+from layers.spec import SpecModel
 
 ValFraction = Annotated[float, Field(gt=0, lt=1, description="share of the samples held out for validation")]
 SplitSeed = Annotated[int, Field(ge=0, lt=2**63, description="seed of the fixed train/validation split")]

@@ -12,7 +12,7 @@ from app.jobs.datasets import AnyDataset
 from layers import ModelSpec
 from layers.losses import AnyLoss
 from layers.optimizers import AnyOptimizer
-from layers.strict import SpecModel
+from layers.spec import SpecModel
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 ACTIVE: tuple[JobStatus, ...] = ("queued", "running")

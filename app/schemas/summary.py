@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 
 from app.core.config import settings
 from layers import ModelSpec
-from layers.strict import SpecModel
+from layers.spec import SpecModel
 from layers.trace import InputDType
 
 InputDim = Annotated[int, Field(gt=0, le=settings.max_input_dim)]

@@ -14,6 +14,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.core.config import settings
 from app.core.errors import spec_error_response
+from app.examples import JOB_EXAMPLES
 from app.jobs.engine import BackendDown, JobEngine, QueueFull
 from app.jobs.plan import plan_job
 from app.jobs.store import TERMINAL
@@ -31,26 +32,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"description": "too many jobs queued or running; retry after Retry-After seconds"},
     503: {"description": "the training backend (Ray) is not available"},
 }
-DIGITS_CNN = {
-    "model": {
-        "layers": [
-            {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1},
-            {"type": "ReLU"},
-            {"type": "MaxPool2d", "kernel_size": 2},
-            {"type": "Flatten"},
-            {"type": "Linear", "out_features": 10},
-        ]
-    },
-    "dataset": {"name": "digits"},
-    "loss": {"type": "CrossEntropyLoss"},
-    "optimizer": {"type": "Adam", "lr": 0.003},
-    "epochs": 5,
-    "batch_size": 64,
-    "seed": 0,
-    "device": "auto",
-}
-EXAMPLES = {"digits_cnn": {"summary": "A small CNN on the 8x8 digits (~0.95 accuracy)", "value": DIGITS_CNN}}
-JobBody = Annotated[JobCreate, Body(openapi_examples=EXAMPLES)]
+JobBody = Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)]
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: ERRORS[503]}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job"}, **UNAVAILABLE}
 

@@ -1,0 +1,70 @@
+"""The bases of every user-written spec: strict about what JSON they take, and registered."""
+
+from __future__ import annotations
+
+import typing
+from typing import Annotated, Any, ClassVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    return annotation is bool or any(_accepts_bool(arg) for arg in typing.get_args(annotation))
+
+
+def _has_bool(value: Any) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
+
+
+class SpecModel(BaseModel):
+    """Unknown fields are errors, NaN and infinities are refused (they parse from JSON but are
+    never a valid size or rate, and cannot be written back), and a JSON boolean never passes
+    for a number: pydantic's lax mode reads ``true`` as 1, which the schema does not allow.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, data: Any) -> Any:
+        # A model validator, not a field one: pydantic forbids before-validators on the
+        # discriminator field ``type``, and subclasses add their fields later.
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if field is not None and _has_bool(value) and not _accepts_bool(field.annotation):
+                    raise ValueError(f"{name}: expected a number, got a boolean ({value!r})")
+        return data
+
+
+class TypedSpec(SpecModel):
+    """A spec entered in its family's closed registry under its ``type`` literal.
+
+    A family base (``LayerSpec``, ``LossSpec``, ``OptimizerSpec``) sets ``registry``; each
+    subclass with a literal ``type`` default registers itself, and a name taken twice is an
+    error naming both classes. The OpenAPI union is made from the registry by ``union_of``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    registry: ClassVar[dict[str, Any]]
+    type: str
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        name = cls.model_fields["type"].default
+        if not isinstance(name, str):
+            return  # an abstract intermediate class
+        if name in cls.registry:
+            other = cls.registry[name]
+            raise TypeError(
+                f"type {name!r} registered twice: "
+                f"{other.__module__}.{other.__qualname__} and {cls.__module__}.{cls.__qualname__}"
+            )
+        cls.registry[name] = cls
+
+
+def union_of(registry: dict[str, Any]) -> Any:
+    """The discriminated union (on ``type``) of every spec class in ``registry``."""
+    return Annotated[Union[tuple(registry.values())], Field(discriminator="type")]  # noqa: UP007
