@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install run test lint bench
+.PHONY: install system-deps run test lint bench
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	python3 -m venv $(VENV)
@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 
 install: $(VENV)/.installed
 
+system-deps:  ## Debian packages the browser and deployment tests use
+	scripts/install_system_deps.sh
+
 run: install  ## set up and serve on http://$(HOST):$(PORT)
 	$(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
 
@@ -21,6 +24,6 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: install  ## set up and run the whole test suite
+test: install system-deps  ## set up and run the whole test suite
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
