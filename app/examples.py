@@ -63,6 +63,16 @@ DIGITS_CNN = {
     ]
 }
 
+# The smallest useful model for the digits: trains in a second, for tests of the job machinery.
+DIGITS_MLP = {
+    "layers": [
+        {"type": "Flatten"},
+        {"type": "Linear", "out_features": 32},
+        {"type": "ReLU"},
+        {"type": "Linear", "out_features": 10},
+    ]
+}
+
 
 def digits_job(model: dict = DIGITS_CNN, **overrides: object) -> dict:
     """A training-job body on the digits dataset; any field may be overridden."""

@@ -14,22 +14,14 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.core.config import settings
-from app.examples import DIGITS_CNN, digits_job
+from app.examples import DIGITS_CNN, DIGITS_MLP, digits_job
 from app.main import app
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 CNN = DIGITS_CNN
-MLP = {
-    "layers": [
-        {"type": "Flatten"},
-        {"type": "Linear", "out_features": 32},
-        {"type": "ReLU"},
-        {"type": "Linear", "out_features": 10},
-    ]
-}
 
 
-def job(model: dict = MLP, **extra: object) -> dict:
+def job(model: dict = DIGITS_MLP, **extra: object) -> dict:
     return digits_job(model, **{"epochs": 2, "device": "cpu", **extra})
 
 

@@ -7,57 +7,18 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from servers import clean_env, start_server, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-START_S = 120  # an API with its embedded Ray on a busy 2-core machine
-MLP = {
-    "layers": [
-        {"type": "Flatten"},
-        {"type": "Linear", "out_features": 32},
-        {"type": "ReLU"},
-        {"type": "Linear", "out_features": 10},
-    ]
-}
+from app.examples import DIGITS_MLP, digits_job
 
 
 def job(**extra: object) -> dict:
-    body = {
-        "model": MLP,
-        "dataset": {"name": "digits"},
-        "loss": {"type": "CrossEntropyLoss"},
-        "optimizer": {"type": "Adam"},
-        "epochs": 2,
-        "device": "cpu",
-    }
-    return {**body, **extra}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], object], timeout_s: float = START_S) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except httpx.TransportError:
-            result = None
-        if result:
-            return result
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout_s:g} s")
+    return digits_job(DIGITS_MLP, **{"optimizer": {"type": "Adam"}, "epochs": 2, "device": "cpu", **extra})
 
 
 def descendants(pid: int) -> dict[int, str]:
@@ -85,16 +46,10 @@ class Server:
     """``uvicorn app.main:app`` in its own session, on a free loopback port."""
 
     def __init__(self, data_dir: Path, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MB_"))}
-        env.update(MB_DATA_DIR=str(data_dir), MB_RAY_NUM_CPUS="1")
-        port = free_port()
+        env = clean_env(MB_DATA_DIR=str(data_dir), MB_RAY_NUM_CPUS="1")
+        self.proc, url = start_server(env, log=log, new_session=True)
         self.log = log
-        args = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen(
-                args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        self.api = httpx.Client(base_url=url, timeout=30)
         wait_for("the API and its Ray", lambda: self.api.get("/readyz").json()["ray"] == "up")
 
     def kill(self) -> None:

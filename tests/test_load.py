@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from servers import running_server
 
-from app.examples import LSTM_CLASSIFIER, SEED_MODEL, SMALL_CNN
+from app.examples import LSTM_CLASSIFIER, SEED_MODEL, SMALL_CNN, digits_job
 
-ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = 16
 ROUNDS = 3
 PER_ROUND = 60  # summaries per round, mixed
@@ -40,8 +37,8 @@ TRANSFORMER_12 = {
     ]
 }
 MISMATCH = {"layers": [{"type": "Flatten"}, {"type": "Linear", "in_features": 7, "out_features": 2}]}
-JOB = {
-    "model": {
+JOB = digits_job(
+    {
         "layers": [
             {"type": "Flatten"},
             {"type": "Linear", "out_features": 16},
@@ -49,13 +46,10 @@ JOB = {
             {"type": "Linear", "out_features": 10},
         ]
     },
-    "dataset": {"name": "digits"},
-    "loss": {"type": "CrossEntropyLoss"},
-    "optimizer": {"type": "Adam", "lr": 0.01},
-    "epochs": 1,
-    "batch_size": 64,
-    "device": "cpu",
-}
+    optimizer={"type": "Adam", "lr": 0.01},
+    epochs=1,
+    device="cpu",
+)
 
 
 def summary_body(i: int) -> tuple[dict, int]:
@@ -81,39 +75,14 @@ def rss_bytes(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    """uvicorn on a free loopback port, as ``make run`` starts it (not ``--fd``: uvicorn takes a
-    handed-over socket for a Unix one and leaves Nagle on, adding ~40 ms per small request)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {
         **os.environ,
         "MB_DATA_DIR": str(tmp_path_factory.mktemp("load-jobs")),
         "MB_MAX_QUEUED_JOBS": "4",
         "MB_RAY_NUM_CPUS": "1",
     }
-    command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([*command, "--log-level", "warning"], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"the server exited with {proc.returncode}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
+    with running_server(env, args=("--log-level", "warning")) as (url, proc):
         yield url, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def summaries(client: httpx.AsyncClient, count: int) -> list[tuple[int, int]]:

@@ -13,60 +13,29 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+from servers import ROOT, START_S, clean_env, free_port, uvicorn_command, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+from app.examples import DIGITS_MLP, digits_job
+
 SCRIPT = ROOT / "scripts" / "ray_cluster.sh"
 RAY = Path(sys.executable).parent / "ray"
 KEY = "scale-out-test-key"
 HEAD_IP, WORKER_IP, SECOND_WORKER_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
-START_S = 120  # upper bound on a node or the API coming up on a busy 2-core machine
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, check: Callable[[], object], timeout_s: float = START_S) -> object:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout_s:g} s")
-
-
 def mlp_job(epochs: int, batch_size: int = 64) -> dict:
-    return {
-        "model": {
-            "layers": [
-                {"type": "Flatten"},
-                {"type": "Linear", "out_features": 32},
-                {"type": "ReLU"},
-                {"type": "Linear", "out_features": 10},
-            ]
-        },
-        "dataset": {"name": "digits"},
-        "loss": {"type": "CrossEntropyLoss"},
-        "optimizer": {"type": "Adam", "lr": 0.01},
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "device": "cpu",
-    }
+    optimizer = {"type": "Adam", "lr": 0.01}
+    return digits_job(DIGITS_MLP, optimizer=optimizer, epochs=epochs, batch_size=batch_size, device="cpu")
 
 
 @dataclass
@@ -115,7 +84,8 @@ class Cluster:
             job = self.api.get(f"/v1/jobs/{job_id}").json()
             return job if done(job) else None
 
-        return wait_for(f"job {job_id}", check, timeout_s)  # type: ignore[return-value]
+        # The API must stay up: a transport error fails at once.
+        return wait_for(f"job {job_id}", check, timeout_s, 0.5, ignore=())  # type: ignore[return-value]
 
 
 def _processes() -> dict[int, tuple[int, int]]:
@@ -172,14 +142,14 @@ def cluster() -> Iterator[Cluster]:
     # A short temp dir: Ray's unix socket paths under it must fit in 107 bytes.
     tmp = Path(tempfile.mkdtemp(prefix="mbray-", dir="/tmp"))
     port, api_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MB_"))}
-    env.update(RAY=str(RAY), RAY_TMPDIR=str(tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16))
+    token = secrets.token_hex(16)
+    env = clean_env(RAY=str(RAY), RAY_TMPDIR=str(tmp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     address = f"{HEAD_IP}:{port}"
     api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", headers={"X-API-Key": KEY}, timeout=30)
     c = Cluster(tmp, env, address, api)
     try:
         c.start("head", ["bash", str(SCRIPT), "head", str(port)])
-        wait_for("the Ray head", lambda: _ray_healthy(address, env))
+        wait_for("the Ray head", lambda: _ray_healthy(address, env), every_s=0.5)
         c.start_worker("worker", WORKER_IP)
         api_env = {
             **env,
@@ -187,10 +157,9 @@ def cluster() -> Iterator[Cluster]:
             "MB_DATA_DIR": str(tmp / "data"),
             "MB_API_KEYS": f'["{KEY}"]',
         }
-        uvicorn = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
-        c.start("api", [*uvicorn, "--port", str(api_port)], api_env)
+        c.start("api", uvicorn_command(api_port), api_env)
         try:
-            wait_for("the API joined to Ray", lambda: _api_ready(api))
+            wait_for("the API joined to Ray", lambda: _api_ready(api), every_s=0.5)
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- api log ---\n{c.log('api')}") from None
         yield c

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from sklearn.datasets import load_digits
 from torch import nn
 
+from app.examples import DIGITS_MLP
 from app.jobs.datasets import AnyDataset, DigitsDataset, InlineDataset, SyntheticDataset
 from app.jobs.train import train
 from layers import ModelSpec
@@ -36,14 +37,6 @@ OPTIMIZERS = {
     "Adam": ({"lr": 0.01, "betas": [0.8, 0.99], "amsgrad": True}, torch.optim.Adam),
     "AdamW": ({"lr": 0.01, "weight_decay": 0.1}, torch.optim.AdamW),
     "RMSprop": ({"lr": 0.01, "momentum": 0.5, "centered": True}, torch.optim.RMSprop),
-}
-MLP = {
-    "layers": [
-        {"type": "Flatten"},
-        {"type": "Linear", "out_features": 32},
-        {"type": "ReLU"},
-        {"type": "Linear", "out_features": 10},
-    ]
 }
 
 
@@ -209,7 +202,7 @@ def run(p: dict) -> list[dict]:
 
 
 def test_same_seed_same_history_and_another_seed_differs() -> None:
-    p = payload(MLP, {"name": "digits"}, {"type": "CrossEntropyLoss"})
+    p = payload(DIGITS_MLP, {"name": "digits"}, {"type": "CrossEntropyLoss"})
     first = [e for e in run(p) if e["kind"] == "epoch"]
     again = [e for e in run(p) if e["kind"] == "epoch"]
     other = [e for e in run({**p, "seed": 1}) if e["kind"] == "epoch"]
@@ -260,7 +253,7 @@ def test_a_diverging_loss_fails_the_job_clearly() -> None:
 
 
 def test_a_worker_failure_is_a_failed_event_not_an_exception() -> None:
-    p = payload(MLP, {"name": "digits"}, {"type": "CrossEntropyLoss"})
+    p = payload(DIGITS_MLP, {"name": "digits"}, {"type": "CrossEntropyLoss"})
     p["model"]["layers"][1]["in_features"] = 7  # a spec the API's trace would have refused
     events = list(train(p))
     assert events[-1]["kind"] == "failed" and "RuntimeError" in events[-1]["error"], events[-1]

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
+import servers
 from playwright.sync_api import Browser, expect
+from servers import clean_env
 
 from web.browser import OfflinePage
 
-ROOT = Path(__file__).resolve().parents[2]
 # A 2-core CI machine also starts Ray and traces models: be patient, never flaky.
 expect.set_options(timeout=30_000)
 CHROMIUM_ARGS = [
@@ -43,45 +39,16 @@ def _chromium() -> str:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(folder: Path, **settings: str) -> Iterator[str]:
     """The app under uvicorn in its own process, jobs kept in ``folder``; yields its base URL.
 
     ``settings`` are MB_* variables; those of the calling environment are left out.
     """
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MB_")}
-    env |= {"MB_DATA_DIR": str(folder / "data"), **{f"MB_{k.upper()}": v for k, v in settings.items()}}
-    log = (folder / "uvicorn.log").open("w")
-    cmd = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not start; see {log.name}")
-            time.sleep(0.2)
+    env = clean_env(("MB_",), MB_DATA_DIR=str(folder / "data"))
+    env |= {f"MB_{k.upper()}": v for k, v in settings.items()}
+    with servers.running_server(env, log=folder / "uvicorn.log") as (url, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="session")
