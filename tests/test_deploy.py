@@ -24,11 +24,11 @@ RAY_SERVICES = ("ray-head", "api", "worker", "worker-cpu")
 
 
 def _tool(name: str) -> str:
-    """Path of a CLI tool; in CI a missing one fails (``.ci/run`` installs it), elsewhere skips."""
+    """Path of a CLI tool; in CI a missing one fails (``make test`` installs it), elsewhere skips."""
     found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if found is None:
         if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed; .ci/run should have installed it")
+            pytest.fail(f"{name} is not installed; make test (scripts/install_system_deps.sh) installs it")
         pytest.skip(f"{name} is not installed")
     return found
 

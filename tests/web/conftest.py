@@ -34,7 +34,7 @@ def _chromium() -> str:
     path = os.environ.get("MB_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(path).exists():
         if os.environ.get("CI"):
-            pytest.fail("chromium is missing: .ci/run installs it with apt-get")
+            pytest.fail("chromium is missing: make test installs it (scripts/install_system_deps.sh)")
         pytest.skip("chromium is not installed (apt-get install chromium)")
     return path
 
