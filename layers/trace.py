@@ -7,6 +7,8 @@ output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allo
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,11 +40,14 @@ class TracedLayer:
     depth: int
     spec: LayerSpec
     input_shape: Shape
-    output_shape: Shape = ()
     output: torch.Tensor | None = None  # set once the layer is traced
     module: nn.Module | None = None
     flops: int = 0
     children: list[TracedLayer] = field(default_factory=list)
+
+    @property
+    def output_shape(self) -> Shape:
+        return () if self.output is None else tuple(self.output.shape)
 
 
 @dataclass
@@ -76,7 +81,7 @@ def trace_model(
     # CPU time of this thread, not wall time: under concurrent requests a trace waits for the GIL,
     # and a valid model must not be refused because the server is busy.
     deadline = None if time_budget_s is None else time.thread_time() + time_budget_s
-    tracer = _Tracer(param_dtype_for(dtype), deadline, time_budget_s)
+    tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), deadline, time_budget_s)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
     specs, module, out, flops = tracer.sequence(spec.layers, x, ("layers",), "", 0)
     return TracedModel(
@@ -95,17 +100,17 @@ def _join(path: str, name: str | int) -> str:
 
 
 class _Tracer:
-    def __init__(self, param_dtype: torch.dtype, deadline: float | None, budget_s: float | None) -> None:
+    def __init__(
+        self, input_shape: Shape, param_dtype: torch.dtype, deadline: float | None, budget_s: float | None
+    ) -> None:
+        self.input_shape = input_shape
         self.param_dtype = param_dtype
         self.deadline, self.budget_s = deadline, budget_s
         self.nodes: list[TracedLayer] = []
-        self.input_shape: Shape | None = None
 
     def sequence(
         self, specs: list[LayerSpec], x: torch.Tensor, loc: Loc, path: str, depth: int
     ) -> tuple[list[LayerSpec], nn.Sequential, torch.Tensor, int]:
-        if self.input_shape is None:
-            self.input_shape = tuple(x.shape)
         inferred, modules, total = [], [], 0
         for i, spec in enumerate(specs):
             node = self.layer(spec, x, (*loc, i), _join(path, i), depth)
@@ -150,37 +155,28 @@ class _Tracer:
                     node.module.to(self.param_dtype)
                 out, node.flops = node.spec.trace(node.module, x)
         node.output = out
-        node.output_shape = tuple(out.shape)
         return node
 
-    def located(self, node: TracedLayer) -> _Located:
-        return _Located(self, node)
+    @contextmanager
+    def located(self, node: TracedLayer) -> Iterator[None]:
+        """Turns any failure inside one layer into a ``SpecError`` that names that layer."""
+        try:
+            yield
+        except Exception as exc:
+            raise self.locate(node, exc) from exc
 
     def traced_so_far(self) -> list[dict]:
         done = [n for n in self.nodes if n.output is not None]
         return [{"path": n.path, "type": n.spec.type, "output_shape": list(n.output_shape)} for n in done]
 
-
-class _Located:
-    """Turns any failure inside one layer into a ``SpecError`` that names that layer."""
-
-    def __init__(self, tracer: _Tracer, node: TracedLayer) -> None:
-        self.tracer, self.node = tracer, node
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
-        if exc is None or not isinstance(exc, Exception):
-            return False
-        node = self.node
-        traced = self.tracer.traced_so_far()
+    def locate(self, node: TracedLayer, exc: Exception) -> SpecError:
+        traced = self.traced_so_far()
         if isinstance(exc, SpecError):
             loc, reason, ctx, cls = (*node.loc, *exc.loc), exc.msg, dict(exc.ctx), type(exc)
         else:  # torch refused the layer: its own message names the sizes
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             loc, ctx, cls = node.loc, {}, ShapeError
-        steps = [f"input {shape_str(self.tracer.input_shape or ())}"] + [
+        steps = [f"input {shape_str(self.input_shape)}"] + [
             f"{t['path']} {t['type']} {shape_str(t['output_shape'])}" for t in traced
         ]
         if len(steps) > MAX_TRACED_IN_MESSAGE:
@@ -190,4 +186,4 @@ class _Located:
             f"{shape_str(node.input_shape)}: {reason}. Traced so far: {' -> '.join(steps)}"
         )
         ctx.update(layer=node.spec.type, path=node.path, input_shape=list(node.input_shape), traced=traced)
-        raise cls(loc, msg, ctx) from exc
+        return cls(loc, msg, ctx)
