@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
+from starlette.types import Send
 
 from layers.errors import SpecError
 
@@ -53,6 +56,25 @@ async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> 
     if exc.status_code == 405:
         exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request))}
     return await http_exception_handler(request, exc)
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    kind: str,
+    loc: list[str],
+    msg: str,
+    ctx: dict[str, Any] | None = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer from a raw ASGI middleware (before FastAPI runs), in FastAPI's error format."""
+    detail: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg}
+    if ctx is not None:
+        detail["ctx"] = ctx
+    body = json.dumps({"detail": [detail]}).encode()
+    start = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*start, *headers]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install_error_handlers(app: FastAPI) -> None:

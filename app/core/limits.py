@@ -7,10 +7,11 @@ reading the rest), scans its JSON nesting depth without recursion (422 past
 
 from __future__ import annotations
 
-import json
 import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.errors import send_error
 
 # A string, or an unterminated one running to the end (the closing quote is optional): every
 # scan position either starts a string that this match consumes, or is one bracket. A pattern
@@ -44,7 +45,7 @@ class BodyLimitMiddleware:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._reject(send, 413, self._too_large())
+            await self._too_large(send)
             return
         chunks, size, more = [], 0, True
         while more:
@@ -54,20 +55,16 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await self._reject(send, 413, self._too_large())
+                await self._too_large(send)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
         depth = json_depth(body)
         if depth > self.max_json_depth:
-            detail = {
-                "type": "json_too_deep",
-                "loc": ["body"],
-                "msg": f"JSON nested {depth} levels deep; the limit is {self.max_json_depth}",
-                "ctx": {"limit": self.max_json_depth, "got": depth},
-            }
-            await self._reject(send, 422, {"detail": [detail]})
+            msg = f"JSON nested {depth} levels deep; the limit is {self.max_json_depth}"
+            ctx = {"limit": self.max_json_depth, "got": depth}
+            await send_error(send, 422, "json_too_deep", ["body"], msg, ctx)
             return
 
         replayed = False
@@ -81,29 +78,6 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self) -> dict:
-        return {
-            "detail": [
-                {
-                    "type": "body_too_large",
-                    "loc": ["body"],
-                    "msg": f"request body exceeds {self.max_body_bytes} bytes",
-                    "ctx": {"limit": self.max_body_bytes},
-                }
-            ]
-        }
-
-    @staticmethod
-    async def _reject(send: Send, status: int, content: dict) -> None:
-        body = json.dumps(content).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, send: Send) -> None:
+        msg = f"request body exceeds {self.max_body_bytes} bytes"
+        await send_error(send, 413, "body_too_large", ["body"], msg, {"limit": self.max_body_bytes})

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.core.errors import send_error
 
 API_KEY_HEADER = "x-api-key"
 PROTECTED_PREFIX = "/v1"
@@ -92,11 +93,13 @@ class APILockMiddleware:
             if wait > 0:
                 retry_after = max(1, math.ceil(wait))
                 msg = f"too many requests; retry in {retry_after} s"
-                await _reject(send, 429, "rate_limited", ["request"], msg, retry_after=retry_after)
+                retry = [(b"retry-after", str(retry_after).encode())]
+                await send_error(send, 429, "rate_limited", ["request"], msg, headers=retry)
                 return
         if self._keys and key is None:
             msg = f"a valid API key is required in the {API_KEY_HEADER!r} header"
-            await _reject(send, 401, "api_key_invalid", ["header", API_KEY_HEADER], msg)
+            challenge = [(b"www-authenticate", b'ApiKey header="X-API-Key"')]
+            await send_error(send, 401, "api_key_invalid", ["header", API_KEY_HEADER], msg, headers=challenge)
             return
         await self.app(scope, receive, send)
 
@@ -108,16 +111,3 @@ class APILockMiddleware:
         digest = hashlib.sha256(given).digest()
         matches = [hmac.compare_digest(digest, known) for known in self._keys]
         return digest if any(matches) else None
-
-
-async def _reject(
-    send: Send, status: int, kind: str, loc: list[str], msg: str, retry_after: int | None = None
-) -> None:
-    body = json.dumps({"detail": [{"type": kind, "loc": loc, "msg": msg}]}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'ApiKey header="X-API-Key"'))
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
