@@ -23,6 +23,10 @@ class SpecError(Exception):
         self.msg = msg
         self.ctx = ctx or {}
 
+    def under(self, *fields: str | int) -> SpecError:
+        """The same error, its loc moved under ``fields`` (e.g. ``under("model")``)."""
+        return type(self)((*fields, *self.loc), self.msg, self.ctx)
+
     def to_detail(self, prefix: Loc = ()) -> dict[str, Any]:
         """One entry of FastAPI's ``{"detail": [...]}`` list."""
         return {"type": self.error_type, "loc": [*prefix, *self.loc], "msg": self.msg, "ctx": self.ctx}

@@ -19,12 +19,9 @@ from starlette.types import Send
 from layers.errors import SpecError
 
 
-def spec_error_response(exc: SpecError, prefix: tuple[str, ...] = ("body", "model")) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": [exc.to_detail(prefix)]})
-
-
 async def _spec_error_handler(request: Request, exc: SpecError) -> JSONResponse:
-    return spec_error_response(exc)
+    # Routes raise SpecErrors located relative to the request body.
+    return JSONResponse(status_code=422, content={"detail": [exc.to_detail(("body",))]})
 
 
 def _json_safe(value: Any) -> Any:

@@ -30,7 +30,7 @@ def plan_job(job: JobCreate) -> JobPlan:
     try:
         job.model.check_limits(settings.max_layers, settings.max_nesting)
     except SpecError as e:
-        raise _under("model", e) from e
+        raise e.under("model") from e
     classification = job.loss.task == "classification"
     info = job.dataset.describe(classification)
     steps_per_epoch = math.ceil(math.ceil(info.samples * (1 - job.dataset.val_fraction)) / job.batch_size)
@@ -47,7 +47,7 @@ def plan_job(job: JobCreate) -> JobPlan:
             job.model, (job.batch_size, *info.sample_shape), info.dtype, settings.max_trace_seconds
         )
     except SpecError as e:
-        raise _under("model", e) from e
+        raise e.under("model") from e
     _check_token_ids(job, info.tokens)
     last = ("model", "layers", len(job.model.layers) - 1)
     output = tuple(summary.output_shape[1:])
@@ -101,11 +101,6 @@ def _check_token_ids(job: JobCreate, tokens: int | None) -> None:
             f"{vocabulary} embeddings (ids 0..{vocabulary - 1})",
             {"expected_at_least": tokens, "got": vocabulary},
         )
-
-
-def _under(field: str, error: SpecError) -> SpecError:
-    """The same error with its loc moved under a body field."""
-    return type(error)((field, *error.loc), error.msg, error.ctx)
 
 
 def _gib(n: int) -> str:

@@ -9,17 +9,14 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from app.core.config import settings
-from app.core.errors import spec_error_response
 from app.examples import JOB_EXAMPLES
 from app.jobs.engine import BackendDown, JobEngine, QueueFull
 from app.jobs.plan import plan_job
 from app.jobs.store import TERMINAL
 from app.schemas.jobs import JobCreate, JobPublic, JobsPublic
-from layers.errors import SpecError
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -57,13 +54,11 @@ def get_job(job_id: str, engine: EngineDep) -> dict:
 JobDep = Annotated[dict, Depends(get_job)]
 
 
-def _submit(job: JobCreate, engine: JobEngine) -> dict | JSONResponse:
-    """Check and queue ``job``: the queued job, or the 422 answer. Runs in the thread pool."""
+def _submit(job: JobCreate, engine: JobEngine) -> dict:
+    """Check and queue ``job``: the queued job (a ``SpecError`` is a 422). Runs in the thread pool."""
     try:
         plan = plan_job(job)
         return engine.submit(job.model_dump(mode="json"), plan, job.device)
-    except SpecError as e:
-        return spec_error_response(e, ("body",))
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
     except BackendDown as e:
@@ -74,8 +69,6 @@ def _submit(job: JobCreate, engine: JobEngine) -> dict | JSONResponse:
 def create_job(job: JobBody, engine: EngineDep, response: Response) -> JobPublic:
     """Queue a training run; follow it at /v1/jobs/{id} or /v1/jobs/{id}/events."""
     submitted = _submit(job, engine)
-    if isinstance(submitted, JSONResponse):
-        return submitted  # type: ignore[return-value]
     response.headers["Location"] = f"/v1/jobs/{submitted['id']}"
     return JobPublic.model_validate(submitted)
 
@@ -141,8 +134,6 @@ async def job_events(
 async def train_and_wait(job: JobBody, engine: EngineDep, response: Response) -> JobPublic:
     """Train and wait for the result (at most MB_TRAIN_WAIT_SECONDS; then 202 with the running job)."""
     submitted = await run_in_threadpool(_submit, job, engine)
-    if isinstance(submitted, JSONResponse):
-        return submitted  # type: ignore[return-value]
     deadline = time.monotonic() + settings.train_wait_seconds
     job_id = submitted["id"]
     while True:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Body
 from app.core.config import settings
 from app.examples import SUMMARY_EXAMPLES
 from app.schemas.summary import SummaryRequest
+from layers.errors import SpecError
 from layers.summary import ModelSummary, summarize
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -42,5 +43,8 @@ def model_summary(
     request: Annotated[SummaryRequest, Body(openapi_examples=SUMMARY_EXAMPLES)],
 ) -> ModelSummary:
     """Everything PyTorch knows about the model, without allocating it."""
-    request.model.check_limits(settings.max_layers, settings.max_nesting)
-    return _cached_summary(request.model_dump_json())
+    try:
+        request.model.check_limits(settings.max_layers, settings.max_nesting)
+        return _cached_summary(request.model_dump_json())
+    except SpecError as e:
+        raise e.under("model") from e
