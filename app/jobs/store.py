@@ -11,6 +11,8 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,6 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, seq)
 );
 """
-ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
 _JSON_COLUMNS = ("request", "node", "history", "metrics", "progress")
 
@@ -98,8 +99,17 @@ class JobStore:
         )
         return cursor.rowcount == 1
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db, self._lock)
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Holds the lock and wraps statements in BEGIN / COMMIT (ROLLBACK on error)."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def record_progress(self, job_id: str, progress: dict) -> None:
         with self._transaction():
@@ -154,23 +164,6 @@ class JobStore:
             (reason, time.time()),
         )
         return cursor.rowcount
-
-
-class _Transaction:
-    """Holds the lock and wraps statements in BEGIN / COMMIT (ROLLBACK on error)."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
-        self.db, self.lock = db, lock
-
-    def __enter__(self) -> None:
-        self.lock.acquire()
-        self.db.execute("BEGIN")
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
-        try:
-            self.db.execute("COMMIT" if exc is None else "ROLLBACK")
-        finally:
-            self.lock.release()
 
 
 def _decode(row: sqlite3.Row, with_request: bool) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from layers.optimizers import AnyOptimizer
 from layers.spec import SpecModel
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-ACTIVE: tuple[JobStatus, ...] = ("queued", "running")
 
 
 class JobCreate(SpecModel):
