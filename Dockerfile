@@ -28,7 +28,8 @@ FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    MB_DATA_DIR=/data
+    MB_DATA_DIR=/data \
+    FORWARDED_ALLOW_IPS=""
 # A fixed unprivileged user; /data is where jobs persist (mount a volume there).
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/app app \
     && mkdir /data \
@@ -40,4 +41,6 @@ EXPOSE 8000
 # The slim base has no curl: ask /healthz with the standard library.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
+# uvicorn believes X-Forwarded-For only from FORWARDED_ALLOW_IPS (empty: from nobody), so the
+# rate limit keys on the real peer; behind a reverse proxy, set it to the proxy's address.
 CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]

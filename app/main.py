@@ -12,7 +12,7 @@ from app.api.routes.docs import STATIC_DIR
 from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
-from app.core.security import APILockMiddleware
+from app.core.security import APILock
 from app.core.warmup import warm_up_in_background
 from app.jobs.engine import jobs_lifespan
 
@@ -36,15 +36,15 @@ app = FastAPI(
 app.add_middleware(
     BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
 )
-# Inside CORS (its headers reach a 401/429), outside the body limit (a rejected body is never read).
-app.add_middleware(
-    APILockMiddleware,
+# No cross-origin access unless MB_CORS_ORIGINS names a frontend's origin (the playground is same-origin).
+CORS_OPTIONS = {"allow_methods": ["*"], "allow_headers": ["*"]}
+app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, **CORS_OPTIONS)
+# Applied by the /v1 routers' dependency (app.api.deps.guard), so it follows routing.
+app.state.api_lock = APILock(
     api_keys=[key.get_secret_value() for key in settings.api_keys],
+    admin_keys=[key.get_secret_value() for key in settings.admin_api_keys],
     rate_per_s=settings.rate_limit_per_s,
     burst=settings.rate_limit_burst,
-)
-app.add_middleware(
-    CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"], allow_headers=["*"]
 )
 install_error_handlers(app)
 app.include_router(api_router)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from pydantic import BaseModel, Field
 from torch import nn
 
@@ -43,6 +45,10 @@ class ModelSummary(BaseModel):
     activation_bytes: int = Field(description="bytes of every leaf layer's forward output")
     flops: int = Field(description="forward FLOPs counted per operator by torch.utils.flop_counter")
     mult_adds: int = Field(description="forward multiply-adds: flops / 2")
+    uncounted_ops: list[str] = Field(
+        description="operators that ran counted ones (matmuls) inside but that torch's FLOP counter has "
+        "no formula for (e.g. `aten._trilinear` of Bilinear): their FLOPs are missing from `flops`"
+    )
     layers: list[LayerSummary]
     model: dict = Field(description="the model spec with every inferred size filled in")
 
@@ -65,9 +71,10 @@ def summarize(
     input_shape: tuple[int, ...],
     input_dtype: InputDType = "float32",
     time_budget_s: float | None = None,
+    cancelled: threading.Event | None = None,
 ) -> ModelSummary:
     """Trace ``spec`` on the meta device and describe it; raises ``SpecError`` naming a layer."""
-    traced = trace_model(spec, input_shape, input_dtype, time_budget_s)
+    traced = trace_model(spec, input_shape, input_dtype, time_budget_s, cancelled)
     params = _unique_params(traced.module)
     layers = [
         LayerSummary(
@@ -97,6 +104,7 @@ def summarize(
         activation_bytes=sum(n.output.numel() * n.output.element_size() for n in leaves),
         flops=traced.flops,
         mult_adds=traced.flops // 2,
+        uncounted_ops=traced.uncounted_ops,
         layers=layers,
         model=traced.spec.model_dump(),
     )

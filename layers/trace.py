@@ -6,7 +6,7 @@ output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allo
 
 from __future__ import annotations
 
-import time
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from layers.base import ContainerSpec, LayerSpec, Shape, shape_str
+from layers.budget import BudgetExceeded, BudgetMode, TraceBudget, TraceCancelled
 from layers.errors import LimitError, Loc, ShapeError, SpecError
 from layers.model import ModelSpec
 
@@ -29,6 +30,7 @@ DTYPES: dict[str, torch.dtype] = {
     "int32": torch.int32,
 }
 MAX_TRACED_IN_MESSAGE = 8
+TORCH_DIR = torch.__file__.rsplit("/", 1)[0] + "/"
 
 
 @dataclass
@@ -59,6 +61,7 @@ class TracedModel:
     output_shape: Shape
     param_dtype: torch.dtype
     flops: int
+    uncounted_ops: list[str] = field(default_factory=list)  # composites whose FLOPs torch misses
 
 
 def param_dtype_for(input_dtype: torch.dtype) -> torch.dtype:
@@ -71,19 +74,20 @@ def trace_model(
     input_shape: Shape,
     input_dtype: InputDType = "float32",
     time_budget_s: float | None = None,
+    cancelled: threading.Event | None = None,
 ) -> TracedModel:
     """Build ``spec`` on meta for an input of ``input_shape``; raise ``SpecError`` naming the layer.
 
-    With ``time_budget_s``, a trace still running past it stops at the next layer with a
-    ``LimitError`` (a few deep recurrent layers cost tenths of a second each on meta).
+    With ``time_budget_s`` (CPU seconds of this thread), a trace running past it stops at the
+    next operator with a ``LimitError`` naming the layer; once ``cancelled`` is set it stops with
+    ``TraceCancelled`` (layers/budget.py). A failure inside our own layer code (not torch
+    refusing the input) is raised as it is: a bug, not the user's mistake.
     """
     dtype = DTYPES[input_dtype]
-    # CPU time of this thread, not wall time: under concurrent requests a trace waits for the GIL,
-    # and a valid model must not be refused because the server is busy.
-    deadline = None if time_budget_s is None else time.thread_time() + time_budget_s
-    tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), deadline, time_budget_s)
+    tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), TraceBudget(time_budget_s, cancelled))
     x = torch.empty(input_shape, dtype=dtype, device="meta")
-    specs, module, out, flops = tracer.sequence(spec.layers, x, ("layers",), "", 0)
+    with BudgetMode(tracer.budget) as mode:
+        specs, module, out, flops = tracer.sequence(spec.layers, x, ("layers",), "", 0)
     return TracedModel(
         spec=spec.model_copy(update={"layers": specs}),
         module=module,
@@ -92,6 +96,7 @@ def trace_model(
         output_shape=tuple(out.shape),
         param_dtype=tracer.param_dtype,
         flops=flops,
+        uncounted_ops=sorted(mode.uncounted),
     )
 
 
@@ -100,12 +105,10 @@ def _join(path: str, name: str | int) -> str:
 
 
 class _Tracer:
-    def __init__(
-        self, input_shape: Shape, param_dtype: torch.dtype, deadline: float | None, budget_s: float | None
-    ) -> None:
+    def __init__(self, input_shape: Shape, param_dtype: torch.dtype, budget: TraceBudget) -> None:
         self.input_shape = input_shape
         self.param_dtype = param_dtype
-        self.deadline, self.budget_s = deadline, budget_s
+        self.budget = budget
         self.nodes: list[TracedLayer] = []
 
     def sequence(
@@ -121,13 +124,10 @@ class _Tracer:
         return inferred, nn.Sequential(*modules), x, total
 
     def layer(self, spec: LayerSpec, x: torch.Tensor, loc: Loc, path: str, depth: int) -> TracedLayer:
-        if self.deadline is not None and time.thread_time() > self.deadline:
-            raise LimitError(
-                loc,
-                f"tracing the model took more than {self.budget_s:g} s of CPU time; it stopped before this "
-                f"{spec.type} (module path '{path}'). Use fewer or smaller layers",
-                {"limit_s": self.budget_s, "layers_traced": len(self.nodes)},
-            )
+        try:
+            self.budget.check()
+        except BudgetExceeded as e:
+            raise self.over_budget(loc, spec, path, "before") from e
         node = TracedLayer(loc=loc, path=path, depth=depth, spec=spec, input_shape=tuple(x.shape))
         self.nodes.append(node)
         if isinstance(spec, ContainerSpec):
@@ -159,11 +159,29 @@ class _Tracer:
 
     @contextmanager
     def located(self, node: TracedLayer) -> Iterator[None]:
-        """Turns any failure inside one layer into a ``SpecError`` that names that layer."""
+        """Turns the user's errors inside one layer into a ``SpecError`` that names that layer:
+        ours (a ``SpecError``) and torch refusing the layer. Anything else is a bug of ours and
+        goes on as it is, noting the layer."""
         try:
             yield
+        except TraceCancelled:
+            raise
+        except BudgetExceeded as exc:
+            raise self.over_budget(node.loc, node.spec, node.path, "in") from exc
         except Exception as exc:
-            raise self.locate(node, exc) from exc
+            if isinstance(exc, SpecError) or _raised_by_torch(exc):
+                raise self.locate(node, exc) from exc
+            exc.add_note(f"while tracing {node.spec.type} at module path '{node.path}'")
+            raise
+
+    def over_budget(self, loc: Loc, spec: LayerSpec, path: str, where: str) -> LimitError:
+        limit = self.budget.seconds
+        return LimitError(
+            loc,
+            f"tracing the model took more than {limit:g} s of CPU time; it stopped {where} this "
+            f"{spec.type} (module path '{path}'). Use fewer or smaller layers",
+            {"limit_s": limit, "layers_traced": len([n for n in self.nodes if n.output is not None])},
+        )
 
     def traced_so_far(self) -> list[dict]:
         done = [n for n in self.nodes if n.output is not None]
@@ -187,3 +205,15 @@ class _Tracer:
         )
         ctx.update(layer=node.spec.type, path=node.path, input_shape=list(node.input_shape), traced=traced)
         return cls(loc, msg, ctx)
+
+
+def _raised_by_torch(exc: BaseException) -> bool:
+    """Whether torch raised ``exc`` (its innermost frame is in torch's package): torch refusing
+    what it was given. With ``BudgetMode`` on, every operator's own error is raised from torch's
+    Python dispatch code, so this also holds for errors from C++ kernels."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith(TORCH_DIR)

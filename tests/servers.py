@@ -53,7 +53,7 @@ def clean_env(drop: tuple[str, ...] = ("RAY_", "MB_"), **variables: str) -> dict
 def uvicorn_command(port: int, *args: str) -> list[str]:
     """``uvicorn app.main:app`` on loopback, as ``make run`` starts it (not ``--fd``: uvicorn takes
     a handed-over socket for a Unix one and leaves Nagle on, adding ~40 ms per small request)."""
-    host = ["--host", "127.0.0.1", "--port", str(port)]
+    host = ["--host", "127.0.0.1", "--port", str(port), "--forwarded-allow-ips", ""]
     return [sys.executable, "-m", "uvicorn", "app.main:app", *host, *args]
 
 

@@ -136,3 +136,16 @@ def test_data_directory_is_a_volume(compose: dict) -> None:
     assert api["environment"]["MB_DATA_DIR"] == "/data"
     assert any(v.startswith("mb-data:/data") for v in api["volumes"])
     assert "mb-data" in compose["volumes"]
+
+
+def test_every_way_to_serve_believes_no_forwarded_for_by_default(compose: dict) -> None:
+    """The rate limit keys on the client address: X-Forwarded-For only counts from a configured proxy."""
+    from servers import uvicorn_command
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^FORWARDED_ALLOW_IPS \?=$", makefile, re.M)
+    assert "--forwarded-allow-ips '$(FORWARDED_ALLOW_IPS)'" in makefile
+    command = uvicorn_command(8000)
+    assert command[command.index("--forwarded-allow-ips") + 1] == ""  # the tests serve as make run does
+    assert re.search(r'^\s+FORWARDED_ALLOW_IPS=""$', (ROOT / "Dockerfile").read_text(), re.M)
+    assert compose["services"]["api"]["environment"]["FORWARDED_ALLOW_IPS"] == ""

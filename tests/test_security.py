@@ -1,16 +1,22 @@
-"""The API lock: keys on /v1, per-client token buckets answering 429 with Retry-After.
+"""The API lock: keys on the /v1 routers, per-client token buckets answering 429 with Retry-After,
+and jobs that belong to the key that created them.
 
-The lock wraps the real app, so the guarded routes are the real ones; time is a hand-moved
-clock, so refill is asserted exactly and without sleeping.
+The lock is the real app's (a router dependency); each test installs its own ``APILock`` with a
+hand-moved clock, so refill is asserted exactly and without sleeping.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import Settings
-from app.core.security import APILockMiddleware, TokenBuckets
+from app.core.security import APILock, TokenBuckets, key_owner
+from app.jobs.engine import JobEngine
+from app.jobs.store import JobStore
 from app.main import app
 
 KEY = "s3cret-key"
@@ -25,29 +31,41 @@ class Clock:
         return self.now
 
 
-def locked(**kwargs) -> TestClient:
-    return TestClient(APILockMiddleware(app, **kwargs))
+@pytest.fixture
+def lock() -> Iterator[Callable]:
+    """Installs an ``APILock`` on the app for one test; gives a client."""
+    saved = app.state.api_lock
+
+    def install(**kwargs: object) -> TestClient:
+        app.state.api_lock = APILock(**kwargs)
+        return TestClient(app)
+
+    try:
+        yield install
+    finally:
+        app.state.api_lock = saved
 
 
 def test_off_by_default() -> None:
     settings = Settings(_env_file=None)
-    assert settings.api_keys == [] and settings.rate_limit_per_s == 0
-    lock = next(m for m in app.user_middleware if m.cls is APILockMiddleware)
-    assert lock.kwargs["api_keys"] == [] and lock.kwargs["rate_per_s"] == 0
+    assert settings.api_keys == [] and settings.admin_api_keys == [] and settings.rate_limit_per_s == 0
+    assert not app.state.api_lock.keys_required and app.state.api_lock.buckets is None
 
 
 def test_keys_and_rate_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MB_API_KEYS", '["a", "b"]')
+    monkeypatch.setenv("MB_ADMIN_API_KEYS", '["root"]')
     monkeypatch.setenv("MB_RATE_LIMIT_PER_S", "2.5")
     monkeypatch.setenv("MB_RATE_LIMIT_BURST", "7")
     settings = Settings(_env_file=None)
     assert [k.get_secret_value() for k in settings.api_keys] == ["a", "b"]
-    assert "'a'" not in repr(settings)  # keys never show up in logs of the settings
+    assert [k.get_secret_value() for k in settings.admin_api_keys] == ["root"]
+    assert "'a'" not in repr(settings) and "root" not in repr(settings)  # never in logs of the settings
     assert (settings.rate_limit_per_s, settings.rate_limit_burst) == (2.5, 7)
 
 
-def test_key_required_on_v1_only() -> None:
-    client = locked(api_keys=[KEY])
+def test_key_required_on_v1_only(lock) -> None:
+    client = lock(api_keys=[KEY])
     assert client.get(LAYERS, headers={"X-API-Key": KEY}).status_code == 200
     for headers in ({}, {"X-API-Key": "wrong"}, {"X-API-Key": KEY + "x"}):
         response = client.get(LAYERS, headers=headers)
@@ -56,21 +74,32 @@ def test_key_required_on_v1_only() -> None:
         [detail] = response.json()["detail"]
         assert detail["loc"] == ["header", "x-api-key"] and "x-api-key" in detail["msg"]
     response = client.post("/v1/models/summary", json={})
-    assert response.status_code == 401  # before the body is even validated
+    assert response.status_code == 401  # before the body is validated
     assert client.get("/healthz").status_code == 200
-    for path in ("/readyz", "/openapi.json"):  # open (readiness itself may depend on Ray)
+    for path in ("/readyz", "/openapi.json", "/docs"):  # open (readiness itself may depend on Ray)
         assert client.get(path).status_code not in (401, 429), path
 
 
-def test_any_of_several_keys() -> None:
-    client = locked(api_keys=["one", "two"])
-    assert client.get(LAYERS, headers={"X-API-Key": "two"}).status_code == 200
-    assert client.get(LAYERS, headers={"X-API-Key": "three"}).status_code == 401
+def test_every_v1_operation_declares_the_key_in_openapi() -> None:
+    """So Swagger UI's Authorize button sends it with "Try it out"."""
+    schema = app.openapi()
+    scheme = schema["components"]["securitySchemes"]["APIKeyHeader"]
+    assert scheme == {**scheme, "type": "apiKey", "in": "header", "name": "X-API-Key"}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            guarded = path.startswith("/v1")
+            assert (operation.get("security") == [{"APIKeyHeader": []}]) == guarded, (method, path)
 
 
-def test_rate_limit_answers_429_with_retry_after() -> None:
+def test_any_of_several_keys_and_admin_keys(lock) -> None:
+    client = lock(api_keys=["one", "two"], admin_keys=["root"])
+    for key, status in (("two", 200), ("root", 200), ("three", 401)):
+        assert client.get(LAYERS, headers={"X-API-Key": key}).status_code == status, key
+
+
+def test_rate_limit_answers_429_with_retry_after(lock) -> None:
     clock = Clock()
-    client = locked(rate_per_s=0.5, burst=2, clock=clock)
+    client = lock(rate_per_s=0.5, burst=2, clock=clock)
     assert [client.get(LAYERS).status_code for _ in range(2)] == [200, 200]
     response = client.get(LAYERS)
     assert response.status_code == 429
@@ -82,9 +111,9 @@ def test_rate_limit_answers_429_with_retry_after() -> None:
     assert client.get(LAYERS).status_code == 429
 
 
-def test_each_key_has_its_own_bucket() -> None:
+def test_each_key_has_its_own_bucket(lock) -> None:
     clock = Clock()
-    client = locked(api_keys=["a", "b"], rate_per_s=1, burst=1, clock=clock)
+    client = lock(api_keys=["a", "b"], rate_per_s=1, burst=1, clock=clock)
     assert client.get(LAYERS, headers={"X-API-Key": "a"}).status_code == 200
     assert client.get(LAYERS, headers={"X-API-Key": "a"}).status_code == 429
     assert client.get(LAYERS, headers={"X-API-Key": "b"}).status_code == 200
@@ -111,3 +140,62 @@ def test_token_buckets_forget_the_oldest_clients() -> None:
     assert len(buckets._buckets) == 2 and "a" not in buckets._buckets
     with pytest.raises(ValueError):
         TokenBuckets(rate=0, burst=1)
+
+
+def test_cors_allows_no_other_origin_by_default() -> None:
+    """A web page the developer opens elsewhere cannot queue jobs on their local API."""
+    assert Settings(_env_file=None).cors_origins == []
+    client = TestClient(app)
+    origin = {"Origin": "http://evil.example"}
+    assert "access-control-allow-origin" not in client.get(LAYERS, headers=origin).headers
+    preflight = client.options("/v1/jobs", headers={**origin, "Access-Control-Request-Method": "POST"})
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+# Jobs belong to the key that created them. A real engine and store, no Ray: the jobs are stored
+# as the engine's submit stores them, and cancelling a job that has no task touches no Ray.
+
+
+@pytest.fixture
+def jobs(tmp_path: Path) -> Iterator[JobStore]:
+    saved = getattr(app.state, "jobs", None)
+    engine = JobEngine(JobStore(tmp_path))
+    app.state.jobs = engine
+    try:
+        yield engine.store
+    finally:
+        app.state.jobs = saved
+        engine.store.close()
+
+
+def test_jobs_belong_to_their_key(lock, jobs: JobStore) -> None:
+    client = lock(api_keys=["alice", "bob"], admin_keys=["root"])
+    jobs.create("a1", {"n": 1}, 1, owner=key_owner("alice"))
+    jobs.create("b1", {"n": 2}, 1, owner=key_owner("bob"))
+    assert jobs.get("a1")["owner"] == key_owner("alice") and "alice" not in str(jobs.get("a1"))
+
+    def as_(key: str) -> dict[str, str]:
+        return {"X-API-Key": key}
+
+    listed = client.get("/v1/jobs", headers=as_("alice")).json()
+    assert [j["id"] for j in listed["data"]] == ["a1"] and listed["count"] == 1
+    assert client.get("/v1/jobs/a1", headers=as_("alice")).json()["request"] == {"n": 1}
+    for method, path in (
+        ("GET", "/v1/jobs/b1"),
+        ("GET", "/v1/jobs/b1/events"),
+        ("DELETE", "/v1/jobs/b1"),
+    ):
+        response = client.request(method, path, headers=as_("alice"))
+        assert response.status_code == 404, (method, path)  # as if it did not exist
+    assert jobs.get("b1")["status"] == "queued"  # alice's cancel did not touch it
+    admin = client.get("/v1/jobs", headers=as_("root")).json()
+    assert sorted(j["id"] for j in admin["data"]) == ["a1", "b1"] and admin["count"] == 2
+    assert client.delete("/v1/jobs/b1", headers=as_("root")).json()["status"] == "cancelled"
+    assert client.get("/v1/jobs/b1", headers=as_("bob")).json()["status"] == "cancelled"
+
+
+def test_without_keys_every_job_is_everyones(lock, jobs: JobStore) -> None:
+    client = lock()
+    jobs.create("j1", {}, 1)
+    assert [j["id"] for j in client.get("/v1/jobs").json()["data"]] == ["j1"]
+    assert client.get("/v1/jobs/j1").status_code == 200

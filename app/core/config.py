@@ -12,11 +12,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MB_", env_file=".env", extra="ignore")
 
     cors_origins: list[str] = Field(
-        default=["*"], description="origins allowed to call the API from a browser (JSON list)"
+        default=[],
+        description="origins allowed to call the API from a browser (JSON list); none: same-origin only",
     )
     # The lock for an exposed API (app/core/security.py): off by default, on in docker-compose.yml.
     api_keys: list[SecretStr] = Field(
         default=[], description="keys accepted in the X-API-Key header on /v1 (JSON list); none: open"
+    )
+    admin_api_keys: list[SecretStr] = Field(
+        default=[], description="keys that may also read, follow and cancel every client's jobs (JSON list)"
     )
     rate_limit_per_s: float = Field(0, ge=0, description="requests per second per client on /v1; 0: off")
     rate_limit_burst: int = Field(30, gt=0, description="requests a client may send at once on /v1")
@@ -29,6 +33,9 @@ class Settings(BaseSettings):
     max_input_numel: int = Field(1 << 36, gt=0, description="largest element count of an input")
     max_trace_seconds: float = Field(10, gt=0, description="time to trace one model; 422 beyond it")
     summary_cache_size: int = Field(256, ge=0, description="summaries kept for repeated requests")
+    summary_cache_bytes: int = Field(
+        64 << 20, ge=0, description="bytes of the kept summaries (their JSON), all together"
+    )
     max_concurrent_traces: int = Field(
         2, gt=0, description="summaries traced at once; more wait their turn (tracing holds the GIL)"
     )

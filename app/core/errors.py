@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,10 +20,20 @@ from starlette.types import Send
 
 from layers.errors import SpecError
 
+log = logging.getLogger(__name__)
+
+
+class ErrorJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error echoes the client's strings, and a
+    lone surrogate (``"\\ud800"``, valid in JSON, not in UTF-8) cannot be encoded otherwise."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode()
+
 
 async def _spec_error_handler(request: Request, exc: SpecError) -> JSONResponse:
     # Routes raise SpecErrors located relative to the request body.
-    return JSONResponse(status_code=422, content={"detail": [exc.to_detail(("body",))]})
+    return ErrorJSONResponse(status_code=422, content={"detail": [_json_safe(exc.to_detail(("body",)))]})
 
 
 def _json_safe(value: Any) -> Any:
@@ -37,7 +49,7 @@ def _json_safe(value: Any) -> Any:
 
 
 async def _request_validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
+    return ErrorJSONResponse(status_code=422, content={"detail": _json_safe(jsonable_encoder(exc.errors()))})
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -52,7 +64,20 @@ def allowed_methods(request: Request) -> list[str]:
 async def _http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
     if exc.status_code == 405:
         exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request))}
-    return await http_exception_handler(request, exc)
+    if exc.status_code in (204, 304):
+        return await http_exception_handler(request, exc)
+    return ErrorJSONResponse(
+        {"detail": _json_safe(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _internal_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug of ours: a 500 whose id finds the logged traceback, never the user's fault."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+    msg = f"internal error {error_id}: a bug in the service, not in the request; it was logged"
+    detail = [{"type": "internal_error", "loc": [], "msg": msg, "ctx": {"error_id": error_id}}]
+    return ErrorJSONResponse(status_code=500, content={"detail": detail})
 
 
 async def send_error(
@@ -78,3 +103,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SpecError, _spec_error_handler)
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _internal_error_handler)

@@ -1,25 +1,21 @@
 """The lock for an API exposed beyond localhost: API keys and per-client rate limiting.
 
-Both guard the versioned API (``/v1``) only: health probes, docs and static files stay open.
-Both are off by default (local use) and on in docker-compose.yml. A pure ASGI middleware that
-answers before the body is read, so a rejected client costs almost nothing.
+``APILock`` holds the configuration and the token buckets; ``app.api.deps.guard`` applies it
+as a dependency of the ``/v1`` routers, so it follows routing (a ``--root-path`` cannot route
+around it) and the key is declared in the OpenAPI schema. Both are off by default (local use)
+and on in docker-compose.yml.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from app.core.errors import send_error
-
-API_KEY_HEADER = "x-api-key"
-PROTECTED_PREFIX = "/v1"
+API_KEY_HEADER = "X-API-Key"
 
 
 class TokenBuckets:
@@ -57,57 +53,48 @@ class TokenBuckets:
         return wait
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
+def key_owner(key: str) -> str:
+    """What the job store keeps of a key: its SHA-256 in hex, never the key itself."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
-class APILockMiddleware:
-    """Rate-limits, then checks the API key of, every request under ``/v1``.
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling: ``owner`` tags the jobs they create; ``admin`` sees every job."""
 
-    A client is its key when the key is valid, else its address, so a client guessing keys is
-    limited by address. 429 carries ``Retry-After``; 401 names the header to send.
+    owner: str | None
+    admin: bool
+
+
+class APILock:
+    """API keys (users and admins) and the per-client token buckets.
+
+    No keys configured: every caller is an anonymous admin (a local, single-user service).
     """
 
     def __init__(
         self,
-        app: ASGIApp,
         api_keys: Iterable[str] = (),
+        admin_keys: Iterable[str] = (),
         rate_per_s: float = 0.0,
         burst: int = 30,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.app = app
-        self._keys = [_digest(k) for k in api_keys]
-        self._buckets = TokenBuckets(rate_per_s, burst, clock=clock) if rate_per_s > 0 else None
+        self._admins = [key_owner(k) for k in admin_keys]
+        self._keys = [key_owner(k) for k in api_keys] + self._admins
+        self.buckets = TokenBuckets(rate_per_s, burst, clock=clock) if rate_per_s > 0 else None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "")
-        guarded = path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
-        if scope["type"] != "http" or not guarded or (not self._keys and self._buckets is None):
-            await self.app(scope, receive, send)
-            return
-        key = self._valid_key(scope)
-        if self._buckets is not None:
-            client = f"key:{key.hex()}" if key else f"addr:{(scope.get('client') or ('?',))[0]}"
-            wait = self._buckets.take(client)
-            if wait > 0:
-                retry_after = max(1, math.ceil(wait))
-                msg = f"too many requests; retry in {retry_after} s"
-                retry = [(b"retry-after", str(retry_after).encode())]
-                await send_error(send, 429, "rate_limited", ["request"], msg, headers=retry)
-                return
-        if self._keys and key is None:
-            msg = f"a valid API key is required in the {API_KEY_HEADER!r} header"
-            challenge = [(b"www-authenticate", b'ApiKey header="X-API-Key"')]
-            await send_error(send, 401, "api_key_invalid", ["header", API_KEY_HEADER], msg, headers=challenge)
-            return
-        await self.app(scope, receive, send)
+    @property
+    def keys_required(self) -> bool:
+        return bool(self._keys)
 
-    def _valid_key(self, scope: Scope) -> bytes | None:
-        """The digest of the request's key if it is one of ours (constant-time), else None."""
-        given = next((v for k, v in scope["headers"] if k == API_KEY_HEADER.encode()), None)
-        if given is None:
+    def caller(self, key: str | None) -> Caller | None:
+        """The caller holding ``key``; None when keys are required and it is not one (constant-time)."""
+        if not self._keys:
+            return Caller(owner=None, admin=True)
+        if key is None:
             return None
-        digest = hashlib.sha256(given).digest()
-        matches = [hmac.compare_digest(digest, known) for known in self._keys]
-        return digest if any(matches) else None
+        owner = key_owner(key)
+        if not any([hmac.compare_digest(owner, known) for known in self._keys]):
+            return None
+        return Caller(owner=owner, admin=any([hmac.compare_digest(owner, a) for a in self._admins]))

@@ -85,7 +85,7 @@ class JobEngine:
             )
         return 1 if device == "cuda" or (device == "auto" and gpus >= 1) else 0
 
-    def submit(self, request: dict, plan: JobPlan, device: str) -> dict:
+    def submit(self, request: dict, plan: JobPlan, device: str, owner: str | None = None) -> dict:
         """Store and start a job: the job as queued (a fast worker may already run it).
 
         Raises ``SpecError`` (device), ``QueueFull`` or ``BackendDown``.
@@ -95,7 +95,7 @@ class JobEngine:
             if self.store.count_active() >= settings.max_queued_jobs:
                 raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
             job_id = uuid.uuid4().hex
-            self.store.create(job_id, request, plan.memory_estimate_bytes)
+            self.store.create(job_id, request, plan.memory_estimate_bytes, owner)
             queued = self.store.get(job_id)
             handle = self._remote.options(num_cpus=1, num_gpus=num_gpus, name=f"train-{job_id[:8]}").remote(
                 plan.payload

@@ -9,6 +9,7 @@ against the limits. Every refusal is a ``SpecError`` whose ``loc`` is relative t
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 from app.core.config import settings
@@ -25,8 +26,10 @@ class JobPlan:
     steps_total: int
 
 
-def plan_job(job: JobCreate) -> JobPlan:
-    """Check ``job`` against its dataset and the limits; raise ``SpecError`` at the offending field."""
+def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPlan:
+    """Check ``job`` against its dataset and the limits; raise ``SpecError`` at the offending field.
+
+    Once ``cancelled`` is set the model's trace stops (``layers.budget.TraceCancelled``)."""
     try:
         job.model.check_limits(settings.max_layers, settings.max_nesting)
     except SpecError as e:
@@ -44,7 +47,7 @@ def plan_job(job: JobCreate) -> JobPlan:
         )
     try:
         summary = summarize(
-            job.model, (job.batch_size, *info.sample_shape), info.dtype, settings.max_trace_seconds
+            job.model, (job.batch_size, *info.sample_shape), info.dtype, settings.max_trace_seconds, cancelled
         )
     except SpecError as e:
         raise e.under("model") from e

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     metrics TEXT,
     progress TEXT,
     duration_s REAL,
-    error TEXT
+    error TEXT,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
@@ -59,6 +60,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "owner" not in columns:  # a database from before jobs had owners
+            self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -68,24 +72,30 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args)
 
-    def create(self, job_id: str, request: dict, memory_estimate_bytes: int) -> None:
+    def create(
+        self, job_id: str, request: dict, memory_estimate_bytes: int, owner: str | None = None
+    ) -> None:
+        """Store a queued job; ``owner`` is the SHA-256 hex of the creating key (None: no keys)."""
         self._run(
-            "INSERT INTO jobs (id, status, created_at, request, memory_estimate_bytes) "
-            "VALUES (?, 'queued', ?, ?, ?)",
-            (job_id, time.time(), json.dumps(request), memory_estimate_bytes),
+            "INSERT INTO jobs (id, status, created_at, request, memory_estimate_bytes, owner) "
+            "VALUES (?, 'queued', ?, ?, ?, ?)",
+            (job_id, time.time(), json.dumps(request), memory_estimate_bytes, owner),
         )
 
     def get(self, job_id: str, with_request: bool = True) -> dict[str, Any] | None:
         row = self._run("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _decode(row, with_request)
 
-    def list(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """The most recent jobs first, without their requests, and the number of stored jobs."""
+    def list(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """The most recent jobs first, without their requests, and the number of stored jobs
+        (only ``owner``'s when given)."""
+        where, args = ("WHERE owner = ?", (owner,)) if owner is not None else ("", ())
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ? OFFSET ?", (limit, offset)
+                f"SELECT * FROM jobs {where} ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
-            count = self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+            count = self._db.execute(f"SELECT COUNT(*) FROM jobs {where}", args).fetchone()[0]
         return [_decode(row, with_request=False) for row in rows], count
 
     def count_active(self) -> int:

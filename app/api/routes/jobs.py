@@ -11,16 +11,22 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Requ
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from app.api.deps import CallerDep, guard
 from app.core.config import settings
+from app.core.security import Caller
+from app.core.traces import run_trace
 from app.examples import JOB_EXAMPLES
 from app.jobs.engine import BackendDown, JobEngine, QueueFull
-from app.jobs.plan import plan_job
+from app.jobs.plan import JobPlan, plan_job
 from app.jobs.store import TERMINAL
 from app.schemas.jobs import JobCreate, JobPublic, JobsPublic
+from layers.budget import TraceCancelled
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(guard)])
 
 POLL_S = 0.2
+CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, but the access log does
+LAST_EVENT_ID = "^[0-9]{1,18}$"  # an event id we sent: ASCII digits that fit SQLite's integer
 RETRY_AFTER_S = 5
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not JSON"},
@@ -44,9 +50,11 @@ def get_engine(request: Request) -> JobEngine:
 EngineDep = Annotated[JobEngine, Depends(get_engine)]
 
 
-def get_job(job_id: str, engine: EngineDep) -> dict:
+def get_job(job_id: str, engine: EngineDep, caller: CallerDep) -> dict:
+    """The job, if it exists and ``caller`` may see it: its creator's key, or an admin's.
+    Another key's job is a 404, as if it did not exist."""
     job = engine.store.get(job_id)
-    if job is None:
+    if job is None or not (caller.admin or job["owner"] == caller.owner):
         raise HTTPException(404, f"no job {job_id!r}")
     return job
 
@@ -54,11 +62,17 @@ def get_job(job_id: str, engine: EngineDep) -> dict:
 JobDep = Annotated[dict, Depends(get_job)]
 
 
-def _submit(job: JobCreate, engine: JobEngine) -> dict:
-    """Check and queue ``job``: the queued job (a ``SpecError`` is a 422). Runs in the thread pool."""
+async def _submit(job: JobCreate, engine: JobEngine, caller: Caller, http: Request) -> dict:
+    """Check and queue ``job``: the queued job (a ``SpecError`` is a 422). The plan traces the
+    model, so it takes a trace slot like a summary."""
     try:
-        plan = plan_job(job)
-        return engine.submit(job.model_dump(mode="json"), plan, job.device)
+        plan: JobPlan = await run_trace(http, lambda cancelled: plan_job(job, cancelled))
+    except TraceCancelled as e:
+        raise HTTPException(CLIENT_GONE, "the client went away") from e
+    try:
+        return await run_in_threadpool(
+            engine.submit, job.model_dump(mode="json"), plan, job.device, caller.owner
+        )
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
     except BackendDown as e:
@@ -66,9 +80,11 @@ def _submit(job: JobCreate, engine: JobEngine) -> dict:
 
 
 @router.post("/jobs", status_code=202, responses=ERRORS)
-def create_job(job: JobBody, engine: EngineDep, response: Response) -> JobPublic:
+async def create_job(
+    job: JobBody, engine: EngineDep, caller: CallerDep, http: Request, response: Response
+) -> JobPublic:
     """Queue a training run; follow it at /v1/jobs/{id} or /v1/jobs/{id}/events."""
-    submitted = _submit(job, engine)
+    submitted = await _submit(job, engine, caller, http)
     response.headers["Location"] = f"/v1/jobs/{submitted['id']}"
     return JobPublic.model_validate(submitted)
 
@@ -76,11 +92,12 @@ def create_job(job: JobBody, engine: EngineDep, response: Response) -> JobPublic
 @router.get("/jobs", responses=UNAVAILABLE)
 def list_jobs(
     engine: EngineDep,
+    caller: CallerDep,
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobsPublic:
-    """Recent jobs, newest first (without their requests)."""
-    jobs, count = engine.store.list(offset, limit)
+    """Recent jobs of the caller's key (an admin's: all), newest first, without their requests."""
+    jobs, count = engine.store.list(offset, limit, owner=None if caller.admin else caller.owner)
     return JobsPublic(data=[JobPublic.model_validate(job) for job in jobs], count=count)
 
 
@@ -103,12 +120,15 @@ def cancel_job(job: JobDep, engine: EngineDep) -> JobPublic:
 async def job_events(
     job: JobDep,
     engine: EngineDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", pattern=LAST_EVENT_ID, description="resume after this event id"),
+    ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Live progress as Server-Sent Events: `progress` (step, epoch, loss) every N steps, `epoch`
     after each epoch, then one `done` event carrying the finished job."""
     job_id = job["id"]
-    seq = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    seq = int(last_event_id) if last_event_id else 0
     while True:
         events = await run_in_threadpool(engine.store.events_after, job_id, seq)
         for seq, kind, data in events:  # seq carries over to the next poll
@@ -131,9 +151,11 @@ async def job_events(
     "/train",
     responses={**ERRORS, 202: {"description": "still running after the wait; poll /v1/jobs/{id}"}},
 )
-async def train_and_wait(job: JobBody, engine: EngineDep, response: Response) -> JobPublic:
+async def train_and_wait(
+    job: JobBody, engine: EngineDep, caller: CallerDep, http: Request, response: Response
+) -> JobPublic:
     """Train and wait for the result (at most MB_TRAIN_WAIT_SECONDS; then 202 with the running job)."""
-    submitted = await run_in_threadpool(_submit, job, engine)
+    submitted = await _submit(job, engine, caller, http)
     deadline = time.monotonic() + settings.train_wait_seconds
     job_id = submitted["id"]
     while True:

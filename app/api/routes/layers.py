@@ -5,12 +5,13 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
 
+from app.api.deps import guard
 from layers import LAYER_SPECS
 
-router = APIRouter(prefix="/v1/layers", tags=["layers"])
+router = APIRouter(prefix="/v1/layers", tags=["layers"], dependencies=[Depends(guard)])
 
 
 class LayerType(BaseModel):

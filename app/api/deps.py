@@ -1,0 +1,54 @@
+"""Dependencies of the routes, as ``Annotated`` aliases: the API lock (key and rate limit)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader
+
+from app.core.security import API_KEY_HEADER, APILock, Caller
+
+api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="required when the server has keys (MB_API_KEYS); jobs belong to the key that created them",
+)
+
+
+def get_lock(request: Request) -> APILock:
+    return request.app.state.api_lock
+
+
+async def guard(
+    request: Request,
+    lock: Annotated[APILock, Depends(get_lock)],
+    key: Annotated[str | None, Security(api_key_header)],
+) -> Caller:
+    """Rate-limits, then checks the key of, a request to a guarded router; returns the caller.
+
+    A client is its key when the key is valid, else its address (the real peer: see the README on
+    ``--forwarded-allow-ips``), so a client guessing keys is limited by address.
+    """
+    caller = lock.caller(key)
+    if lock.buckets is not None:
+        client = f"key:{caller.owner}" if caller and caller.owner else f"addr:{_peer(request)}"
+        wait = lock.buckets.take(client)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            msg = f"too many requests; retry in {retry_after} s"
+            detail = [{"type": "rate_limited", "loc": ["request"], "msg": msg}]
+            raise HTTPException(429, detail, headers={"Retry-After": str(retry_after)})
+    if caller is None:
+        msg = f"a valid API key is required in the {API_KEY_HEADER.lower()!r} header"
+        detail = [{"type": "api_key_invalid", "loc": ["header", API_KEY_HEADER.lower()], "msg": msg}]
+        raise HTTPException(401, detail, headers={"WWW-Authenticate": f'ApiKey header="{API_KEY_HEADER}"'})
+    return caller
+
+
+def _peer(request: Request) -> str:
+    return request.client.host if request.client else "?"
+
+
+CallerDep = Annotated[Caller, Depends(guard)]

@@ -1,0 +1,88 @@
+"""The trace budget, checked at every operator: CPU time, and a client that has gone.
+
+A layer is one call into PyTorch, and one call can be long: a meta ``Bilinear`` with 10^6
+output features runs ``aten::_trilinear``, whose C++ kernel makes millions of calls into other
+operators. ``BudgetMode`` is a ``TorchDispatchMode`` that checks the clock and the cancel flag
+before every operator. An operator with no meta kernel of its own (a composite, like
+``_trilinear``) is run with the mode still on, so the operators inside it are checked too; the
+ones among those that FLOP counting has a formula for mark the composite as uncounted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+_META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
+
+
+class BudgetExceeded(Exception):
+    """The trace ran past its CPU-time budget (the tracer names the layer it stopped in)."""
+
+    def __init__(self, budget_s: float) -> None:
+        super().__init__(f"tracing took more than {budget_s:g} s of CPU time")
+        self.budget_s = budget_s
+
+
+class TraceCancelled(Exception):
+    """The trace was stopped from outside (its client disconnected)."""
+
+
+class TraceBudget:
+    """CPU time of the tracing thread (not wall time: waiting for the GIL under load does not
+    count) and an optional cancel flag."""
+
+    def __init__(self, seconds: float | None, cancelled: threading.Event | None = None) -> None:
+        self.seconds = seconds
+        self.deadline = None if seconds is None else time.thread_time() + seconds
+        self.cancelled = cancelled
+
+    def check(self) -> None:
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise TraceCancelled("the client went away")
+        if self.deadline is not None and time.thread_time() > self.deadline:
+            raise BudgetExceeded(self.seconds)
+
+
+def _has_meta_kernel(func: torch._ops.OpOverload) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), "Meta")
+
+
+class BudgetMode(TorchDispatchMode):
+    """Checks ``budget`` before every operator run under it; records uncounted composites."""
+
+    def __init__(self, budget: TraceBudget) -> None:
+        super().__init__()
+        self.budget = budget
+        self.uncounted: set[str] = set()  # composites whose inner FLOPs torch's counter misses
+        self._inside: list[Any] = []  # the composites being run, innermost last
+        self._counted_inside = False
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.budget.check()
+        kwargs = kwargs or {}
+        if func._overloadpacket in flop_registry:
+            self._counted_inside = True
+        if _has_meta_kernel(func) or func in self._inside or not _all_meta(args):
+            return func(*args, **kwargs)
+        # A composite: run its kernel below this mode, with the mode on for what it calls.
+        outer_counted, self._counted_inside = self._counted_inside, False
+        self._inside.append(func)
+        try:
+            with self:
+                return func.redispatch(_META, *args, **kwargs)
+        finally:
+            self._inside.pop()
+            if self._counted_inside and func._overloadpacket not in flop_registry:
+                self.uncounted.add(str(func._overloadpacket))
+            self._counted_inside = outer_counted or self._counted_inside
+
+
+def _all_meta(args: tuple) -> bool:
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return bool(tensors) and all(t.is_meta for t in tensors)
