@@ -1,0 +1,82 @@
+"""Whose fault: the user's mistakes are 4xx naming the field, our bugs are a 500 with an error id
+that finds the logged traceback, and no echoed string breaks the error answer itself."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.jobs.engine import JobEngine
+from app.jobs.store import JobStore
+from app.main import app
+from layers.linear import LinearSpec
+
+SUMMARY = "/v1/models/summary"
+LONE_SURROGATE = "\\ud800"  # a JSON escape: valid JSON, but no UTF-8 can encode it
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        f'{{"model": {{"layers": [{{"type": "{LONE_SURROGATE}"}}]}}, "input_shape": [1]}}',
+        f'{{"model": {{"layers": [{{"type": "ReLU"}}]}}, "input_shape": [1], '
+        f'"input_dtype": "{LONE_SURROGATE}"}}',
+        f'{{"model": {{"layers": [{{"type": "ReLU", "{LONE_SURROGATE}": 1}}]}}, "input_shape": [1]}}',
+        f'{{"model": {{"layers": [{{"type": "ReLU"}}]}}, "input_shape": [1], "{LONE_SURROGATE}": 1}}',
+    ],
+    ids=["type", "input_dtype", "dict key", "top-level key"],
+)
+def test_a_lone_surrogate_anywhere_is_a_json_422(client: TestClient, body: str) -> None:
+    response = client.post(SUMMARY, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["detail"]
+
+
+def test_a_lone_surrogate_in_a_job_is_a_json_422(client: TestClient, tmp_path: Path) -> None:
+    body = (
+        '{"model": {"layers": [{"type": "Flatten"}]}, "dataset": {"name": "digits"}, '
+        f'"loss": {{"type": "{LONE_SURROGATE}"}}, "optimizer": {{"type": "SGD", "lr": 0.1}}}}'
+    )
+    saved, app.state.jobs = getattr(app.state, "jobs", None), JobEngine(JobStore(tmp_path))  # no Ray needed
+    try:
+        response = client.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    finally:
+        app.state.jobs.store.close()
+        app.state.jobs = saved
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["body", "loss"]
+
+
+def test_a_bug_in_our_layer_code_is_a_500_with_an_error_id(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def buggy_infer(self: LinearSpec, shape: tuple[int, ...]) -> LinearSpec:
+        return {}["in_features"]  # an injected bug: a KeyError in our own code, not torch's refusal
+
+    monkeypatch.setattr(LinearSpec, "infer", buggy_infer)
+    client = TestClient(app, raise_server_exceptions=False)
+    body = {"model": {"layers": [{"type": "Linear", "out_features": 2}]}, "input_shape": [1, 3]}
+    with caplog.at_level(logging.ERROR, logger="app.core.errors"):
+        response = client.post(SUMMARY, json=body)
+    assert response.status_code == 500
+    [error] = response.json()["detail"]
+    assert error["type"] == "internal_error"
+    error_id = error["ctx"]["error_id"]
+    assert error_id in error["msg"] and "KeyError" not in error["msg"]  # no internals in the answer
+    [record] = [r for r in caplog.records if error_id in r.getMessage()]
+    assert record.exc_info and record.exc_info[0] is KeyError  # the traceback is in the log
+    assert "while tracing Linear at module path '0'" in "".join(record.exc_info[1].__notes__)
+
+
+def test_torch_refusing_a_layer_is_still_the_users_422(client: TestClient) -> None:
+    body = {
+        "model": {"layers": [{"type": "Conv2d", "out_channels": 2, "kernel_size": 9}]},
+        "input_shape": [1, 1, 4, 4],
+    }
+    response = client.post(SUMMARY, json=body)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["type"] == "shape_mismatch" and error["loc"] == ["body", "model", "layers", 0]
