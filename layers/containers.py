@@ -115,13 +115,21 @@ class ConcatSpec(ContainerSpec):
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         first = outputs[0]
-        dim = self.dim % first.dim() if -first.dim() <= self.dim < first.dim() else None
+        rank = first.dim()
+        if not -rank <= self.dim < rank:
+            raise ShapeError(
+                ("dim",),
+                f"dim {self.dim} is out of range for the branch outputs of shape {shape_str(first.shape)} "
+                f"(expected -{rank} to {rank - 1})",
+                {"expected": [-rank, rank - 1], "got": self.dim},
+            )
+        dim = self.dim % rank
 
         def others(t: torch.Tensor) -> list[int]:
             return [size for d, size in enumerate(t.shape) if d != dim]
 
         for i, out in enumerate(outputs):
-            if dim is None or out.dim() != first.dim() or others(out) != others(first):
+            if out.dim() != first.dim() or others(out) != others(first):
                 raise ShapeError(
                     ("branches", i),
                     f"Concat along dim {self.dim} needs branch outputs equal in every other "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal, Self
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from layers.base import (
@@ -100,6 +100,14 @@ class UnflattenSpec(LayerSpec):
     unflattened_size: list[Annotated[int, Field(ge=-1, le=MAX_SIZE)]] = Field(
         min_length=1, max_length=8, description="new sizes; one of them may be -1"
     )
+
+    @field_validator("unflattened_size")
+    @classmethod
+    def _one_inferred_size(cls, sizes: list[int]) -> list[int]:
+        # torch's own message for two is "unflatten got an unexpected error:."
+        if sizes.count(-1) > 1:
+            raise ValueError(f"at most one size may be -1 (inferred), got {sizes.count(-1)}: {sizes}")
+        return sizes
 
     def build(self) -> nn.Module:
         return nn.Unflatten(self.dim, tuple(self.unflattened_size))

@@ -9,6 +9,7 @@ job's seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ from layers.losses import Targets
 from layers.spec import SpecModel
 
 ValFraction = Annotated[float, Field(gt=0, lt=1, description="share of the samples held out for validation")]
+MAX_CLASSES = 10_000  # classes of a classification dataset (synthetic num_classes too)
 SplitSeed = Annotated[int, Field(ge=0, lt=2**63, description="seed of the fixed train/validation split")]
 
 
@@ -55,10 +57,14 @@ class _Dataset(SpecModel):
         """All samples as ``(x, y)`` on the CPU: inputs batch-first, targets as the info says."""
         raise NotImplementedError
 
+    def train_samples(self, n: int) -> int:
+        """Samples of ``n`` that ``split`` trains on (at least one is held out, and one kept)."""
+        return n - min(max(1, round(n * self.val_fraction)), n - 1)
+
     def split(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(x_train, y_train, x_val, y_val)`` by a fixed seeded permutation."""
         n = x.shape[0]
-        n_val = min(max(1, round(n * self.val_fraction)), n - 1)
+        n_val = n - self.train_samples(n)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         train, val = order[n_val:], order[:n_val]
         return x[train], y[train], x[val], y[val]
@@ -94,7 +100,7 @@ class SyntheticDataset(_Dataset):
         min_length=1, max_length=5, description="shape of one sample, without the batch dimension"
     )
     samples: int = Field(1024, ge=2, le=settings.max_dataset_samples)
-    num_classes: int = Field(10, ge=2, le=10_000, description="classes, for classification")
+    num_classes: int = Field(10, ge=2, le=MAX_CLASSES, description="classes, for classification")
     targets: int = Field(1, ge=1, le=10_000, description="values per sample, for regression")
     noise: float = Field(0.0, ge=0, le=100, description="std of Gaussian noise added to regression targets")
     dtype: Literal["float32", "int64"] = Field("float32", description='"int64" for token ids')
@@ -150,7 +156,14 @@ class InlineDataset(_Dataset):
 
     def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` and ``y`` as tensors; ``SpecError`` at the field when they are ragged or mismatched."""
-        x = _tensor(self.x, torch.float32 if self.dtype == "float32" else torch.int64, "x")
+        if self.dtype == "int64":
+            # Checked as exact doubles first: torch.tensor(..., dtype=int64) truncates 1.5 to 1.
+            _refuse_first(
+                _tensor(self.x, torch.float64, "x"), _not_an_int64, "x", "must be an integer token id"
+            )
+            x = _tensor(self.x, torch.int64, "x")
+        else:
+            x = _tensor(self.x, torch.float32, "x")
         y = _tensor(self.y, torch.float64, "y")
         if y.shape[0] != x.shape[0]:
             raise SpecError(
@@ -170,11 +183,12 @@ class InlineDataset(_Dataset):
             raise SpecError(("dataset", "x"), "token ids must not be negative")
         if not classification:
             return x, y.float()
-        if y.dim() != 1 or bool((y != y.round()).any()) or bool((y < 0).any()):
+        if y.dim() != 1:
             raise SpecError(
                 ("dataset", "y"),
                 "a classification loss needs y to be one class index (an integer >= 0) per sample",
             )
+        _refuse_first(y, _not_a_class, "y", f"must be a class index, an integer from 0 to {MAX_CLASSES - 1}")
         return x, y.long()
 
     def describe(self, classification: bool) -> DatasetInfo:
@@ -185,6 +199,27 @@ class InlineDataset(_Dataset):
             targets = Targets(num_classes=None, shape=tuple(y.shape[1:]))
         tokens = int(x.max()) + 1 if self.dtype == "int64" else None
         return DatasetInfo(x.shape[0], tuple(x.shape[1:]), self.dtype, targets, tokens)
+
+
+def _not_an_int64(x: torch.Tensor) -> torch.Tensor:
+    return (x != x.trunc()) | (x.abs() >= 2.0**63)
+
+
+def _not_a_class(y: torch.Tensor) -> torch.Tensor:
+    return (y != y.round()) | (y < 0) | (y >= MAX_CLASSES)
+
+
+def _refuse_first(
+    values: torch.Tensor, bad: Callable[[torch.Tensor], torch.Tensor], field: str, what: str
+) -> None:
+    """``SpecError`` at the first element ``bad`` flags, located down to it (``x[3][1]``)."""
+    flagged = bad(values)
+    if bool(flagged.any()):
+        index = [int(i) for i in flagged.nonzero()[0]]
+        value = values[tuple(index)].item()
+        raise SpecError(
+            ("dataset", field, *index), f"{field}{''.join(f'[{i}]' for i in index)} is {value:g}; it {what}"
+        )
 
 
 def _tensor(values: list, dtype: torch.dtype, field: str) -> torch.Tensor:

@@ -36,7 +36,18 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
         raise e.under("model") from e
     classification = job.loss.task == "classification"
     info = job.dataset.describe(classification)
-    steps_per_epoch = math.ceil(math.ceil(info.samples * (1 - job.dataset.val_fraction)) / job.batch_size)
+    train_samples = job.dataset.train_samples(info.samples)
+    if train_samples == 1 and job.batch_size > 1:
+        # The loop skips a batch of one sample when batch_size > 1 (BatchNorm cannot train on one),
+        # so this run would train on nothing.
+        raise SpecError(
+            ("batch_size",),
+            f"the dataset's {info.samples} samples leave 1 for training (val_fraction "
+            f"{job.dataset.val_fraction:g} holds out the rest), and a lone trailing sample is skipped "
+            "when batch_size > 1; use more samples or batch_size 1",
+            {"train_samples": train_samples, "batch_size": job.batch_size},
+        )
+    steps_per_epoch = math.ceil(train_samples / job.batch_size)
     steps_total = steps_per_epoch * job.epochs
     if steps_total > settings.max_steps:
         raise LimitError(
