@@ -6,6 +6,10 @@ training jobs are submitted, and a probe keeps calling ``/healthz``. Asserted: n
 answer is the expected one, every accepted job reaches a final state and is listed, the server's
 resident memory stays bounded from one round to the next, and ``/healthz`` keeps answering
 (a generous sanity bound, not a latency target: timings belong to ``bench/``).
+
+A second test queues many slow summaries at once (far more than the trace slots) and holds the
+routes that do not trace to a latency target meanwhile: ``/readyz``, the job routes and a job's
+SSE stream answer within 200 ms at the 99th percentile (waiting summaries hold no thread).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ ROUNDS = 3
 PER_ROUND = 60  # summaries per round, mixed
 HEALTHZ_SANITY_S = 5.0  # even on a busy 2-core CI machine a liveness probe answers within this
 RSS_GROWTH_LIMIT = 150 << 20  # after the warm-up round, growth stays under this
+QUEUED_SUMMARIES = 60  # at once, each a few tenths of a second of tracing, against 2 trace slots
+PROBE_P99_S = 0.2
 
 TRANSFORMER_12 = {
     "layers": [
@@ -50,6 +56,9 @@ JOB = digits_job(
     epochs=1,
     device="cpu",
 )
+
+
+TRANSFORMER_6 = {"layers": [*TRANSFORMER_12["layers"][:7], *TRANSFORMER_12["layers"][-2:]]}
 
 
 def summary_body(i: int) -> tuple[dict, int]:
@@ -185,3 +194,65 @@ def test_concurrent_summaries_and_jobs_hold_up(server: tuple[str, int]) -> None:
         f"\nload: {len(statuses)} summaries, {len(result['ids'])} jobs; RSS per round (MiB) "
         f"{[r >> 20 for r in rss]}; /healthz {len(health)} probes, slowest {max(health) * 1000:.0f} ms"
     )
+
+
+async def probe_routes(client: httpx.AsyncClient, job_id: str, stop: asyncio.Event) -> dict[str, list[float]]:
+    """Latency of each route that does not trace, round-robin until ``stop``."""
+
+    async def sse() -> int:
+        async with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+            text = b"".join([chunk async for chunk in response.aiter_bytes()])
+            assert b"event: done" in text
+            return response.status_code
+
+    probes = {
+        "/readyz": lambda: client.get("/readyz"),
+        "GET /v1/jobs": lambda: client.get("/v1/jobs"),
+        "GET /v1/jobs/{id}": lambda: client.get(f"/v1/jobs/{job_id}"),
+        "SSE /v1/jobs/{id}/events": sse,
+    }
+    latencies: dict[str, list[float]] = {name: [] for name in probes}
+    while not stop.is_set():
+        for name, call in probes.items():
+            started = time.perf_counter()
+            result = await call()
+            latencies[name].append(time.perf_counter() - started)
+            assert (result if isinstance(result, int) else result.status_code) == 200, name
+            await asyncio.sleep(0.02)
+    return latencies
+
+
+async def queued_summaries_and_probes(url: str) -> tuple[list[int], dict[str, list[float]]]:
+    limits = httpx.Limits(max_connections=QUEUED_SUMMARIES + 8)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        job_id = (await submit_jobs(client, 1))[0]
+        deadline = time.monotonic() + 180
+        while (await client.get(f"/v1/jobs/{job_id}")).json()["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, "the probe's job did not finish"
+            await asyncio.sleep(0.2)
+        bodies = [  # unique batch sizes: every one is traced (no cache hit)
+            {"model": TRANSFORMER_6, "input_shape": [100 + i, 64], "input_dtype": "int64"}
+            for i in range(QUEUED_SUMMARIES)
+        ]
+        summaries = [asyncio.create_task(client.post("/v1/models/summary", json=b)) for b in bodies]
+        await asyncio.sleep(1.0)  # let them queue up
+        stop = asyncio.Event()
+        probe = asyncio.create_task(probe_routes(client, job_id, stop))
+        responses = await asyncio.gather(*summaries)
+        stop.set()
+        return [r.status_code for r in responses], await probe
+
+
+def test_routes_stay_fast_while_summaries_queue(server: tuple[str, int]) -> None:
+    url, _ = server
+    statuses, latencies = asyncio.run(queued_summaries_and_probes(url))
+    assert statuses == [200] * QUEUED_SUMMARIES
+    every = sorted(t for times in latencies.values() for t in times)
+    p99 = every[min(len(every) - 1, int(0.99 * len(every)))]
+    figures = {name: f"n={len(t)} max={max(t) * 1000:.0f} ms" for name, t in latencies.items()}
+    print(
+        f"\nwhile {QUEUED_SUMMARIES} summaries queued: p99 {p99 * 1000:.0f} ms over {len(every)} probes; "
+        f"{figures}"
+    )
+    assert all(len(t) >= 10 for t in latencies.values()), figures
+    assert p99 < PROBE_P99_S, figures
