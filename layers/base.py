@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Self
 
 import torch
-from pydantic import Field
+from pydantic import Field, GetJsonSchemaHandler, ValidationInfo, field_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -82,6 +84,40 @@ class ShapePreservingSpec(LayerSpec):
         if not x.is_floating_point():
             return super().trace(module, x)
         return x, 0
+
+
+class SpatialSpec(LayerSpec):
+    """A layer over ``spatial_dims`` dimensions (convolutions, pools) whose ``per_dim_fields``
+    take one int or a list of exactly one int per dimension, as torch's real kernels require
+    (meta kernels accept a 3-long kernel for a Conv2d). Validated here and stated in the JSON
+    schema (``minItems`` = ``maxItems``), for every subclass, with its own ``spatial_dims``."""
+
+    spatial_dims: ClassVar[int] = 2
+    per_dim_fields: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("*")
+    @classmethod
+    def _one_per_spatial_dim(cls, value: Any, info: ValidationInfo) -> Any:
+        if (
+            info.field_name in cls.per_dim_fields
+            and isinstance(value, list)
+            and len(value) != cls.spatial_dims
+        ):
+            raise ValueError(f"expected one int or a list of {cls.spatial_dims}, got a list of {len(value)}")
+        return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        properties = handler.resolve_ref_schema(json_schema).get("properties", {})
+        for name in cls.per_dim_fields:
+            field = properties.get(name, {})
+            for branch in [field, *field.get("anyOf", [])]:
+                if branch.get("type") == "array":
+                    branch["minItems"] = branch["maxItems"] = cls.spatial_dims
+        return json_schema
 
 
 class ContainerSpec(LayerSpec):

@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
-from layers.base import MAX_SIZE, LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
+from layers.base import MAX_SIZE, OptionalSize, Shape, Size, SpatialSpec, expect_rank, infer_size
 
 KernelArg = Size | list[Size]
 Padding = Annotated[int, Field(ge=0, le=MAX_SIZE)]
 PaddingArg = Padding | list[Padding] | Literal["valid", "same"]
 
 
-class ConvSpec(LayerSpec):
+class ConvSpec(SpatialSpec):
     """Fields and shape inference shared by the convolutions (not a registered type)."""
 
     category: ClassVar[str] = "conv"
-    spatial_dims: ClassVar[int] = 2
+    per_dim_fields: ClassVar[tuple[str, ...]] = (
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "output_padding",
+    )
     in_channels: OptionalSize = Field(None, description="input channels; inferred from the input")
     out_channels: Size
     kernel_size: KernelArg
@@ -27,14 +33,6 @@ class ConvSpec(LayerSpec):
     dilation: KernelArg = 1
     groups: Size = 1
     bias: bool = True
-
-    @field_validator("kernel_size", "stride", "padding", "dilation")
-    @classmethod
-    def _one_per_spatial_dim(cls, value: int | str | list[int]) -> int | str | list[int]:
-        # meta kernels accept a 3-long kernel for Conv2d (a 5-D weight); torch's real ones refuse it
-        if isinstance(value, list) and len(value) != cls.spatial_dims:
-            raise ValueError(f"expected one int or a list of {cls.spatial_dims}, got a list of {len(value)}")
-        return value
 
     def infer(self, shape: Shape) -> Self:
         n = self.spatial_dims
@@ -84,11 +82,6 @@ class ConvTranspose2dSpec(ConvSpec):
     type: Literal["ConvTranspose2d"] = "ConvTranspose2d"
     padding: Padding | list[Padding] = 0
     output_padding: Padding | list[Padding] = 0
-
-    @field_validator("output_padding")
-    @classmethod
-    def _output_padding_per_dim(cls, value: int | list[int]) -> int | list[int]:
-        return cls._one_per_spatial_dim(value)
 
     @model_validator(mode="after")
     def _output_padding_below_stride_or_dilation(self) -> Self:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from layers import LAYER_SPECS
+from layers.base import SpatialSpec
 
 # The endpoints of the core (issue 2); each must be usable from Swagger UI's "Try it out" unchanged.
 CORE_OPERATIONS = [
@@ -138,3 +140,34 @@ def test_catalog_schemas_render_forms(client) -> None:
     assert "in_features" in linear["properties"] and "description" in linear["properties"]["in_features"]
     conv = client.get("/v1/layers/Conv2d").json()["schema"]
     assert set(conv["required"]) == {"out_channels", "kernel_size"}
+
+
+SPATIAL = sorted(
+    name for name, spec in LAYER_SPECS.items() if issubclass(spec, SpatialSpec) and spec.per_dim_fields
+)
+
+
+@pytest.mark.parametrize("name", SPATIAL)
+def test_per_dimension_arguments_state_their_length(openapi: dict, name: str) -> None:
+    """A list for kernel_size, stride, padding, ... has exactly one entry per spatial dimension:
+    the schema says so (minItems = maxItems), and the validator enforces the same."""
+    spec = LAYER_SPECS[name]
+    properties = openapi["components"]["schemas"][spec.__name__]["properties"]
+    checked = 0
+    for field in spec.per_dim_fields:
+        if field not in properties:
+            continue
+        arrays = [b for b in properties[field].get("anyOf", [properties[field]]) if b.get("type") == "array"]
+        for branch in arrays:
+            assert branch["minItems"] == branch["maxItems"] == spec.spatial_dims, (field, branch)
+            checked += 1
+        if arrays:
+            with pytest.raises(ValidationError) as refused:
+                spec.model_validate({**_minimal(spec), field: [1] * (spec.spatial_dims + 1)})
+            assert refused.value.errors()[0]["loc"] == (field,)
+    assert checked, f"{name}: no per-dimension list in its schema"
+
+
+def _minimal(spec: type) -> dict:
+    """The required fields of ``spec`` with a valid value each (sizes: 1)."""
+    return {name: 1 for name, field in spec.model_fields.items() if field.is_required() and name != "type"}
