@@ -6,9 +6,10 @@ Ray cluster) that has one.
 
 Checks, each printed as it runs: the cluster offers a GPU; a ``cuda`` job trains the digits CNN
 to >= 0.9 validation accuracy and reports a ``cuda`` device and its Ray node; an ``auto`` job
-lands on the GPU too; the same seed twice gives the same history (reported, not required: cuDNN
-may pick non-deterministic kernels). Exit status 0 when every required check passes, 1 when one
-fails, 2 when there is no GPU (a ``cuda`` job must then be refused at once with a 422).
+lands on the GPU too; whether the same seed twice gives the same history is reported as
+``[info]``, not checked (cuDNN and cuBLAS may pick non-deterministic kernels; see the README).
+Exit status 0 when every required check passes, 1 when one fails, 2 when there is no GPU (a
+``cuda`` job must then be refused at once with a 422 at ``device``).
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def run(client: Any) -> int:
     started = time.perf_counter()
     first = client.post("/v1/train", json=body("cuda"))
     if first.status_code == 422:
-        check(True, "no GPU here: a cuda job is refused at once", first.json()["detail"][0]["msg"])
-        return 2
+        [error] = first.json()["detail"]
+        refused = check(
+            error["loc"] == ["body", "device"], "no GPU here: a cuda job is refused at once", error["msg"]
+        )
+        return 2 if refused else 1
     job = first.json()
     wall = time.perf_counter() - started
     steps = job["history"][-1]["step"] if job.get("history") else 0
@@ -63,7 +67,8 @@ def run(client: Any) -> int:
     results.append(check(str(auto.get("device", "")).startswith("cuda"), "auto picked", auto.get("device")))
     again = client.post("/v1/train", json=body("cuda")).json()
     same = again.get("history") == job.get("history")
-    check(True, "same seed, same history on cuda:", same)
+    # Reported, not required: CUDA training is not deterministic (README, Training).
+    print(f"[info] same seed, same history on cuda: {'yes' if same else 'no'}", flush=True)
     if again.get("duration_s"):
         seconds = again["duration_s"]
         print(f"      warm: {steps} steps in {seconds:.2f} s ({steps / seconds:.0f} steps/s)")

@@ -26,7 +26,9 @@ class JobCreate(SpecModel):
     optimizer: AnyOptimizer
     epochs: int = Field(5, gt=0, le=settings.max_epochs)
     batch_size: int = Field(64, gt=0, le=settings.max_batch_size)
-    seed: int = Field(0, ge=0, lt=2**63, description="same seed, same device: same history")
+    seed: int = Field(
+        0, ge=0, lt=2**63, description="same seed on the CPU: same history (not guaranteed on CUDA)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description='"auto": CUDA when a worker has it, else CPU; "cuda" fails at once without one'
     )
