@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
@@ -52,3 +52,8 @@ def _peer(request: Request) -> str:
 
 
 CallerDep = Annotated[Caller, Depends(guard)]
+# What ``guard`` may answer, for the OpenAPI responses of the routers it guards.
+GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "an API key is required (the server has MB_API_KEYS) and none valid was sent"},
+    429: {"description": "rate limited (MB_RATE_LIMIT_PER_S); retry after Retry-After seconds"},
+}

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Requ
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.api.deps import CallerDep, guard
+from app.api.deps import GUARD_RESPONSES, CallerDep, guard
 from app.core.config import settings
 from app.core.security import Caller
 from app.core.traces import run_trace
@@ -22,7 +22,7 @@ from app.jobs.store import TERMINAL
 from app.schemas.jobs import JobCreate, JobPublic, JobsPublic
 from layers.budget import TraceCancelled
 
-router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(guard)])
+router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES)
 
 POLL_S = 0.2
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, but the access log does
@@ -32,7 +32,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not JSON"},
     413: {"description": "request body too large"},
     422: {"description": "invalid job: a field, a shape mismatch naming the layer, or a limit"},
-    429: {"description": "too many jobs queued or running; retry after Retry-After seconds"},
+    429: {"description": "too many jobs queued or running, or rate limited; retry after Retry-After seconds"},
     503: {"description": "the training backend (Ray) is not available"},
 }
 JobBody = Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)]

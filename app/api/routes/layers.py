@@ -8,10 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Path
 from pydantic import BaseModel, Field
 
-from app.api.deps import guard
+from app.api.deps import GUARD_RESPONSES, guard
 from layers import LAYER_SPECS
 
-router = APIRouter(prefix="/v1/layers", tags=["layers"], dependencies=[Depends(guard)])
+router = APIRouter(
+    prefix="/v1/layers", tags=["layers"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES
+)
 
 
 class LayerType(BaseModel):

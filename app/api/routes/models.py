@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from app.api.deps import guard
+from app.api.deps import GUARD_RESPONSES, guard
 from app.core.cache import BytesLRU
 from app.core.config import settings
 from app.core.traces import run_trace
@@ -17,7 +17,9 @@ from layers.budget import TraceCancelled
 from layers.errors import SpecError
 from layers.summary import ModelSummary, summarize
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[Depends(guard)])
+router = APIRouter(
+    prefix="/v1/models", tags=["models"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES
+)
 
 ERRORS = {
     400: {"description": "the body is not text (FastAPI cannot decode it)"},
