@@ -9,15 +9,16 @@ from app.core.warmup import warm_up
 SLOW_LSTM = {"type": "LSTM", "hidden_size": 8, "num_layers": 64, "bidirectional": True}
 
 
-def test_trace_past_its_budget_is_a_422_at_the_next_layer(client, monkeypatch):
+def test_trace_past_its_budget_is_a_422_at_the_layer_it_stopped_in(client, monkeypatch):
+    """Checked at every operator, so the trace stops inside the first LSTM (tests/test_trace_budget.py)."""
     monkeypatch.setattr(settings, "max_trace_seconds", 0.001)
     body = {"model": {"layers": [SLOW_LSTM, SLOW_LSTM, SLOW_LSTM]}, "input_shape": [2, 3, 8]}
     response = client.post("/v1/models/summary", json=body)
     assert response.status_code == 422
     (detail,) = response.json()["detail"]
     assert detail["type"] == "limit_exceeded"
-    assert detail["loc"] == ["body", "model", "layers", 1]
-    assert "0.001 s" in detail["msg"] and "LSTM" in detail["msg"]
+    assert detail["loc"] == ["body", "model", "layers", 0]
+    assert "0.001 s" in detail["msg"] and "in this LSTM" in detail["msg"]
 
 
 def test_same_model_within_the_default_budget_is_summarised(client):

@@ -105,7 +105,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", without_lifespan, confi
 @pytest.fixture(scope="module", autouse=True)
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A live job engine with small limits, in a temporary data directory, and the API lock with
-one key, for this module."""
+    one key, for this module."""
     saved = {name: getattr(settings, name) for name in [*JOB_LIMITS, "data_dir"]}
     for name, value in {**JOB_LIMITS, "data_dir": Path(tmp_path_factory.mktemp("fuzz-jobs"))}.items():
         setattr(settings, name, value)

@@ -165,12 +165,12 @@ def test_inline_data_is_checked() -> None:
     for bad, field in [
         ({"x": [[0, 1], [1]], "y": [0, 1]}, "x"),  # ragged
         ({"x": [[0, 1], [1, 0]], "y": [0, 1, 1]}, "y"),  # lengths differ
-        ({"x": [[0, 1], [1, 0]], "y": [0.5, 1]}, "y"),  # not class indices
+        ({"x": [[0, 1], [1, 0]], "y": [0.5, 1]}, "y"),  # not class indices (at the element: y[0])
         ({"x": [["a", 1], [1, 0]], "y": [0, 1]}, "x"),  # not numbers
     ]:
         with pytest.raises(SpecError) as e:
             InlineDataset(**bad).describe(True)
-        assert e.value.loc == ("dataset", field), bad
+        assert e.value.loc[:2] == ("dataset", field), bad
 
 
 def payload(model: dict, dataset: dict, loss: dict, **extra: object) -> dict:
