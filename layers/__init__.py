@@ -12,7 +12,9 @@ from layers import (  # noqa: F401  (imported to register their layer types)
     dropout,
     linear,
     norm,
+    plumbing,
     pooling,
+    positions,
     recurrent,
 )
 from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec

@@ -22,12 +22,20 @@ from torch_modules import (
     LSTM,
     RNN,
     Bilinear,
+    ClassToken,
     Concat,
     ConvBlock,
+    Mean,
     MyConv2d,
     MyLinear,
+    Permute,
+    PositionalEmbedding,
     Residual,
+    Select,
     SelfAttention,
+    SinusoidalPositionalEncoding,
+    Slice,
+    Transpose,
     count_params,
     flop_count,
     last_step,
@@ -231,6 +239,31 @@ SAMPLES: dict[str, Sample] = {
             dim=1,
         ),
         {"branches": [[{"in_channels": 3}], [{"in_channels": 3}, {}]]},
+    ),
+    # -- issue 9: plumbing and positions --
+    "Permute": Sample(
+        {"type": "Permute", "dims": [0, 2, -1, 1]}, [2, 3, 4, 5], lambda: Permute((0, 2, -1, 1))
+    ),
+    "Transpose": Sample({"type": "Transpose", "dim0": 1, "dim1": 2}, [2, 3, 4], lambda: Transpose(1, 2)),
+    "Select": Sample({"type": "Select", "dim": 1, "index": -1}, [2, 3, 4], lambda: Select(1, -1)),
+    "Slice": Sample(
+        {"type": "Slice", "dim": -1, "start": 1, "end": -1, "step": 2}, [2, 3, 8], lambda: Slice(-1, 1, -1, 2)
+    ),
+    "Mean": Sample(
+        {"type": "Mean", "dim": [1, 2], "keepdim": True}, [2, 3, 4, 5], lambda: Mean((1, 2), True)
+    ),
+    "ClassToken": Sample({"type": "ClassToken"}, [2, 5, 8], lambda: ClassToken(8), {"embed_dim": 8}),
+    "PositionalEmbedding": Sample(
+        {"type": "PositionalEmbedding", "num_positions": 7},
+        [2, 5, 8],
+        lambda: PositionalEmbedding(7, 8),
+        {"embedding_dim": 8},
+    ),
+    "SinusoidalPositionalEncoding": Sample(
+        {"type": "SinusoidalPositionalEncoding", "max_len": 9},
+        [2, 5, 7],
+        lambda: SinusoidalPositionalEncoding(9, 7),
+        {"embedding_dim": 7},
     ),
 }
 

@@ -8,6 +8,7 @@ so ``print(model)`` and parameter names can be compared exactly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -143,3 +144,119 @@ def flop_count(model: nn.Module, x: torch.Tensor) -> int:
     with FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops()
+
+
+# -- tensor plumbing and positions (issue 9), written independently of layers/ -------------------
+
+
+class Permute(nn.Module):
+    def __init__(self, dims: tuple[int, ...]) -> None:
+        super().__init__()
+        self.dims = tuple(dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.permute(x, self.dims)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}"
+
+
+class Transpose(nn.Module):
+    def __init__(self, dim0: int, dim1: int) -> None:
+        super().__init__()
+        self.dim0, self.dim1 = dim0, dim1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.transpose(x, self.dim0, self.dim1)
+
+    def extra_repr(self) -> str:
+        return f"dim0={self.dim0}, dim1={self.dim1}"
+
+
+class Select(nn.Module):
+    def __init__(self, dim: int, index: int) -> None:
+        super().__init__()
+        self.dim, self.index = dim, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.index_select(x, self.dim, torch.tensor([self.index % x.shape[self.dim]])).squeeze(
+            self.dim
+        )
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, index={self.index}"
+
+
+class Slice(nn.Module):
+    def __init__(self, dim: int, start: int | None = None, end: int | None = None, step: int = 1) -> None:
+        super().__init__()
+        self.dim, self.start, self.end, self.step = dim, start, end, step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = list(range(x.shape[self.dim]))[self.start : self.end : self.step]
+        return torch.index_select(x, self.dim, torch.tensor(kept))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, start={self.start}, end={self.end}, step={self.step}"
+
+
+class Mean(nn.Module):
+    def __init__(self, dim: int | tuple[int, ...], keepdim: bool = False) -> None:
+        super().__init__()
+        self.dim, self.keepdim = dim, keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.mean(x, dim=self.dim, keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
+class ClassToken(nn.Module):
+    """torchvision's ViT: ``x = torch.cat([self.class_token.expand(n, -1, -1), x], dim=1)``."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.token = nn.Parameter(torch.randn(1, 1, embed_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.token.expand(x.shape[0], -1, -1), x], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.token.shape[-1]}"
+
+
+class PositionalEmbedding(nn.Module):
+    def __init__(self, num_positions: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_positions, embedding_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(x.shape[1])
+        return x + nn.functional.embedding(positions, self.weight)
+
+    def extra_repr(self) -> str:
+        return f"num_positions={self.weight.shape[0]}, embedding_dim={self.weight.shape[1]}"
+
+
+class SinusoidalPositionalEncoding(nn.Module):
+    """pe[t, 2i] = sin(t / 10000^(2i / d)), pe[t, 2i + 1] = cos(t / 10000^(2i / d)), element by element."""
+
+    def __init__(self, max_len: int, embedding_dim: int) -> None:
+        super().__init__()
+        pe = torch.tensor(
+            [
+                [
+                    (math.sin if j % 2 == 0 else math.cos)(t / 10000 ** ((j - j % 2) / embedding_dim))
+                    for j in range(embedding_dim)
+                ]
+                for t in range(max_len)
+            ]
+        )
+        self.register_buffer("pe", pe, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[: x.shape[1]]
+
+    def extra_repr(self) -> str:
+        return f"max_len={self.pe.shape[0]}, embedding_dim={self.pe.shape[1]}"
