@@ -6,6 +6,7 @@ Importing a module below registers its spec classes; the order is the catalog's 
 from layers import (  # noqa: F401  (imported to register their layer types)
     activation,
     attention,
+    causal_attention,
     containers,
     conv,
     custom,
@@ -16,6 +17,7 @@ from layers import (  # noqa: F401  (imported to register their layer types)
     pooling,
     positions,
     recurrent,
+    swiglu,
 )
 from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.errors import LimitError, ShapeError, SpecError

@@ -22,6 +22,7 @@ from torch_modules import (
     LSTM,
     RNN,
     Bilinear,
+    CausalSelfAttention,
     ClassToken,
     Concat,
     ConvBlock,
@@ -35,6 +36,8 @@ from torch_modules import (
     SelfAttention,
     SinusoidalPositionalEncoding,
     Slice,
+    SwiGLU,
+    TransformerEncoderLayer,
     Transpose,
     count_params,
     flop_count,
@@ -265,13 +268,40 @@ SAMPLES: dict[str, Sample] = {
         lambda: SinusoidalPositionalEncoding(9, 7),
         {"embedding_dim": 7},
     ),
+    "CausalSelfAttention": Sample(
+        {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 2},
+        [2, 5, 16],
+        lambda: CausalSelfAttention(16, 4, 2),
+        {"embed_dim": 16, "rope": True},
+    ),
+    "SwiGLU": Sample(
+        {"type": "SwiGLU", "hidden_features": 12}, [2, 5, 8], lambda: SwiGLU(8, 12), {"in_features": 8}
+    ),
+    "RMSNorm": Sample(
+        {"type": "RMSNorm", "eps": 1e-6},
+        [2, 3, 8],
+        lambda: nn.RMSNorm([8], eps=1e-6),
+        {"normalized_shape": [8]},
+    ),
+    "InstanceNorm1d": Sample(
+        {"type": "InstanceNorm1d", "affine": True},
+        [2, 4, 6],
+        lambda: nn.InstanceNorm1d(4, affine=True),
+        {"num_features": 4},
+    ),
+    "InstanceNorm2d": Sample(
+        {"type": "InstanceNorm2d", "track_running_stats": True},
+        [2, 3, 4, 4],
+        lambda: nn.InstanceNorm2d(3, track_running_stats=True),
+        {"num_features": 3},
+    ),
 }
 
 # FlopCounterMode has no formula for some fused CPU kernels: aten.lstm (one op, counted 0) and
 # the CPU flash-attention kernel that attention without dropout runs. The spec's count is checked
 # against the hand-written module run on meta for every type, and also against a real CPU run
 # for every type but these (on CPU they undercount; meta runs the decomposed ops).
-CPU_FLOPS_UNCOUNTED = {"LSTM", "MultiheadAttention", "TransformerEncoderLayer"}
+CPU_FLOPS_UNCOUNTED = {"LSTM", "MultiheadAttention", "TransformerEncoderLayer", "CausalSelfAttention"}
 
 
 def real_input(shape: list[int], dtype: str) -> torch.Tensor:
@@ -295,7 +325,44 @@ def assert_subset(expected: Any, actual: Any, where: str = "spec") -> None:
         assert actual == expected, f"{where}: expected {expected!r}, got {actual!r}"
 
 
-@pytest.fixture(params=sorted(LAYER_SPECS), ids=str)
+# More samples of one type, for fields its main sample leaves at their defaults: "<type>/<what>".
+VARIANTS: dict[str, Sample] = {
+    "MultiheadAttention/causal": Sample(
+        {"type": "MultiheadAttention", "num_heads": 2, "causal": True},
+        [2, 5, 8],
+        lambda: SelfAttention(8, 2, batch_first=True, causal=True),
+        {"embed_dim": 8},
+    ),
+    "TransformerEncoderLayer/causal_gelu_tanh": Sample(
+        {
+            "type": "TransformerEncoderLayer",
+            "nhead": 2,
+            "dim_feedforward": 16,
+            "activation": "gelu_tanh",
+            "causal": True,
+        },
+        [2, 5, 8],
+        lambda: TransformerEncoderLayer(
+            8, 2, 16, activation=nn.GELU(approximate="tanh"), batch_first=True, causal=True
+        ),
+        {"d_model": 8},
+    ),
+    "CausalSelfAttention/no_rope_bias_mha": Sample(
+        {"type": "CausalSelfAttention", "embed_dim": 12, "num_heads": 3, "rope": False, "bias": True},
+        [1, 4, 12],
+        lambda: CausalSelfAttention(12, 3, rope=False, bias=True),
+        {"num_kv_heads": 3},
+    ),
+    "CausalSelfAttention/rope_theta_mqa": Sample(
+        {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 1, "rope_theta": 500000.0},
+        [2, 6, 16],
+        lambda: CausalSelfAttention(16, 4, 1, rope_theta=500000.0),
+        {"embed_dim": 16},
+    ),
+}
+
+
+@pytest.fixture(params=[*sorted(LAYER_SPECS), *VARIANTS], ids=str)
 def layer_type(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -361,9 +428,9 @@ def test_registry_keys_are_the_type_literals() -> None:
 
 
 def test_layer_matches_torch(layer_type: str, client) -> None:
-    sample = SAMPLES.get(layer_type)
+    sample = SAMPLES.get(layer_type) or VARIANTS.get(layer_type)
     assert sample is not None, f"registered layer type {layer_type!r} has no sample in tests/test_registry.py"
-    assert sample.spec["type"] == layer_type
+    assert sample.spec["type"] == layer_type.split("/")[0]
     body = {
         "model": {"layers": [sample.spec]},
         "input_shape": sample.input_shape,
@@ -411,14 +478,14 @@ def test_layer_matches_torch(layer_type: str, client) -> None:
     meta_flops = flop_count(meta_reference, torch.empty(sample.input_shape, dtype=x.dtype, device="meta"))
     assert summary["flops"] == meta_flops
     assert summary["mult_adds"] == summary["flops"] // 2
-    if layer_type not in CPU_FLOPS_UNCOUNTED:
+    if sample.spec["type"] not in CPU_FLOPS_UNCOUNTED:
         assert summary["flops"] == flop_count(reference, x)
 
 
 def test_built_model_computes_what_torch_computes(layer_type: str) -> None:
     """The real model built from the inferred spec takes the hand-written module's weights
     (same names and shapes, strictly) and returns the same output on the same input."""
-    sample = SAMPLES.get(layer_type)
+    sample = SAMPLES.get(layer_type) or VARIANTS.get(layer_type)
     assert sample is not None, f"registered layer type {layer_type!r} has no sample in tests/test_registry.py"
     traced = trace_model(ModelSpec(layers=[sample.spec]), tuple(sample.input_shape), sample.input_dtype)
     torch.manual_seed(0)

@@ -79,9 +79,37 @@ class Bilinear(nn.Bilinear):
         return super().forward(x, x)
 
 
+def later_positions(x: torch.Tensor) -> torch.Tensor:
+    """[T, T] boolean mask, True where position j > i (what a causal decoder must not see)."""
+    steps = x.shape[1]
+    return torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
+
+
 class SelfAttention(nn.MultiheadAttention):
+    def __init__(self, *args, causal: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.causal = causal
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x, x, x, need_weights=False)[0]
+        mask = later_positions(x) if self.causal else None
+        return super().forward(x, x, x, need_weights=False, attn_mask=mask)[0]
+
+    def extra_repr(self) -> str:
+        return "causal=True" if self.causal else ""
+
+
+class TransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer`` (batch_first) with a boolean causal src_mask when ``causal``."""
+
+    def __init__(self, *args, causal: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, src_mask=later_positions(x)) if self.causal else super().forward(x)
+
+    def extra_repr(self) -> str:
+        return "causal=True" if self.causal else ""
 
 
 class _SequenceOut:
@@ -260,3 +288,69 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"max_len={self.pe.shape[0]}, embedding_dim={self.pe.shape[1]}"
+
+
+def rope_complex(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE as complex rotation: (x_i + j x_{i + d/2}) * exp(j t theta^(-2i/d)), x is (B, H, T, d)."""
+    steps, dim = x.shape[-2], x.shape[-1]
+    half = dim // 2
+    freqs = torch.tensor([theta ** (-2 * i / dim) for i in range(half)], device=x.device)
+    angle = torch.arange(steps, device=x.device, dtype=torch.float32)[:, None] * freqs[None, :]  # (T, d/2)
+    z = torch.complex(x[..., :half].float(), x[..., half:].float()) * torch.polar(
+        torch.ones_like(angle), angle
+    )
+    return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Llama's attention written out: explicit scores, a -inf mask over later positions, key/value
+    heads repeated for grouped-query attention, RoPE as a complex rotation."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        rope: bool = True,
+        rope_theta: float = 10000.0,
+        bias: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
+        self.head_dim = embed_dim // num_heads
+        self.rope, self.rope_theta, self.dropout = rope, rope_theta, dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, e = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope:
+            q, k = rope_complex(q, self.rope_theta), rope_complex(k, self.rope_theta)
+        group = self.num_heads // self.num_kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        scores = scores.masked_fill(later_positions(x), float("-inf"))
+        weights = nn.functional.dropout(scores.softmax(dim=-1), self.dropout, self.training)
+        return self.o_proj((weights @ v).transpose(1, 2).reshape(b, t, e))
+
+    def extra_repr(self) -> str:
+        rope = f"rope=True, rope_theta={self.rope_theta}" if self.rope else "rope=False"
+        return f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, {rope}, dropout={self.dropout}"
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int, bias: bool = False) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.w2 = nn.Linear(hidden_features, in_features, bias=bias)
+        self.w3 = nn.Linear(in_features, hidden_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.w1(x)
+        return self.w2(gate * torch.sigmoid(gate) * self.w3(x))
