@@ -17,6 +17,7 @@ from layers import (  # noqa: F401  (imported to register their layer types)
     pooling,
     positions,
     recurrent,
+    resample,
     swiglu,
 )
 from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec

@@ -295,6 +295,37 @@ SAMPLES: dict[str, Sample] = {
         lambda: nn.InstanceNorm2d(3, track_running_stats=True),
         {"num_features": 3},
     ),
+    "ReLU6": Sample({"type": "ReLU6"}, [2, 5], nn.ReLU6),
+    "Hardswish": Sample({"type": "Hardswish"}, [2, 5], nn.Hardswish),
+    "Hardsigmoid": Sample({"type": "Hardsigmoid"}, [2, 5], nn.Hardsigmoid),
+    "Mish": Sample({"type": "Mish"}, [2, 5], nn.Mish),
+    "Softplus": Sample(
+        {"type": "Softplus", "beta": 2.0, "threshold": 5.0}, [2, 5], lambda: nn.Softplus(2.0, 5.0)
+    ),
+    "PReLU": Sample({"type": "PReLU", "num_parameters": 3, "init": 0.1}, [2, 3, 4], lambda: nn.PReLU(3, 0.1)),
+    "Conv3d": Sample(
+        {"type": "Conv3d", "out_channels": 4, "kernel_size": [1, 3, 3], "stride": [1, 2, 2]},
+        [1, 2, 3, 6, 6],
+        lambda: nn.Conv3d(2, 4, (1, 3, 3), stride=(1, 2, 2)),
+        {"in_channels": 2},
+    ),
+    "ConvTranspose1d": Sample(
+        {"type": "ConvTranspose1d", "out_channels": 3, "kernel_size": 4, "stride": 2, "output_padding": 1},
+        [2, 5, 7],
+        lambda: nn.ConvTranspose1d(5, 3, 4, stride=2, output_padding=1),
+        {"in_channels": 5},
+    ),
+    "Upsample": Sample(
+        {"type": "Upsample", "scale_factor": 2, "mode": "bilinear", "align_corners": False},
+        [2, 3, 4, 5],
+        lambda: nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
+    ),
+    "ZeroPad2d": Sample(
+        {"type": "ZeroPad2d", "padding": [1, 2, 0, 3]}, [2, 3, 4, 5], lambda: nn.ZeroPad2d((1, 2, 0, 3))
+    ),
+    "PixelShuffle": Sample(
+        {"type": "PixelShuffle", "upscale_factor": 2}, [2, 8, 3, 3], lambda: nn.PixelShuffle(2)
+    ),
 }
 
 # FlopCounterMode has no formula for some fused CPU kernels: aten.lstm (one op, counted 0) and
@@ -358,6 +389,21 @@ VARIANTS: dict[str, Sample] = {
         [2, 6, 16],
         lambda: CausalSelfAttention(16, 4, 1, rope_theta=500000.0),
         {"embed_dim": 16},
+    ),
+    "Upsample/size_nearest_3d": Sample(
+        {"type": "Upsample", "size": [4, 6, 5]},
+        [1, 2, 2, 3, 4],
+        lambda: nn.Upsample(size=(4, 6, 5), mode="nearest"),
+    ),
+    "Upsample/bicubic": Sample(
+        {"type": "Upsample", "size": 7, "mode": "bicubic", "align_corners": True},
+        [1, 2, 4, 5],
+        lambda: nn.Upsample(size=7, mode="bicubic", align_corners=True),
+    ),
+    "Upsample/linear_per_dim": Sample(
+        {"type": "Upsample", "scale_factor": [1.5], "mode": "linear"},
+        [2, 3, 5],
+        lambda: nn.Upsample(scale_factor=(1.5,), mode="linear"),
     ),
 }
 
