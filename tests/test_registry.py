@@ -27,6 +27,7 @@ from torch_modules import (
     Concat,
     ConvBlock,
     Mean,
+    Multiply,
     MyConv2d,
     MyLinear,
     Permute,
@@ -242,6 +243,46 @@ SAMPLES: dict[str, Sample] = {
             dim=1,
         ),
         {"branches": [[{"in_channels": 3}], [{"in_channels": 3}, {}]]},
+    ),
+    # -- issue 9: structure --
+    "Multiply": Sample(  # squeeze-excitation: x * sigmoid(conv(relu(conv(pool(x)))))
+        {
+            "type": "Multiply",
+            "branches": [
+                [],
+                [
+                    {"type": "AdaptiveAvgPool2d", "output_size": 1},
+                    {"type": "Conv2d", "out_channels": 2, "kernel_size": 1},
+                    {"type": "ReLU"},
+                    {"type": "Conv2d", "out_channels": 4, "kernel_size": 1},
+                    {"type": "Sigmoid"},
+                ],
+            ],
+        },
+        [2, 4, 5, 5],
+        lambda: Multiply(
+            [
+                nn.Sequential(),
+                nn.Sequential(
+                    nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 1), nn.Sigmoid()
+                ),
+            ]
+        ),
+        {"branches": [[], [{}, {"in_channels": 4}, {}, {"in_channels": 2}, {}]]},
+    ),
+    "Repeat": Sample(
+        {
+            "type": "Repeat",
+            "times": 3,
+            "layers": [
+                {"type": "Residual", "layers": [{"type": "LayerNorm"}, {"type": "Linear", "out_features": 6}]}
+            ],
+        },
+        [2, 4, 6],
+        lambda: nn.Sequential(
+            *[nn.Sequential(Residual(nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6)))) for _ in range(3)]
+        ),
+        {"times": 3, "layers": [{"layers": [{"normalized_shape": [6]}, {"in_features": 6}]}]},
     ),
     # -- issue 9: plumbing and positions --
     "Permute": Sample(

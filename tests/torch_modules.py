@@ -74,6 +74,20 @@ class Concat(nn.Module):
         return f"dim={self.dim}"
 
 
+class Multiply(nn.Module):
+    """Squeeze-excitation's gate: the product of the branches' outputs (an empty branch is x)."""
+
+    def __init__(self, branches: list[nn.Module]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out * branch(x)
+        return out
+
+
 class Bilinear(nn.Bilinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x, x)
