@@ -221,9 +221,7 @@ class Select(nn.Module):
         self.dim, self.index = dim, index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.index_select(x, self.dim, torch.tensor([self.index % x.shape[self.dim]])).squeeze(
-            self.dim
-        )
+        return torch.unbind(x, self.dim)[self.index]
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, index={self.index}"
