@@ -29,6 +29,9 @@ from torch_modules import (
     output_shapes,
 )
 
+from app.examples import GPT2_SMALL as GPT2_SMALL_EXAMPLE
+from app.examples import TINY_LLAMA
+from app.examples import VIT_B_16 as VIT_B_16_EXAMPLE
 from layers import ModelSpec
 from layers.trace import trace_model
 
@@ -272,3 +275,15 @@ def test_small_model_computes_what_the_hand_written_one_does(name: str) -> None:
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
     assert traced.flops == flop_count(ref.torch_model().to("meta"), x.to("meta"))
+
+
+def test_the_examples_are_these_references(client) -> None:
+    """Swagger's examples and the playground's presets (app/examples.py) are the models tested here."""
+    assert vit_spec(*VIT_B_16) == VIT_B_16_EXAMPLE
+    assert gpt2_spec(*GPT2_SMALL) == GPT2_SMALL_EXAMPLE
+    assert llama_spec(32000, 2048, 32, 5632, 22, kv_heads=4) == TINY_LLAMA
+    body = {"model": TINY_LLAMA, "input_shape": [1, 16], "input_dtype": "int64"}
+    summary = client.post(URL, json=body).json()
+    with torch.device("meta"):
+        reference = llama_torch(32000, 2048, 32, 5632, 22, kv_heads=4)
+    assert summary["total_params"] == count_params(reference)[0] == 1_100_048_384  # TinyLlama-1.1B
