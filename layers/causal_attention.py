@@ -17,20 +17,25 @@ from layers.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer
 from layers.errors import ShapeError
 
 
+def rotary_tables(
+    steps: int, dim: int, theta: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles t * theta^(-2i/d), each (T, d): pair i is (x_i, x_{i + d/2})."""
+    inv_freq = theta ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)  # (d/2,)
+    angles = torch.outer(torch.arange(steps, device=device, dtype=torch.float32), inv_freq)  # (T, d/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, d)
+    return angles.cos(), angles.sin()
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """[x1, x2] -> [-x2, x1] over the last dimension, split in halves."""
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def rotary(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary position embedding (RoPE): rotates the pair (x_i, x_{i + d/2}) of position t by the
-    angle t * theta^(-2i/d). x is (B, heads, T, d); the angles are computed in float32."""
-    steps, dim = x.shape[-2], x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, dim, 2, device=x.device, dtype=torch.float32) / dim)  # (d/2,)
-    angles = torch.outer(torch.arange(steps, device=x.device, dtype=torch.float32), inv_freq)  # (T, d/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (T, d)
-    return x * angles.cos().to(x.dtype) + rotate_half(x) * angles.sin().to(x.dtype)
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (RoPE) of x (B, heads, T, d): each pair rotated by its angle."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -66,8 +71,11 @@ class CausalSelfAttention(nn.Module):
         v = (
             self.v_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
         )  # (B, nkv, T, hd)
-        if self.rope:
-            q, k = rotary(q, self.rope_theta), rotary(k, self.rope_theta)
+        # On meta (the summary's trace) the rotation is skipped: it keeps q's and k's shapes and
+        # has no FLOPs FlopCounterMode counts, and its ~20 meta kernels would cost 25 ms a layer.
+        if self.rope and not x.is_meta:
+            cos, sin = rotary_tables(steps, self.head_dim, self.rope_theta, x.device)
+            q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(
             q,
             k,
