@@ -32,19 +32,22 @@ def test_the_summary_route_keeps_its_cache_under_the_byte_bound(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert Settings(_env_file=None).summary_cache_bytes == 64 << 20
-    bound = 9_000
-    monkeypatch.setattr(models, "_cache", BytesLRU(bound, 256))
     bodies = [
         {"model": {"layers": [{"type": "Linear", "out_features": 4}] * n}, "input_shape": [2, 4]}
         for n in (1, 8, 16)
     ]
-    sizes = []
+    unbounded = BytesLRU(1 << 30, 256)
+    monkeypatch.setattr(models, "_cache", unbounded)
+    for body in bodies:
+        assert client.post("/v1/models/summary", json=body).status_code == 200
+    costs = [len(key) + len(value) for key, value in unbounded._items.items()]
+    bound = max(costs)  # the largest fits with its key, the three together do not
+    assert len(costs) == len(bodies) and bound < sum(costs)
+    monkeypatch.setattr(models, "_cache", BytesLRU(bound, 256))
     for body in bodies:
         response = client.post("/v1/models/summary", json=body)
         assert response.status_code == 200
-        sizes.append(len(response.content))
         assert models._cache.size <= bound
-    assert sizes[-1] < bound < sum(sizes)  # so the oldest had to go
-    assert len(models._cache) < len(bodies)
+    assert len(models._cache) < len(bodies)  # so the oldest had to go
     again = client.post("/v1/models/summary", json=bodies[-1])  # the latest is kept: served as cached
     assert again.content == models._cache.get(next(reversed(models._cache._items)))

@@ -2,11 +2,13 @@
 
 A pure ASGI middleware: it reads the body up to ``max_body_bytes`` (413 past it, without
 reading the rest), scans its JSON nesting depth without recursion (422 past
-``max_json_depth``), then hands the buffered body on unchanged.
+``max_json_depth``) and its strings for lone surrogates (422), then hands the buffered body on
+unchanged.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,15 +24,33 @@ _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]')
 
 def json_depth(body: bytes) -> int:
     """Deepest bracket nesting of a JSON text (strings skipped); linear time, no recursion."""
+    return json_scan(body)[0]
+
+
+def json_scan(body: bytes) -> tuple[int, bool]:
+    """The deepest bracket nesting of a JSON text, and whether a string in it holds a lone UTF-16
+    surrogate (``"\\ud800"``: valid JSON escapes, but no Unicode text: it cannot be encoded, not
+    even in an error message echoing it). Linear time, no recursion."""
     depth = deepest = 0
+    lone_surrogate = False
     for match in _TOKEN.finditer(body):
         token = match.group()
-        if token in (b"[", b"{"):
+        if token.startswith(b'"'):
+            lone_surrogate = lone_surrogate or (b"\\u" in token and _has_lone_surrogate(token))
+        elif token in (b"[", b"{"):
             depth += 1
             deepest = max(deepest, depth)
         elif token in (b"]", b"}"):
             depth -= 1
-    return deepest
+    return deepest, lone_surrogate
+
+
+def _has_lone_surrogate(token: bytes) -> bool:
+    try:
+        text = json.loads(token)  # pairs escaped surrogate pairs into one character
+    except ValueError:
+        return False  # not a whole string: the JSON parser refuses the body anyway
+    return any(0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
 class BodyLimitMiddleware:
@@ -60,11 +80,15 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        depth = json_depth(body)
+        depth, lone_surrogate = json_scan(body)
         if depth > self.max_json_depth:
             msg = f"JSON nested {depth} levels deep; the limit is {self.max_json_depth}"
             ctx = {"limit": self.max_json_depth, "got": depth}
             await send_error(send, 422, "json_too_deep", ["body"], msg, ctx)
+            return
+        if lone_surrogate:
+            msg = "a string in the body holds a lone UTF-16 surrogate (such as \\ud800): not Unicode text"
+            await send_error(send, 422, "json_invalid", ["body"], msg)
             return
 
         replayed = False
