@@ -16,6 +16,7 @@ Left off, each with its reason:
   ``ensure_resource_availability``, ``object_level_authorization``): they follow OpenAPI links
   between operations, and ``DELETE /v1/jobs/{id}`` still cancels rather than deletes (issue 13,
   item 22, another stream's work); turn the phase on with that change;
+- hypothesis' ``too_slow`` health check (suppressed, see ``CONFIG``): it times data generation;
 - ``max_response_time``: it needs a limit, and this run shares a busy 2-core CI machine; the
   latency targets live in ``tests/test_load.py``.
 
@@ -66,6 +67,9 @@ CONFIG = schemathesis.Config.from_dict(
     {
         "seed": 20261127,
         "headers": {"X-API-Key": FUZZ_KEY},
+        # A timing check, not a correctness one: generating bodies of the recursive union of ~70
+        # layer types, with each per-dimension list of an exact length, is slow on a busy 2-core box.
+        "suppress-health-check": ["too_slow"],
         # Generous: a busy 2-core CI box takes seconds for the first meta trace; a hang still fails.
         "request-timeout": 60,
         "generation": {"mode": "all", "max-examples": 25},
