@@ -31,7 +31,7 @@ ROUNDS = 3
 PER_ROUND = 60  # summaries per round, mixed
 HEALTHZ_SANITY_S = 5.0  # even on a busy 2-core CI machine a liveness probe answers within this
 RSS_GROWTH_LIMIT = 150 << 20  # after the warm-up round, growth stays under this
-QUEUED_SUMMARIES = 60  # at once, each a few tenths of a second of tracing, against 2 trace slots
+QUEUED_SUMMARIES = 120  # at once (3x the 40 threads of the pool), each tenths of a second of tracing, 2 slots
 PROBE_P99_S = 0.2
 
 TRANSFORMER_12 = {
