@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import torch
 from pydantic import Field
@@ -12,6 +12,7 @@ from layers.base import ContainerSpec, Dim, LayerSpec, shape_str
 from layers.errors import Loc, ShapeError
 
 if TYPE_CHECKING:  # resolved by layers.model once every layer type is registered
+    from layers.codegen import CodeWriter
     from layers.model import AnyLayer
 
 
@@ -82,6 +83,10 @@ class ResidualSpec(ContainerSpec):
 
     def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
         return Residual(modules[0], modules[1] if self.shortcut else nn.Identity())
+
+    def code(self, writer: CodeWriter) -> Any:
+        shortcut = writer.sequence(self.shortcut) if self.shortcut else writer.call(nn.Identity)
+        return writer.call(Residual, writer.sequence(self.layers), shortcut)
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         body, skip = outputs[0], outputs[1] if self.shortcut else x

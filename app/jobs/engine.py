@@ -23,6 +23,7 @@ from app.jobs import ray_runtime
 from app.jobs.plan import JobPlan
 from app.jobs.store import JobStore
 from app.jobs.train import node_info, train
+from app.jobs.weights import job_dir
 from layers.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,9 @@ class JobEngine:
             job_id = uuid.uuid4().hex
             self.store.create(job_id, request, plan.memory_estimate_bytes)
             queued = self.store.get(job_id)
+            payload = {**plan.payload, "job_id": job_id, "artifact_dir": str(job_dir(job_id))}
             handle = self._remote.options(num_cpus=1, num_gpus=num_gpus, name=f"train-{job_id[:8]}").remote(
-                plan.payload
+                payload
             )
             self._handles[job_id] = handle
             monitor = threading.Thread(

@@ -5,7 +5,8 @@ tested and benchmarked in-process. The payload is plain JSON made by ``app.jobs.
 validated again here: the worker trusts nothing it is sent.
 
 Events, in order: ``started`` (device, node), ``progress`` every N steps, ``epoch`` after each
-epoch's validation, then ``done`` (final metrics) or ``failed`` (a clear reason).
+epoch's validation, then ``done`` (final metrics; the weights' size and sha256 once saved) or
+``failed`` (a clear reason).
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from app.jobs.datasets import AnyDataset
+from app.jobs.weights import save_weights
 from layers import ModelSpec
 from layers.losses import AnyLoss, LossSpec
 from layers.optimizers import AnyOptimizer
@@ -43,6 +46,9 @@ class TrainPayload(BaseModel):
     time_limit_s: float
     progress_every: int
     threads: int
+    # Set by the engine at submit: where the final weights go (app.jobs.weights); None: not kept.
+    job_id: str | None = None
+    artifact_dir: str | None = None
 
 
 def pick_device(requested: str) -> torch.device:
@@ -138,7 +144,10 @@ def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[
         }
         yield {"kind": "epoch", **entry, "progress": _progress(epoch, step, steps_total, loss.item())}
     metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
-    yield {"kind": "done", "metrics": metrics, "duration_s": time.monotonic() - started}
+    done: dict[str, Any] = {"kind": "done", "metrics": metrics, "duration_s": time.monotonic() - started}
+    if job.artifact_dir is not None:
+        done["weights"] = save_weights(model, job.model, job.job_id or "", Path(job.artifact_dir))
+    yield done
 
 
 def _progress(epoch: int, step: int, steps_total: int, loss: float) -> dict[str, Any]:
