@@ -18,7 +18,7 @@ from torch import nn
 from app.core.config import settings
 from layers import ModelSpec
 from layers.codegen import python_source
-from layers.errors import LimitError
+from layers.errors import LimitError, SpecError
 from layers.onnx_export import EXPORTER, to_onnx
 from layers.trace import DTYPES, InputDType, TracedModel, trace_model
 
@@ -28,9 +28,12 @@ ONNX_TYPE = "application/octet-stream"
 
 
 def trace(spec: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType) -> TracedModel:
-    """The spec traced on meta within the service's limits; ``SpecError`` relative to the spec."""
-    spec.check_limits(settings.max_layers, settings.max_nesting)
-    return trace_model(spec, input_shape, input_dtype, settings.max_trace_seconds)
+    """The spec traced on meta within the service's limits; ``SpecError`` at ``model``."""
+    try:
+        spec.check_limits(settings.max_layers, settings.max_nesting)
+        return trace_model(spec, input_shape, input_dtype, settings.max_trace_seconds)
+    except SpecError as e:
+        raise e.under("model") from e
 
 
 def python_file(traced: TracedModel, input_dtype: InputDType, about: str) -> bytes:
@@ -73,7 +76,8 @@ def example_input(traced: TracedModel, input_dtype: InputDType) -> torch.Tensor:
 
 
 def onnx_file(traced: TracedModel, input_dtype: InputDType, module: nn.Module | None = None) -> bytes:
-    """ONNX bytes of ``module`` (trained), or of the spec's model freshly initialised (seed 0)."""
+    """ONNX bytes of ``module`` (trained), or of the spec's model freshly initialised (seed 0).
+    Errors are located in the request body (``model``, ``input_shape``)."""
     tensors = [*traced.module.parameters(), *traced.module.buffers()]
     weights = sum(t.numel() * t.element_size() for t in tensors)
     if weights > settings.max_artifact_bytes:
@@ -90,7 +94,10 @@ def onnx_file(traced: TracedModel, input_dtype: InputDType, module: nn.Module | 
                 torch.manual_seed(0)
                 module = traced.spec.build().to(traced.param_dtype)
         module.eval()  # nn.Module.eval(): inference mode for dropout and batch norm
-        return to_onnx(module, example, traced)
+        try:
+            return to_onnx(module, example, traced)
+        except SpecError as e:
+            raise e.under("model") from e
 
 
 def attachment(content: bytes, media_type: str, filename: str, **headers: str) -> Response:

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Body, Response
 
 from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
 from app.schemas.export import ExportRequest
-from layers.errors import SpecError
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -42,11 +41,8 @@ EXAMPLE = {
 @router.post("/export", response_class=Response, responses=FILES)
 def export_model(request: Annotated[ExportRequest, Body(openapi_examples=EXAMPLE)]) -> Response:
     """The model as one Python file importing only torch, or as an ONNX file (freshly initialised)."""
-    try:
-        traced = trace(request.model, tuple(request.input_shape), request.input_dtype)
-        if request.format == "pytorch":
-            about = "A model built with Model Builder (untrained: build_model() initialises it)."
-            return attachment(python_file(traced, request.input_dtype, about), PYTHON_TYPE, "model.py")
-        return attachment(onnx_file(traced, request.input_dtype), ONNX_TYPE, "model.onnx")
-    except SpecError as e:
-        raise e.under("model") if e.loc[:1] != ("input_shape",) else e from e
+    traced = trace(request.model, tuple(request.input_shape), request.input_dtype)
+    if request.format == "pytorch":
+        about = "A model built with Model Builder (untrained: build_model() initialises it)."
+        return attachment(python_file(traced, request.input_dtype, about), PYTHON_TYPE, "model.py")
+    return attachment(onnx_file(traced, request.input_dtype), ONNX_TYPE, "model.onnx")
