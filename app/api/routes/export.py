@@ -16,6 +16,7 @@ FILES: dict[int | str, dict[str, Any]] = {
         "description": "the file: text/x-python (pytorch) or application/octet-stream (onnx)",
         "content": {PYTHON_TYPE: {}, ONNX_TYPE: {}},
     },
+    400: {"description": "the body is not text (FastAPI cannot decode it)"},
     413: {"description": "request body too large"},
     422: {"description": "invalid spec, a shape mismatch, a limit, or a layer ONNX cannot export (named)"},
 }
