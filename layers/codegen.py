@@ -64,6 +64,13 @@ class ListOf:
     items: list[Any]
 
 
+@dataclass
+class _Name:
+    """A name written as is (a class in a constant table)."""
+
+    name: str
+
+
 def _is_project(obj: Any) -> bool:
     return getattr(obj, "__module__", "").split(".")[0] in PROJECT_PACKAGES
 
@@ -85,16 +92,31 @@ class CodeWriter:
     def __init__(self) -> None:
         self.imports: dict[str, str] = {"torch": "import torch", "nn": "from torch import nn"}
         self.definitions: dict[str, str] = {}  # name -> source, dependencies first
+        self.after: list[str] = []  # statements run on ``model`` once it is built (e.g. tying)
+        self.path = ""  # module path of the layer being rendered, e.g. "3.layers.0"
         self._defined_objects: dict[str, Any] = {}
 
     # ---- expressions ----------------------------------------------------------------------
 
-    def layer(self, spec: LayerSpec) -> Any:
-        return spec.code(self)
+    def layer(self, spec: LayerSpec, path: str) -> Any:
+        outer, self.path = self.path, path
+        try:
+            return spec.code(self)
+        finally:
+            self.path = outer
 
-    def sequence(self, specs: list[LayerSpec]) -> Call:
-        """A layer sequence as the service builds it (``layers.model``): an ``nn.Sequential``."""
-        return Call("nn.Sequential", [self.layer(spec) for spec in specs])
+    def sequence(self, specs: list[LayerSpec], prefix: str = "") -> Call:
+        """A layer sequence as the service builds it (``layers.model``): an ``nn.Sequential``.
+        ``prefix``: the sequence's module path under the current layer (e.g. ``"layers"``)."""
+        base = ".".join(p for p in (self.path, prefix) if p)
+        return Call(
+            "nn.Sequential", [self.layer(s, f"{base}.{i}" if base else str(i)) for i, s in enumerate(specs)]
+        )
+
+    def after_build(self, statement: str) -> None:
+        """A statement ``build_model()`` runs on ``model`` after building it (``self.path`` names
+        the current layer: ``model.get_submodule(path)``)."""
+        self.after.append(statement)
 
     def call(self, target: type | Any, *args: Any, **kwargs: Any) -> Call:
         """``target(*args, **kwargs)`` with the class defined or imported; leading required
@@ -125,10 +147,10 @@ class CodeWriter:
         if isinstance(spec, ContainerSpec):
             sequences = spec.sequences()
             if cls is nn.Sequential and len(sequences) == 1:
-                return self.sequence(sequences[0][2])
+                return self.sequence(sequences[0][2], sequences[0][1])
             children: dict[str, Any] = {}
-            for loc, _, specs in sequences:
-                rendered = self.sequence(specs)
+            for loc, prefix, specs in sequences:
+                rendered = self.sequence(specs, prefix)
                 if len(loc) == 1:
                     children[str(loc[0])] = rendered
                 else:  # a list of sequences, e.g. ("branches", i)
@@ -226,11 +248,6 @@ def _constant(value: Any, writer: CodeWriter) -> Any:
     return value
 
 
-@dataclass
-class _Name:
-    name: str
-
-
 def _free_names(source: str) -> tuple[set[str], set[str]]:
     """Names a definition reads but does not bind itself: ``(in code, in annotations only)``.
     Annotations are never evaluated (the file has ``from __future__ import annotations``)."""
@@ -315,7 +332,7 @@ def python_source(
     """The exported file for an inferred ``spec`` (from ``layers.trace.trace_model``)."""
     writer = CodeWriter()
     model = writer.sequence(list(spec.layers))
-    body = f"    model = {render(model, 4)}\n"
+    body = f"    model = {render(model, 4)}\n" + "".join(f"    {line}\n" for line in writer.after)
     if param_dtype != torch.float32:
         body += f"    model = model.to({param_dtype})\n"
     if input_dtype.is_floating_point:

@@ -85,8 +85,8 @@ class ResidualSpec(ContainerSpec):
         return Residual(modules[0], modules[1] if self.shortcut else nn.Identity())
 
     def code(self, writer: CodeWriter) -> Any:
-        shortcut = writer.sequence(self.shortcut) if self.shortcut else writer.call(nn.Identity)
-        return writer.call(Residual, writer.sequence(self.layers), shortcut)
+        shortcut = writer.sequence(self.shortcut, "shortcut") if self.shortcut else writer.call(nn.Identity)
+        return writer.call(Residual, writer.sequence(self.layers, "layers"), shortcut)
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         body, skip = outputs[0], outputs[1] if self.shortcut else x
