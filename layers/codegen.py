@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from layers.model import ModelSpec, build_layer
+from layers.model import ModelSpec
 
 if TYPE_CHECKING:
     from layers.base import LayerSpec
@@ -71,6 +71,26 @@ class _Name:
     name: str
 
 
+@dataclass
+class Stack:
+    """``n`` identical sequences one after the other: ``nn.Sequential(*(block for _ in range(n)))``,
+    which builds (and initialises) them in the same order as the service."""
+
+    block: Any
+    times: int
+
+
+def _stack(sequences: list[Call]) -> Any:
+    if len(sequences) > 1 and all(s == sequences[0] for s in sequences):
+        return Stack(sequences[0], len(sequences))
+    return Call("nn.Sequential", list(sequences))
+
+
+def _access(path: str) -> str:
+    """``model[2].layers[0].weight`` for the module path ``2.layers.0.weight``."""
+    return "model" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in path.split("."))
+
+
 def _is_project(obj: Any) -> bool:
     return getattr(obj, "__module__", "").split(".")[0] in PROJECT_PACKAGES
 
@@ -94,6 +114,7 @@ class CodeWriter:
         self.definitions: dict[str, str] = {}  # name -> source, dependencies first
         self.after: list[str] = []  # statements run on ``model`` once it is built (e.g. tying)
         self.path = ""  # module path of the layer being rendered, e.g. "3.layers.0"
+        self.named: dict[str, tuple[str, LayerSpec]] = {}  # layer name -> (module path, spec)
         self._defined_objects: dict[str, Any] = {}
 
     # ---- expressions ----------------------------------------------------------------------
@@ -101,9 +122,17 @@ class CodeWriter:
     def layer(self, spec: LayerSpec, path: str) -> Any:
         outer, self.path = self.path, path
         try:
-            return spec.code(self)
+            code = spec.code(self)
         finally:
             self.path = outer
+        if spec.name is not None:
+            self.named[spec.name] = (path, spec)
+        target = spec.weight_tie()
+        if target is not None:  # the same tensor, as layers.build ties it (the owner comes first)
+            owner_path, owner = self.named[target]
+            own = _access(f"{path}.{spec.tieable_weight}")
+            self.after_build(f"{own} = {_access(f'{owner_path}.{owner.tieable_weight}')}  # tied")
+        return code
 
     def sequence(self, specs: list[LayerSpec], prefix: str = "") -> Call:
         """A layer sequence as the service builds it (``layers.model``): an ``nn.Sequential``.
@@ -138,26 +167,30 @@ class CodeWriter:
 
     def default(self, spec: LayerSpec) -> Any:
         """The generic rendering of a layer: its built module's class called with its spec fields."""
-        from layers.base import ContainerSpec
+        from layers.base import ContainerSpec, LayerSpec
 
-        with torch.device("meta"):
-            module = build_layer(spec)
-        cls = type(module)
-        values = {k: _plain(v) for k, v in spec.model_dump(exclude={"type"}).items()}
+        skip = {*LayerSpec.model_fields, "tie_weight"}  # type, name: the spec's own; ties: after_build
+        values = {k: _plain(v) for k, v in spec.model_dump(exclude=skip).items()}
         if isinstance(spec, ContainerSpec):
             sequences = spec.sequences()
-            if cls is nn.Sequential and len(sequences) == 1:
-                return self.sequence(sequences[0][2], sequences[0][1])
+            empty = [nn.Sequential() for _ in sequences]
+            module = spec.assemble(empty)  # only its class and how it holds its sequences matter
+            rendered = [self.sequence(specs, prefix) for _, prefix, specs in sequences]
+            if module is empty[0]:  # the container is its one sequence (Sequential)
+                return rendered[0]
+            if type(module) is nn.Sequential and all(a is b for a, b in zip(module, empty, strict=True)):
+                return _stack(rendered)  # its sequences one after the other (Repeat)
             children: dict[str, Any] = {}
-            for loc, prefix, specs in sequences:
-                rendered = self.sequence(specs, prefix)
+            for (loc, _, _), code in zip(sequences, rendered, strict=True):
                 if len(loc) == 1:
-                    children[str(loc[0])] = rendered
+                    children[str(loc[0])] = code
                 else:  # a list of sequences, e.g. ("branches", i)
-                    children.setdefault(str(loc[0]), ListOf([])).items.append(rendered)
-            for name in children:
-                values.pop(name, None)
-            values = {**children, **values}
+                    children.setdefault(str(loc[0]), ListOf([])).items.append(code)
+            values = {**children, **{k: v for k, v in values.items() if k not in children}}
+        else:
+            with torch.device("meta"):
+                module = spec.build()
+        cls = type(module)
         try:
             params = inspect.signature(cls).parameters
         except (TypeError, ValueError) as e:
@@ -279,12 +312,24 @@ def render(value: Any, indent: int = 0) -> str:
         parts = [render(a, indent + 4) for a in value.args]
         parts += [f"{k}={render(v, indent + 4)}" for k, v in value.kwargs.items()]
         values = [*value.args, *value.kwargs.values()]
-        nested = any(isinstance(a, Call | ListOf) and _has_children(a) for a in values)
+        nested = any(
+            isinstance(a, Stack) or (isinstance(a, Call | ListOf) and _has_children(a)) for a in values
+        )
         one_line = f"{value.func}({', '.join(parts)})"
         if not nested and "\n" not in one_line and indent + len(one_line) <= LINE:
             return one_line
         pad = " " * (indent + 4)
         return f"{value.func}(\n" + "".join(f"{pad}{p},\n" for p in parts) + " " * indent + ")"
+    if isinstance(value, Stack):
+        one_line = f"nn.Sequential(*({render(value.block, indent)} for _ in range({value.times})))"
+        if "\n" not in one_line and indent + len(one_line) <= LINE:
+            return one_line
+        pad = " " * (indent + 4)
+        block = render(value.block, indent + 8)
+        return (
+            f"nn.Sequential(\n{pad}*(\n{pad}    {block}\n{pad}    for _ in range({value.times})\n"
+            f"{pad})\n{' ' * indent})"
+        )
     if isinstance(value, ListOf):
         pad = " " * (indent + 4)
         return "[\n" + "".join(f"{pad}{render(v, indent + 4)},\n" for v in value.items) + " " * indent + "]"
@@ -318,7 +363,9 @@ def _imports(statements: Any) -> str:
     return "\n\n".join("\n".join(block) for block in (stdlib, third) if block)
 
 
-def _has_children(value: Call | ListOf) -> bool:
+def _has_children(value: Stack | Call | ListOf) -> bool:
+    if isinstance(value, Stack):
+        return True
     return bool(value.items) if isinstance(value, ListOf) else bool(value.args or value.kwargs)
 
 

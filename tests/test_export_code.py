@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_registry import SAMPLES, real_input
 
+from app.examples import SUMMARY_EXAMPLES
 from layers import LAYER_SPECS
 
 ALLOWED_IMPORTS = {"__future__", "torch", "typing", "math"}
@@ -117,3 +118,36 @@ def test_a_bad_spec_is_a_422_naming_the_layer(client) -> None:
     bad_format = client.post("/v1/models/export", json={**body, "format": "tflite"})
     assert bad_format.status_code == 422
     assert bad_format.json()["detail"][0]["loc"] == ["body", "format"]
+
+
+@pytest.mark.parametrize("name", sorted(SUMMARY_EXAMPLES))
+def test_every_summary_example_exports_as_the_service_builds_it(client, name: str) -> None:
+    """The presets (ViT-B/16, GPT-2 small with its tied head, TinyLlama's shape, ...), built on meta
+    from their exported code: same module, same parameters, tied weights one tensor."""
+    source, summary = exported(client, SUMMARY_EXAMPLES[name]["value"])
+    with torch.device("meta"):  # shapes only: a 1.1B-parameter model costs nothing here
+        model = run_exported(source)["build_model"]()
+    assert str(model) == summary["model_repr"]
+    assert sum(p.numel() for p in model.parameters()) == summary["total_params"]  # tied: counted once
+
+
+def test_tied_weights_are_one_tensor_in_the_exported_model(client) -> None:
+    layers = [
+        {"type": "Embedding", "num_embeddings": 11, "embedding_dim": 6, "name": "tokens"},
+        {"type": "Repeat", "times": 2, "layers": [{"type": "Linear", "out_features": 6}, {"type": "GELU"}]},
+        {"type": "MyLinear", "out_features": 11, "bias": False, "tie_weight": "tokens"},
+    ]
+    source, summary = exported(
+        client, {"model": {"layers": layers}, "input_shape": [2, 5], "input_dtype": "int64"}
+    )
+    assert "for _ in range(2)" in source  # a Repeat reads as a loop
+    model = run_exported(source)["build_model"]()
+    assert model[2].linear.weight is model[0].weight
+    assert str(model) == summary["model_repr"]
+    assert [n for n, _ in model.named_parameters()] == [
+        "0.weight",
+        "1.0.0.weight",
+        "1.0.0.bias",
+        "1.1.0.weight",
+        "1.1.0.bias",
+    ]
