@@ -108,6 +108,7 @@ def test_the_weights_file_holds_the_module_state_and_its_provenance(
         "dilation": 1,
         "groups": 1,
         "bias": True,
+        "name": None,
     }
     assert metadata["spec"] == json.dumps(spec, sort_keys=True, separators=(",", ":"))  # canonical
 
