@@ -13,9 +13,10 @@ from fastapi.responses import FileResponse
 from app.api.routes.jobs import JobDep
 from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
 from app.jobs.trained import MODELS, POOL, predict
-from app.jobs.weights import WEIGHTS_FILE, job_dir, load_weights, weights_info
+from app.jobs.weights import WEIGHTS_FILE, job_dir, load_weights, read_metadata, weights_info
 from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest, PredictResponse
 from app.schemas.jobs import JobCreate
+from layers import ModelSpec
 
 router = APIRouter(prefix="/v1/jobs", tags=["trained models"])
 
@@ -84,7 +85,7 @@ def _job_input(weights: Weights) -> tuple[tuple[int, ...], str]:
 
 def _export(weights: Weights, format: ExportFormat) -> Response:
     input_shape, dtype = _job_input(weights)
-    spec, module = load_weights(weights.path)
+    spec = ModelSpec.model_validate_json(read_metadata(weights.path)["spec"])  # as it was trained
     traced = trace(spec, input_shape, dtype)
     job_id = weights.job["id"]
     if format == "pytorch":
@@ -93,6 +94,7 @@ def _export(weights: Weights, format: ExportFormat) -> Response:
             f"(safetensors, sha256 {weights.sha256})."
         )
         return attachment(python_file(traced, dtype, about), PYTHON_TYPE, f"{job_id}.py")
+    _, module = load_weights(weights.path)
     return attachment(onnx_file(traced, dtype, module), ONNX_TYPE, f"{job_id}.onnx")
 
 
