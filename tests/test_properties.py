@@ -675,10 +675,19 @@ def breakers(shape: torch.Size) -> list[Breaker]:
                 lambda: LSTM(wrong, 3, batch_first=True),
             ),
             ({"type": "BatchNorm1d", "num_features": shape[1] + 1}, lambda: nn.BatchNorm1d(shape[1] + 1)),
+            ({"type": "Select", "dim": 1, "index": shape[1]}, lambda: Select(1, shape[1])),
+            ({"type": "Permute", "dims": [0, 1]}, lambda: Permute((0, 1))),
         ]
         if last > 1:
             found.append(
                 ({"type": "MultiheadAttention", "num_heads": last + 1}, lambda: SelfAttention(last, last + 1))
+            )
+        if shape[1] > 1:  # a position table one shorter than the sequence
+            found.append(
+                (
+                    {"type": "PositionalEmbedding", "num_positions": shape[1] - 1},
+                    lambda: PositionalEmbedding(shape[1] - 1, last),
+                )
             )
     if rank == 2:
         found += [
