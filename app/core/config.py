@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     )
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs of the embedded Ray (default: all)")
     ray_eager_start: bool = Field(True, description="start Ray with the API rather than on the first job")
+    max_restarts: int = Field(
+        2, ge=0, description="times Ray restarts a job's worker that died; it resumes from its checkpoint"
+    )
+    max_queue_seconds: float = Field(
+        900, gt=0, description="how long a job may wait for a worker (queued, or its worker restarting)"
+    )
 
 
 settings = Settings()

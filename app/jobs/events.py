@@ -1,8 +1,9 @@
 """What a training worker reports, as typed messages (a discriminated union on ``kind``).
 
 The loop (``app.jobs.train``) yields them; the job's actor (``app.jobs.worker``) writes them to
-the store. Events, in order: ``started`` (device, node; on a resumed run also the epochs the
-checkpoint already holds), ``progress`` every N steps, ``epoch`` after each epoch's validation,
+the store. Events, in order: ``started`` (device, node; on a resumed run the epochs the
+checkpoint holds, whose ``epoch`` events are then sent again: the store keeps each epoch once),
+``progress`` every N steps, ``epoch`` after each epoch's validation,
 then ``done`` (final metrics) or ``failed`` (a clear reason).
 """
 
@@ -42,8 +43,7 @@ class Started(Event):
     kind: Literal["started"] = "started"
     device: str
     node: dict[str, Any]
-    resumed_from_epoch: int = Field(0, description="epochs restored from the checkpoint (0: a fresh run)")
-    history: list[EpochEntry] = Field(default_factory=list, description="the checkpoint's history")
+    resumed_from_epoch: int = Field(0, description="epochs restored from a checkpoint (0: a fresh run)")
 
 
 class ProgressEvent(Event):

@@ -97,9 +97,7 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
     checkpoints = Path(job.artifact_dir) / "checkpoint" if job.artifact_dir else None
     resume = checkpoint.load(checkpoints) if checkpoints else None
     history = [EpochEntry.model_validate(entry) for entry in resume.history] if resume else []
-    yield Started(
-        device=str(device), node=node, resumed_from_epoch=resume.epoch if resume else 0, history=history
-    )
+    yield Started(device=str(device), node=node, resumed_from_epoch=resume.epoch if resume else 0)
     loss_spec: LossSpec = job.loss
     classification = loss_spec.task == "classification"
     x, y = job.dataset.load(classification)
@@ -123,6 +121,11 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
         rng = checkpoint.restore(resume, model, optimizer, device)
         _set_rng(rng, shuffle, device)
         step, spent_before = resume.step, resume.elapsed_s
+        for entry in history:  # reported again: one may have been checkpointed but not yet recorded
+            progress = Progress(
+                epoch=entry.epoch, step=entry.step, steps_total=steps_total, loss=entry.train_loss
+            )
+            yield EpochEvent(entry=entry, progress=progress)
     deadline = started + job.time_limit_s - spent_before  # earlier attempts' time counts
     for epoch in range(len(history) + 1, job.epochs + 1):
         model.train()
@@ -159,7 +162,7 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
             epoch=epoch, step=step, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy
         )
         history.append(entry)
-        if checkpoints:  # before the epoch is reported: a restart never reports an epoch twice or skips one
+        if checkpoints:  # before the epoch is reported, so a restart never skips one
             checkpoint.save(
                 checkpoints,
                 model,
