@@ -32,7 +32,19 @@ class Settings(BaseSettings):
     max_concurrent_traces: int = Field(
         2, gt=0, description="summaries traced at once; more wait their turn (tracing holds the GIL)"
     )
-    data_dir: Path = Field(Path("data"), description="where jobs are persisted (SQLite)")
+    data_dir: Path = Field(
+        Path("data"), description="jobs' files, and their SQLite store unless database_url names another"
+    )
+    # The job store (app/jobs/store.py).
+    database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the job store (postgresql+psycopg://...); else SQLite"
+    )
+    db_retry_seconds: float = Field(
+        5, ge=0, description="how long a store call retries a busy or unreachable database; then 503"
+    )
+    job_retention_days: float = Field(
+        30, ge=0, description="finished jobs older than this are deleted with their files; 0: kept"
+    )
     # Training jobs (app/jobs): limits checked before a job is queued.
     max_epochs: int = Field(200, gt=0, description="epochs of one training job")
     max_steps: int = Field(200_000, gt=0, description="optimizer steps of one job, all epochs together")
