@@ -214,14 +214,29 @@ def embedded_pids(data_dir: Path | None = None) -> dict[int, str]:
 
 def stop_embedded(data_dir: Path | None = None) -> int:
     """Stop a data directory's embedded Ray, and only it (never ``ray stop``, which stops every
-    Ray of the machine); how many processes were killed. Its jobs die with it."""
-    pids = embedded_pids(data_dir)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    Ray of the machine); how many processes were killed. Its jobs die with it.
+
+    Every process of it shares the session ``ray start`` was given (workers rename themselves,
+    so they are found by session, not by command line)."""
+    sessions = {os.getsid(pid) for pid in embedded_pids(data_dir) if _alive(pid)} - {os.getsid(0)}
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _alive(pid := int(proc.name)):
+            with contextlib.suppress(OSError):
+                if os.getsid(pid) in sessions:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
     with contextlib.suppress(FileNotFoundError):
         (embedded_dir(data_dir) / "address").unlink()
-    return len(pids)
+    return killed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.getsid(pid)
+        return True
+    except OSError:
+        return False
 
 
 def started() -> bool:
