@@ -30,36 +30,36 @@ def row(status: str = "running", age_s: float = 60, ran_s: float | None = 50, **
 
 
 def test_an_active_job_within_its_limits_is_left_alone() -> None:
-    assert verdict(row(), ("ALIVE", NOW - 50), NOW) is None
-    assert verdict(row("queued", ran_s=None), ("PENDING_CREATION", NOW - 60), NOW) is None
+    assert verdict(row(), "ALIVE", None, NOW) is None
+    assert verdict(row("queued", ran_s=None), "PENDING_CREATION", NOW - 60, NOW) is None
 
 
 def test_a_job_past_its_time_limit_and_grace_is_failed() -> None:
     limit = 30
-    assert verdict(row(ran_s=limit + KILL_GRACE_S - 1, time_limit_s=limit), ("ALIVE", NOW), NOW) is None
-    reason = verdict(row(ran_s=limit + KILL_GRACE_S + 1, time_limit_s=limit), ("ALIVE", NOW), NOW)
+    assert verdict(row(ran_s=limit + KILL_GRACE_S - 1, time_limit_s=limit), "ALIVE", None, NOW) is None
+    reason = verdict(row(ran_s=limit + KILL_GRACE_S + 1, time_limit_s=limit), "ALIVE", None, NOW)
     assert reason == "timed out: the job ran past its 30 s limit and was killed"
     # Without a limit of its own, the server's; whatever the actor's state (even unknown).
     old = row(ran_s=settings.max_job_seconds + KILL_GRACE_S + 1)
-    assert verdict(old, None, NOW).startswith("timed out")
+    assert verdict(old, None, None, NOW).startswith("timed out")
 
 
 def test_a_job_without_an_actor_is_failed_once_its_start_grace_is_past() -> None:
-    assert verdict(row("queued", age_s=START_GRACE_S - 1, ran_s=None), None, NOW) is None
-    reason = verdict(row("queued", age_s=START_GRACE_S + 1, ran_s=None), None, NOW)
+    assert verdict(row("queued", age_s=START_GRACE_S - 1, ran_s=None), None, None, NOW) is None
+    reason = verdict(row("queued", age_s=START_GRACE_S + 1, ran_s=None), None, None, NOW)
     assert reason is not None and "worker is gone" in reason and "died" in reason
-    assert "worker is gone" in verdict(row(), None, NOW)
+    assert "worker is gone" in verdict(row(), None, None, NOW)
 
 
 def test_waiting_for_a_worker_is_bounded_by_max_queue_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(settings, "max_queue_seconds", 20)
     queued = row("queued", age_s=21, ran_s=None)
     assert "no worker took the job within MB_MAX_QUEUE_SECONDS (20 s)" in verdict(
-        queued, ("PENDING_CREATION", 0), NOW
+        queued, "PENDING_CREATION", NOW - 21, NOW
     )
     # A running job whose worker died and waits for a node with room to restart it.
-    assert verdict(row(), ("RESTARTING", NOW - 19), NOW) is None
-    assert "not restarted within MB_MAX_QUEUE_SECONDS" in verdict(row(), ("RESTARTING", NOW - 21), NOW)
+    assert verdict(row(), "RESTARTING", NOW - 19, NOW) is None
+    assert "not restarted within MB_MAX_QUEUE_SECONDS" in verdict(row(), "RESTARTING", NOW - 21, NOW)
 
 
 @pytest.fixture

@@ -54,6 +54,7 @@ class JobEngine:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._waiting_since: dict[str, float] = {}  # job id -> when this reaper first saw it without a worker
 
     def start_ray(self) -> None:
         try:
@@ -149,22 +150,25 @@ class JobEngine:
         """Fail every active job that should not be; the ids this process failed."""
         now = time.time() if now is None else now
         ray_up = ray_runtime.started() and ray_runtime.alive()
-        failed = []
+        failed, waiting = [], {}
         for job in self.store.active():
             name = ray_runtime.actor_name(job["id"])
-            state = ray_runtime.actor_state(name) if ray_up else ("UNKNOWN", now)
-            reason = verdict(job, state, now)
+            state = ray_runtime.actor_state(name) if ray_up else "UNKNOWN"
+            if state in WAITING:
+                waiting[job["id"]] = self._waiting_since.get(job["id"], now)
+            reason = verdict(job, state, waiting.get(job["id"]), now)
             if reason is not None and self.store.finish(job["id"], "failed", reason):
                 log.warning("job %s failed by the reaper: %s", job["id"], reason)
                 failed.append(job["id"])
                 if ray_up and state is not None:
                     ray_runtime.kill_actor(name)
+        self._waiting_since = waiting
         return failed
 
 
-def verdict(job: dict[str, Any], actor: tuple[str, float] | None, now: float) -> str | None:
-    """Why an active ``job`` must fail, or None. ``actor``: its actor's state and since when, or
-    None when it has no live actor."""
+def verdict(job: dict[str, Any], actor: str | None, waiting_since: float | None, now: float) -> str | None:
+    """Why an active ``job`` must fail, or None. ``actor``: its actor's state, None when it has no
+    live actor; ``waiting_since``: since when its actor has been waiting for a worker."""
     limit = (job.get("request") or {}).get("time_limit_s") or settings.max_job_seconds
     started_at = _seconds(job.get("started_at"))
     if started_at is not None and now > started_at + limit + KILL_GRACE_S:
@@ -176,13 +180,16 @@ def verdict(job: dict[str, Any], actor: tuple[str, float] | None, now: float) ->
                 f"worker died more than MB_MAX_RESTARTS ({settings.max_restarts}) times"
             )
         return None
-    state, since = actor
     if job["status"] == "queued" and now - _seconds(job["created_at"]) > settings.max_queue_seconds:
         return (
             f"no worker took the job within MB_MAX_QUEUE_SECONDS ({settings.max_queue_seconds:g} s): "
             "the cluster had no room for it (busy, or without the CPU or GPU it asks for)"
         )
-    if job["status"] == "running" and state in WAITING and now - since > settings.max_queue_seconds:
+    if (
+        job["status"] == "running"
+        and waiting_since is not None
+        and now - waiting_since > settings.max_queue_seconds
+    ):
         return (
             f"the job's worker died and was not restarted within MB_MAX_QUEUE_SECONDS "
             f"({settings.max_queue_seconds:g} s): no node had room for it"

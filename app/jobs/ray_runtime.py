@@ -311,9 +311,9 @@ def kill_actor(name: str) -> bool:
     return True
 
 
-def actor_state(name: str) -> tuple[str, float] | None:
-    """A named actor's state (``ALIVE``, ``PENDING_CREATION``, ``RESTARTING``, ...) and the time it
-    entered it, or None when no such actor lives (it finished, was killed, or Ray lost it).
+def actor_state(name: str) -> str | None:
+    """A named actor's state (``ALIVE``, ``PENDING_CREATION``, ``RESTARTING``, ...), or None when
+    no such actor lives (it finished, was killed, or Ray lost it).
 
     Ray's public state API needs the dashboard, which the embedded Ray does not run; this reads
     the same table from the control store (``ray._private.state``).
@@ -326,9 +326,7 @@ def actor_state(name: str) -> tuple[str, float] | None:
     except ValueError:
         return None
     info = state.actors(handle._actor_id.hex())
-    if not info or info["State"] == "DEAD":
-        return None
-    return info["State"], info["Timestamp"] / 1000
+    return None if not info or info["State"] == "DEAD" else info["State"]
 
 
 if __name__ == "__main__":  # python -m app.jobs.ray_runtime stop
