@@ -117,7 +117,23 @@ def test_only_the_api_port_is_published(compose: dict) -> None:
         assert service.get("network_mode") != "host", name
         if name != "api":
             assert "ports" not in service, f"{name} publishes {service['ports']}"
-    assert compose["services"]["api"]["ports"] == [{"published": 8000, "target": 8000}]
+    # A host port range, so that `--scale api=2` gives each replica its own port (8000, 8001).
+    assert compose["services"]["api"]["ports"] == [{"published": "8000-8001", "target": 8000}]
+
+
+def test_the_api_scales_to_two_replicas(compose: dict) -> None:
+    """No fixed container name or single host port that a second replica would clash on."""
+    for name, service in compose["services"].items():
+        assert "container_name" not in service, name
+    low, high = map(int, compose["services"]["api"]["ports"][0]["published"].split("-"))
+    assert high - low + 1 >= 2
+
+
+def test_jobs_files_are_one_volume_on_the_api_and_every_worker(compose: dict) -> None:
+    """A job's actor writes its checkpoints where the API (and any replica) reads them: the same
+    volume at the same path on every node that can run a job."""
+    for name in ("api", "worker", "worker-cpu"):
+        assert "mb-data:/data:rw" in compose["services"][name]["volumes"], name
 
 
 def test_ray_token_auth_and_api_lock_are_on(compose: dict) -> None:
