@@ -15,9 +15,10 @@ from pydantic import SecretStr
 from app.core.config import settings
 from app.examples import DIGITS_MLP, digits_job
 from app.main import app
-from tests.databases import postgres_schema, sqlite_write_lock
+from tests.databases import drop_connections, postgres_schema, sqlite_write_lock
 from tests.test_store import closed_port
 
+TERMINAL = ("succeeded", "failed", "cancelled")
 SUMMARY = {"model": {"layers": [{"type": "Linear", "out_features": 3}]}, "input_shape": [2, 4]}
 JOB_ROUTES = [
     ("GET", "/v1/jobs"),
@@ -116,3 +117,53 @@ def test_a_job_on_postgres_trains_cancels_and_deletes(serve, postgres: str) -> N
             assert api.delete(f"/v1/jobs/{finished}").status_code == 204
             assert api.get(f"/v1/jobs/{finished}").status_code == 404
         assert api.get("/v1/jobs").json()["count"] == 0
+
+
+def assert_complete(api: TestClient, job_id: str, epochs: int) -> None:
+    """The job succeeded with each epoch once, and its events are numbered without gaps."""
+    result = api.get(f"/v1/jobs/{job_id}").json()
+    assert result["status"] == "succeeded", result["error"]
+    assert [h["epoch"] for h in result["history"]] == list(range(1, epochs + 1))
+    events = app.state.jobs.store.events_after(job_id, 0)
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    assert [data for _, kind, data in events if kind == "epoch"] == result["history"]
+
+
+def wait_until(api: TestClient, job_id: str, statuses: tuple[str, ...], timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while api.get(f"/v1/jobs/{job_id}").json()["status"] not in statuses:
+        assert time.monotonic() < deadline, f"job {job_id} not {statuses} within {timeout_s} s"
+        time.sleep(0.2)
+
+
+def test_connections_dropped_mid_job_lose_nothing(serve, postgres: str, monkeypatch) -> None:
+    client = serve(postgres)
+    monkeypatch.setattr(settings, "db_retry_seconds", 10)
+    with client as api:
+        body = digits_job(DIGITS_MLP, epochs=4, batch_size=16, device="cpu")
+        job_id = api.post("/v1/jobs", json=body).json()["id"]
+        wait_until(api, job_id, ("running", *TERMINAL))
+        drops = 0
+        deadline = time.monotonic() + 180
+        while api.get(f"/v1/jobs/{job_id}").json()["status"] not in TERMINAL:
+            drops += drop_connections(postgres)  # the actor's and this API's, as a failover would
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+        assert drops >= 2
+        assert_complete(api, job_id, 4)
+
+
+def test_a_write_lock_held_20_s_mid_job_is_waited_out(serve, tmp_path: Path) -> None:
+    """Issue 13's repro: another process holds BEGIN IMMEDIATE on jobs.sqlite3 for 20 s during a
+    job. The worker's writes wait it out; reads (and so the API) go on meanwhile."""
+    with serve() as api:
+        body = digits_job(DIGITS_MLP, epochs=3, batch_size=16, device="cpu")
+        job_id = api.post("/v1/jobs", json=body).json()["id"]
+        wait_until(api, job_id, ("running", *TERMINAL))
+        with sqlite_write_lock(tmp_path / "jobs.sqlite3", 20):
+            time.sleep(1)
+            started = time.monotonic()
+            assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+            assert api.get("/v1/jobs").status_code == 200 and time.monotonic() - started < 2
+        wait_until(api, job_id, TERMINAL, 60)
+        assert_complete(api, job_id, 3)
