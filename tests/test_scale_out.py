@@ -189,9 +189,8 @@ def test_jobs_run_on_the_worker_node(cluster: Cluster) -> None:
     job = cluster.run(mlp_job(epochs=3))
     assert job["status"] == "succeeded", job["error"]
     assert job["node"]["ip"] == WORKER_IP  # the head has no CPUs: the job ran on the worker
-    # The training process is one of the worker node's processes (started by its raylet).
-    assert job["node"]["pid"] in descendants(cluster.procs["worker"].pid)
-    assert job["node"]["pid"] not in descendants(cluster.procs["head"].pid)
+    # The job's actor ended with its job (it kills itself once the store has the result).
+    assert job["node"]["pid"] not in descendants(cluster.procs["worker"].pid)
     assert len(job["history"]) == 3 and job["metrics"]["val_accuracy"] > 0.8
 
 
@@ -203,6 +202,9 @@ def test_killing_the_only_worker_node_mid_job_fails_the_job_and_the_api_carries_
     job_id = response.json()["id"]
     running = cluster.wait_job(job_id, lambda job: job["status"] == "running" and job["progress"])
     assert running["node"]["ip"] == WORKER_IP
+    # The training process is one of the worker node's processes (started by its raylet).
+    assert running["node"]["pid"] in descendants(cluster.procs["worker"].pid)
+    assert running["node"]["pid"] not in descendants(cluster.procs["head"].pid)
 
     cluster.kill("worker")
     failed = cluster.wait_job(job_id, lambda job: job["status"] in TERMINAL, START_S + QUEUE_S)
