@@ -5,12 +5,14 @@ unreachable server, connections dropped mid-job."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import socket
 import sqlite3
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,6 +110,42 @@ def test_of_two_replicas_cancelling_at_once_one_wins(url: str, tmp_path: Path) -
     finally:
         for store in replicas:
             store.close()
+
+
+def test_stores_opening_a_new_database_at_once_migrate_it_once(url: str, tmp_path: Path) -> None:
+    """API replicas (and workers) starting together on an empty database."""
+    stores = [JobStore(tmp_path, url) for _ in range(4)]
+    errors: list[Exception] = []
+
+    def open_store(store: JobStore) -> None:
+        try:
+            store.open()
+        except Exception as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=open_store, args=(store,)) for store in stores]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not any(thread.is_alive() for thread in threads), "the stores deadlocked migrating"
+        assert errors == []
+        stores[0].create("j", {}, 1)
+        assert all(store.get("j")["status"] == "queued" for store in stores)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_the_migrations_ship_with_the_package() -> None:
+    """``pip install .`` (the Docker image) installs every migration file: pyproject's package-data."""
+    root = Path(__file__).resolve().parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["app"]
+    files = [p.relative_to(root / "app").as_posix() for p in MIGRATIONS.rglob("*") if p.is_file()]
+    files = [f for f in files if "__pycache__" not in f]
+    assert "jobs/migrations/versions/0001_initial.py" in files
+    assert all(any(fnmatch.fnmatch(f, glob) for glob in globs) for f in files), (files, globs)
 
 
 def test_concurrent_writers_of_one_job_get_distinct_event_numbers(url: str, tmp_path: Path) -> None:
