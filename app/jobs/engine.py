@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from app.core.config import settings
 from app.jobs import ray_runtime
 from app.jobs.plan import JobPlan
-from app.jobs.store import JobStore
+from app.jobs.store import JobStore, StoreUnavailable
 from app.jobs.worker import JobActor
 from layers.errors import SpecError
 
@@ -63,6 +63,9 @@ class JobEngine:
             raise BackendDown(f"could not start or join Ray: {type(e).__name__}: {e}") from e
         if not ray_runtime.alive():
             raise BackendDown("Ray does not answer; see GET /readyz")
+
+    def start_reaper(self) -> None:
+        """Reap in the background from now on (time limits apply even while Ray is down)."""
         with self._lock:
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap_forever, name="job-reaper", daemon=True)
@@ -143,6 +146,8 @@ class JobEngine:
         while not self._stop.wait(REAP_EVERY_S * random.uniform(0.8, 1.2)):  # replicas spread out
             try:
                 self.reap()
+            except StoreUnavailable as e:  # /readyz and the routes report it; try again later
+                log.warning("the job reaper could not read the store: %s", e)
             except Exception:
                 log.exception("the job reaper failed; it tries again")
 
@@ -206,9 +211,10 @@ def _seconds(value: Any) -> float | None:
 
 @asynccontextmanager
 async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the job store and, if eager, start or join Ray (and with it this process's reaper)."""
+    """Open the job store, start this process's reaper and, if eager, start or join Ray."""
     engine = JobEngine(JobStore.from_settings())
     app.state.jobs = engine
+    engine.start_reaper()
     if settings.ray_eager_start:
         threading.Thread(target=_start_quietly, args=(engine,), name="ray-start", daemon=True).start()
     try:
