@@ -83,6 +83,7 @@ def main() -> None:
     settings.ray_num_cpus = 2 * args.runs  # logical: the stand-in jobs only sleep
     ray_runtime.ensure_ray()  # before importing ray: it reads the loopback switch at import
     import ray
+
     try:
         actor_s, task_s = [], []
         for i in range(args.runs):
