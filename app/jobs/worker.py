@@ -11,6 +11,7 @@ environment need not hold the API's settings).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,11 @@ def _run_then_exit(*args: Any) -> None:
     except Exception:  # the job stays active; the reapers see its actor gone and fail it
         log.exception("job actor failed")
     finally:  # done: end this actor for good (Ray would otherwise keep it, or restart it)
-        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        try:
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        except Exception:  # never linger holding a CPU: a restart finds the job over and ends
+            log.exception("job actor could not end itself")
+            os._exit(1)
 
 
 def run(
@@ -77,11 +82,11 @@ def record(store: JobStore, job_id: str, event: WorkerEvent, restarted: bool) ->
                 if restarted:  # the first attempt died before it could say it had started
                     store.add_restart(job_id, event.node)
                 return True
-            if not restarted:
-                return False  # cancelled (or reaped) before it started
-            store.add_restart(job_id, event.node)
             job = store.get(job_id, with_request=False)
-            return job is not None and job["status"] == "running"
+            if not restarted or job is None or job["status"] != "running":
+                return False  # cancelled, reaped or finished meanwhile
+            store.add_restart(job_id, event.node)
+            return True
         case ProgressEvent():
             store.record_progress(job_id, event.progress.model_dump())
             return True
