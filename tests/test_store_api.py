@@ -4,6 +4,7 @@ corrupt, and a real job through its life on PostgreSQL (tests/test_jobs.py runs 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,6 +94,27 @@ def test_a_corrupt_sqlite_file_at_start_up_is_moved_aside(
     [line] = [r.getMessage() for r in caplog.records if r.name == "app.jobs.store"]
     assert "not a readable SQLite database" in line and "moved it to" in line
     assert len(list(tmp_path.glob("jobs.sqlite3.corrupt-*"))) == 1
+
+
+def test_a_database_corrupted_while_serving_is_503_then_moved_aside_on_restart(serve, tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with serve() as api:
+        store = app.state.jobs.store
+        store.create("0123abcd", {"epochs": 1}, 1)
+        with sqlite3.connect(path) as db:  # everything into the main file, then overwrite it
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        path.write_bytes(b"\xffoverwritten" * 1024)
+        store._engine.dispose()  # the pool's next connections open the file again
+        for method, route in JOB_ROUTES:
+            assert_store_unavailable(api.request(method, route), f"SQLite {path}")
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["store"] == "down"
+        assert ready.json()["reason"] == "file is not a database"
+        assert api.post("/v1/models/summary", json=SUMMARY).status_code == 200
+    with serve() as api:  # restarted: the file is moved aside, the store starts empty
+        assert api.get("/readyz").json()["store"] == "up"
+        assert api.get("/v1/jobs").json()["count"] == 0
+    assert len(list(tmp_path.glob("jobs.sqlite3.corrupt-*Z"))) == 1  # and its -wal, -shm
 
 
 @pytest.fixture
