@@ -15,12 +15,13 @@ from app.core.limits import BodyLimitMiddleware
 from app.core.security import APILockMiddleware
 from app.core.warmup import warm_up_in_background
 from app.jobs.engine import jobs_lifespan
+from app.jobs.retention import pruning
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     warm_up_in_background()
-    async with jobs_lifespan(app):  # the job store, and Ray for training
+    async with jobs_lifespan(app), pruning(app.state.jobs.store):  # the job store, Ray, retention
         yield
 
 

@@ -236,7 +236,7 @@ def test_an_unfinished_job_is_409_and_a_cancelled_one_404(api: TestClient, job: 
         response = method(f"/v1/jobs/{job_id}/{path}", **extra)
         assert response.status_code == 409, response.text
         assert "once it has succeeded" in response.json()["detail"]
-    assert api.delete(f"/v1/jobs/{job_id}").status_code == 200
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
     deadline = time.monotonic() + 30
     while api.get(f"/v1/jobs/{job_id}").json()["status"] not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.1)

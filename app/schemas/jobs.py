@@ -80,6 +80,7 @@ class JobPublic(BaseModel):
     progress: Progress | None = Field(description="the latest progress report")
     duration_s: float | None = Field(description="training wall time, from worker start to finish")
     error: str | None
+    restarts: int = Field(0, description="times the job's worker died and was restarted from its checkpoint")
     memory_estimate_bytes: int = Field(description="weights, grads, optimizer state and activations")
     created_at: datetime
     started_at: datetime | None
