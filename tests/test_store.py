@@ -61,7 +61,9 @@ def test_a_job_through_its_life(store: JobStore) -> None:
 
     node = {"node_id": "n", "ip": "127.0.0.1", "pid": 7}
     assert store.mark_running("j1", "cpu", node) and not store.mark_running("j1", "cpu", node)
-    store.record_progress("j1", {"epoch": 1, "step": 50, "steps_total": 100, "loss": 0.5})
+    assert store.record_progress("j1", {"epoch": 1, "step": 50, "steps_total": 100, "loss": 0.5})
+    assert not store.record_progress("j1", {"epoch": 1, "step": 50, "steps_total": 100, "loss": 0.5})
+    assert not store.record_progress("j1", {"epoch": 1, "step": 40, "steps_total": 100, "loss": 0.6})
     epoch = {"epoch": 1, "step": 50, "train_loss": 0.5, "val_loss": 0.4, "val_accuracy": 0.9}
     assert store.record_epoch("j1", epoch, {"epoch": 1, "step": 50, "steps_total": 100, "loss": 0.5})
     assert not store.record_epoch("j1", epoch, {}), "an epoch already recorded is not recorded again"
@@ -154,8 +156,8 @@ def test_concurrent_writers_of_one_job_get_distinct_event_numbers(url: str, tmp_
         replicas[0].create("busy", {}, 1)
 
         def report(store: JobStore, start: int) -> None:
-            for step in range(start, start + 10):
-                store.record_progress("busy", {"step": step})
+            for n in range(start, start + 10):
+                store.record_progress("busy", {"n": n})  # no step: none is taken for a repeat
 
         threads = [threading.Thread(target=report, args=(replicas[i % 2], 100 * i)) for i in range(4)]
         for thread in threads:
@@ -164,7 +166,7 @@ def test_concurrent_writers_of_one_job_get_distinct_event_numbers(url: str, tmp_
             thread.join()
         events = replicas[1].events_after("busy", 0)
         assert [seq for seq, _, _ in events] == list(range(1, 41))
-        assert sorted(data["step"] for _, _, data in events) == sorted(
+        assert sorted(data["n"] for _, _, data in events) == sorted(
             100 * i + s for i in range(4) for s in range(10)
         )
     finally:
