@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.jobs import ray_runtime
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_ENV = {"RAY_AUTH_TOKEN": "t" * 32, "MB_API_KEY": "k" * 24, "MB_POSTGRES_PASSWORD": "p" * 24}
 RAY_SERVICES = ("ray-head", "api", "worker", "worker-cpu")
@@ -168,6 +170,7 @@ def test_ray_token_auth_and_api_lock_are_on(compose: dict) -> None:
         env = compose["services"][name]["environment"]
         assert env["RAY_AUTH_MODE"] == "token", name
         assert env["RAY_AUTH_TOKEN"] == COMPOSE_ENV["RAY_AUTH_TOKEN"], name
+        assert env["RAY_preload_python_modules"] == ray_runtime.PRELOAD, name
     api = compose["services"]["api"]["environment"]
     assert yaml.safe_load(api["MB_API_KEYS"]) == [COMPOSE_ENV["MB_API_KEY"]]
     assert float(api["MB_RATE_LIMIT_PER_S"]) > 0
