@@ -269,3 +269,53 @@ def test_a_key_is_required_when_keys_are_set(method: str, path: str) -> None:
     client = TestClient(APILockMiddleware(app, api_keys=["k"]))
     assert client.request(method, path, json={"inputs": [1]}).status_code == 401
     assert client.request(method, path, json={"inputs": [1]}, headers={"X-API-Key": "k"}).status_code != 401
+
+
+def test_predict_on_token_ids_and_on_a_regression(api: TestClient) -> None:
+    """Token ids are checked against the job's vocabulary; a regression job answers no classes."""
+    tokens = {
+        "model": {
+            "layers": [
+                {"type": "Embedding", "num_embeddings": 20, "embedding_dim": 4},
+                {"type": "Flatten"},
+                {"type": "Linear", "out_features": 3},
+            ]
+        },
+        "dataset": {
+            "name": "synthetic",
+            "shape": [5],
+            "dtype": "int64",
+            "vocab_size": 20,
+            "num_classes": 3,
+            "samples": 64,
+        },
+        "loss": {"type": "CrossEntropyLoss"},
+        "optimizer": {"type": "SGD", "lr": 0.1},
+        "epochs": 1,
+        "batch_size": 16,
+        "device": "cpu",
+    }
+    regression = {
+        **tokens,
+        "model": {"layers": [{"type": "Linear", "out_features": 2}]},
+        "dataset": {"name": "synthetic", "shape": [3], "task": "regression", "targets": 2, "samples": 64},
+        "loss": {"type": "MSELoss"},
+    }
+    ids = []
+    for body in (tokens, regression):
+        result = api.post("/v1/train", json=body).json()
+        assert result["status"] == "succeeded", result
+        ids.append(result["id"])
+    token_job, regression_job = ids
+
+    answer = api.post(
+        f"/v1/jobs/{token_job}/predict", json={"inputs": [[1, 2, 3, 4, 19], [0, 0, 0, 0, 0]]}
+    ).json()
+    assert answer["output_shape"] == [2, 3] and len(answer["predictions"]) == 2
+    for bad, says in (([[1, 2, 3, 4, 20]], "0..19"), ([[1, 2, 3, 4, 1.5]], "integer token ids")):
+        response = api.post(f"/v1/jobs/{token_job}/predict", json={"inputs": bad})
+        assert response.status_code == 422 and says in response.json()["detail"][0]["msg"], response.text
+
+    answer = api.post(f"/v1/jobs/{regression_job}/predict", json={"inputs": [0.5, -1.0, 2.0]}).json()
+    assert answer["output_shape"] == [2] and len(answer["outputs"]) == 2
+    assert answer["predictions"] is None and answer["probabilities"] is None
