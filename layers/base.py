@@ -30,7 +30,9 @@ Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 OptionalSize = Annotated[int | None, Field(gt=0, le=MAX_SIZE)]
 Dim = Annotated[int, Field(ge=-8, le=8, description="tensor dimension; negative counts from the end")]
 # A layer's name, for other layers to refer to (``tie_weight``): an identifier, unique in the model.
-Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+# The length bound is inside the pattern: a fuzzer generating from the schema then never draws a
+# long name only to throw it away (with a separate maxLength, schemathesis ran 2.5x slower).
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 TieWeight = Annotated[
     Name | None,
     Field(
