@@ -129,6 +129,18 @@ def test_worker_reserves_nvidia_gpus(compose: dict) -> None:
     assert "deploy" not in compose["services"]["worker-cpu"]
 
 
+def test_workers_share_the_api_data_volume(compose: dict) -> None:
+    """A worker writes a job's weights under the API's MB_DATA_DIR (jobs/<id>/model.safetensors)."""
+    data_dir = compose["services"]["api"]["environment"]["MB_DATA_DIR"]
+    for name in ("api", "worker", "worker-cpu"):
+        # docker-compose v1 normalises a volume to "source:target:mode", v2 to a mapping
+        volumes = [
+            v.split(":")[:2] if isinstance(v, str) else [v["source"], v["target"]]
+            for v in compose["services"][name]["volumes"]
+        ]
+        assert ["mb-data", data_dir] in volumes, name
+
+
 def test_only_the_api_port_is_published(compose: dict) -> None:
     for name, service in compose["services"].items():
         assert service.get("network_mode") != "host", name

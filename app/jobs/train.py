@@ -30,6 +30,7 @@ from app.jobs.events import (
     Started,
     WorkerEvent,
 )
+from app.jobs.weights import save_weights
 from layers import ModelSpec
 from layers.losses import AnyLoss, LossSpec
 from layers.optimizers import AnyOptimizer
@@ -175,10 +176,12 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
             )
         progress = Progress(epoch=epoch, step=step, steps_total=steps_total, loss=loss.item())
         yield EpochEvent(entry=entry, progress=progress)
-    # Hook points at the end of a successful run, before ``Done``: the final weights go to
-    # ``artifact_dir/model.safetensors`` (stream F); measured memory goes into ``Done.memory`` (stream C).
+    # At the end of a successful run, before ``Done``: the final weights go to
+    # ``artifact_dir/model.safetensors`` (app.jobs.weights); measured memory goes into ``Done.memory``.
     last = history[-1]
     metrics = {"train_loss": last.train_loss, "val_loss": last.val_loss, "val_accuracy": last.val_accuracy}
+    if job.artifact_dir is not None:
+        save_weights(model, job.model, job.job_id, Path(job.artifact_dir))
     yield Done(metrics=metrics, duration_s=spent_before + time.monotonic() - started)
 
 
