@@ -164,7 +164,7 @@ def test_two_uvicorn_workers_share_one_embedded_ray(tmp_path: Path, servers: lis
         for _ in range(10):
             assert server.api.get("/readyz").json()["ray"] == "up"
         assert len(gcs_pids(data_dir)) == 1, ray_runtime.embedded_pids(data_dir)
-        done = server.api.post("/v1/train", json=job(epochs=1)).json()
+        done = server.api.post("/v1/train", json=job(epochs=1), timeout=180).json()
         assert done["status"] == "succeeded", done["error"]
     finally:
         ray_runtime.stop_embedded(data_dir)

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -225,25 +226,29 @@ def stop_embedded(data_dir: Path | None = None) -> int:
 
     Every process of it shares the session ``ray start`` was given (workers rename themselves,
     so they are found by session, not by command line)."""
-    sessions = {os.getsid(pid) for pid in embedded_pids(data_dir) if _alive(pid)} - {os.getsid(0)}
-    killed = 0
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and _alive(pid := int(proc.name)):
-            with contextlib.suppress(OSError):
-                if os.getsid(pid) in sessions:
-                    os.kill(pid, signal.SIGKILL)
-                    killed += 1
+    killed, sessions = 0, set()
+    for _ in range(5):  # again while any is found: a `ray start` still starting spawns more
+        sessions |= {_session(pid) for pid in embedded_pids(data_dir)} - {None, os.getsid(0)}
+        found = [
+            pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _session(pid) in sessions
+        ]
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed += len(found)
+        if not found:
+            break
+        time.sleep(0.2)
     with contextlib.suppress(FileNotFoundError):
         (embedded_dir(data_dir) / "address").unlink()
     return killed
 
 
-def _alive(pid: int) -> bool:
+def _session(pid: int) -> int | None:
     try:
-        os.getsid(pid)
-        return True
-    except OSError:
-        return False
+        return os.getsid(pid)
+    except OSError:  # gone
+        return None
 
 
 def started() -> bool:

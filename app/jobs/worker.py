@@ -45,7 +45,7 @@ def _run_then_exit(*args: Any) -> None:
 
     try:
         run(*args)
-    except Exception:  # the job stays active; the reapers see its actor gone and fail it
+    except Exception:  # run() failed the job if the store let it; else the reapers do, once the actor is gone
         log.exception("job actor failed")
     finally:  # done: end this actor for good (Ray would otherwise keep it, or restart it)
         try:
