@@ -9,7 +9,7 @@ FORWARDED_ALLOW_IPS ?=
 # `make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu` gets the CPU-only build.
 TORCH_INDEX_URL ?=
 
-.PHONY: install system-deps run test lint bench
+.PHONY: install system-deps run stop-ray test lint bench
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ system-deps:  ## Debian packages the browser and deployment tests use
 
 run: install  ## set up and serve on http://$(HOST):$(PORT)
 	$(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT) --forwarded-allow-ips '$(FORWARDED_ALLOW_IPS)'
+
+stop-ray:  ## stop the embedded Ray of MB_DATA_DIR (it outlives the API, with its jobs), and only it
+	$(PY) -m app.jobs.ray_runtime stop
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -85,6 +85,14 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
             f"the limit is {_gib(settings.max_job_memory_bytes)}",
             {"limit": settings.max_job_memory_bytes, "got": memory},
         )
+    weights = summary.param_bytes + summary.buffer_bytes
+    if weights > settings.max_artifact_bytes:
+        raise LimitError(
+            ("model",),
+            f"the trained weights would take {_gib(weights)} (parameters and buffers); the limit is "
+            f"{_gib(settings.max_artifact_bytes)}",
+            {"limit": settings.max_artifact_bytes, "got": weights},
+        )
     payload = {
         "model": summary.model,
         "output_shape": list(output),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from pathlib import Path
 
 import httpx
 import torch
@@ -60,7 +62,9 @@ def test_catalog_lists_every_layer_type(offline_page: OfflinePage, server: str) 
     assert set(groups) == {entry["category"] for entry in catalog["data"]}
     # The presets are the summary endpoint's OpenAPI examples.
     examples = page.locator("#example option").evaluate_all("os => os.map(o => o.value)")
-    assert {"seed", "small_cnn", "lenet_digits", "lstm"} <= set(examples)
+    assert {"seed", "small_cnn", "lenet_digits", "lstm", "vit_b_16", "gpt2_small", "tiny_llama"} <= set(
+        examples
+    )
     assert offline_page.outside == [] and offline_page.page_errors == []
 
 
@@ -100,6 +104,28 @@ def test_seed_model_built_from_the_forms_matches_pytorch(offline_page: OfflinePa
         "placeholder", "216 (inferred)"
     )
     offline_page.screenshot("playground-summary")
+    assert offline_page.outside == [] and offline_page.page_errors == []
+
+
+def test_repeat_copies_fold_into_one_block_and_tied_weights_are_named(offline_page: OfflinePage) -> None:
+    """GPT-2 small's 12 blocks read as one "block x 12"; its head counts nothing of its own."""
+    page = open_playground(offline_page)
+    page.select_option("#example", "gpt2_small")
+    expect(page.locator("#summary-status")).to_contain_text("124,439,808 parameters", timeout=30_000)
+    expect(page.locator("#summary tbody tr")).to_have_count(6)
+    names = [row[0] for row in summary_rows(page)]
+    assert names == [
+        "0 Embedding",
+        "1 PositionalEmbedding",
+        "2 Repeat (block \u00d7 12)",
+        "2.0.0 TransformerEncoderLayer",
+        "3 LayerNorm",
+        "4 Linear",
+    ]
+    rows = summary_rows(page)
+    assert rows[2][2] == f"{12 * 7_087_872:,}" and rows[3][2] == "7,087,872"
+    assert rows[5][2] == "0 (weight tied to 0)"
+    offline_page.screenshot("playground-repeat-folded")
     assert offline_page.outside == [] and offline_page.page_errors == []
 
 
@@ -188,8 +214,33 @@ def test_training_draws_a_point_per_epoch_from_the_event_stream(
         for h in job["history"]
     ]
     assert job["history"][-1]["train_loss"] < job["history"][0]["train_loss"]  # it really learned
+
+    # The trained model's files download from the buttons, exactly as the API serves them.
+    downloads = page.locator("#job-downloads")
+    expect(downloads).to_be_visible()
+    for what, name in (("weights", f"{job_id}.safetensors"), ("pytorch", f"{job_id}.py")):
+        with page.expect_download() as saved:
+            downloads.locator(f'button[data-what="{what}"]').click()
+        assert saved.value.suggested_filename == name
+        content = Path(saved.value.path()).read_bytes()
+        if what == "weights":
+            assert hashlib.sha256(content).hexdigest() == job["weights"]["sha256"]
+        else:
+            assert b"def build_model() -> nn.Module:" in content
+    expect(page.locator("#job-download-status")).to_contain_text(f"Saved {job_id}.py")
     offline_page.screenshot("playground-training")
     assert offline_page.outside == [] and offline_page.page_errors == []
+
+
+def test_the_model_downloads_as_code(offline_page: OfflinePage) -> None:
+    page = open_playground(offline_page)
+    page.select_option("#example", "lenet_digits")
+    with page.expect_download() as saved:
+        page.click('#model-downloads button[data-format="pytorch"]')
+    assert saved.value.suggested_filename == "model.py"
+    source = Path(saved.value.path()).read_text()
+    assert "def build_model() -> nn.Module:" in source and "import torch" in source
+    assert offline_page.page_errors == []
 
 
 def test_cancel_stops_a_running_job(offline_page: OfflinePage, server: str) -> None:
