@@ -180,18 +180,23 @@ def test_jobs_belong_to_their_key(lock, jobs: JobStore) -> None:
     listed = client.get("/v1/jobs", headers=as_("alice")).json()
     assert [j["id"] for j in listed["data"]] == ["a1"] and listed["count"] == 1
     assert client.get("/v1/jobs/a1", headers=as_("alice")).json()["request"] == {"n": 1}
+    jobs.finish("b1", "succeeded")  # deletable, so a 404 below is ownership, not a 409
     for method, path in (
         ("GET", "/v1/jobs/b1"),
         ("GET", "/v1/jobs/b1/events"),
+        ("POST", "/v1/jobs/b1/cancel"),
         ("DELETE", "/v1/jobs/b1"),
+        ("GET", "/v1/jobs/b1/weights"),
+        ("POST", "/v1/jobs/b1/predict"),
     ):
-        response = client.request(method, path, headers=as_("alice"))
-        assert response.status_code == 404, (method, path)  # as if it did not exist
-    assert jobs.get("b1")["status"] == "queued"  # alice's cancel did not touch it
+        response = client.request(method, path, headers=as_("alice"), json={"inputs": [[1.0]]})
+        assert response.status_code == 404, (method, path, response.text)  # as if it did not exist
+    assert jobs.get("b1") is not None  # alice's delete did not touch it
     admin = client.get("/v1/jobs", headers=as_("root")).json()
     assert sorted(j["id"] for j in admin["data"]) == ["a1", "b1"] and admin["count"] == 2
-    assert client.delete("/v1/jobs/b1", headers=as_("root")).json()["status"] == "cancelled"
-    assert client.get("/v1/jobs/b1", headers=as_("bob")).json()["status"] == "cancelled"
+    assert client.get("/v1/jobs/b1", headers=as_("root")).json()["status"] == "succeeded"
+    assert client.delete("/v1/jobs/b1", headers=as_("root")).status_code == 204
+    assert client.get("/v1/jobs/b1", headers=as_("bob")).status_code == 404
 
 
 def test_without_keys_every_job_is_everyones(lock, jobs: JobStore) -> None:
