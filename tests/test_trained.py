@@ -265,11 +265,15 @@ def test_a_job_whose_weights_would_be_too_big_is_refused_up_front(
         ("POST", "/v1/models/export"),
     ],
 )
-def test_a_key_is_required_when_keys_are_set(method: str, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app.state, "api_lock", APILock(api_keys=["k"]))
-    client = TestClient(app)
-    assert client.request(method, path, json={"inputs": [1]}).status_code == 401
-    assert client.request(method, path, json={"inputs": [1]}, headers={"X-API-Key": "k"}).status_code != 401
+def test_a_key_is_required_when_keys_are_set(method: str, path: str) -> None:
+    saved, app.state.api_lock = app.state.api_lock, APILock(api_keys=["k"])
+    try:
+        client = TestClient(app)
+        assert client.request(method, path, json={"inputs": [1]}).status_code == 401
+        keyed = client.request(method, path, json={"inputs": [1]}, headers={"X-API-Key": "k"})
+        assert keyed.status_code != 401
+    finally:
+        app.state.api_lock = saved
 
 
 def test_predict_on_token_ids_and_on_a_regression(api: TestClient) -> None:
