@@ -39,7 +39,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from layers import recurrent
-from layers.errors import LimitError
+from layers.errors import LimitError, Loc
 from layers.optimizers import OptimizerSpec
 from layers.trace import TracedModel
 
@@ -92,21 +92,23 @@ def estimate_memory(
     batch_size: int | None = None,
     deadline: float | None = None,
     budget_s: float | None = None,
+    inference: bool = True,
 ) -> MemoryEstimate:
     """Training memory of ``traced`` with ``optimizer``, at its input shape or at ``batch_size``.
 
-    ``deadline`` is a ``time.thread_time()`` past which a ``LimitError`` (loc ``model``) stops it.
+    ``deadline`` is a ``time.thread_time()`` past which a ``LimitError`` naming the layer running
+    then stops it. ``inference=False`` skips the inference pass (``inference_peak_bytes`` is 0).
     """
     shape = (batch_size or traced.input_shape[0], *traced.input_shape[1:])
     module = traced.module
     clock = _Clock(deadline, budget_s)
-    paths = {id(node.module): node.path for node in traced.layers if node.module is not None}
+    paths = {id(node.module): (node.loc, node.path) for node in traced.layers if node.module is not None}
     params = list(module.parameters())
     buffers = list(module.buffers())
     try:
         with _recurrent_measured(module) as (notes, recurrent_flops):
             step = _training_pass(module, shape, traced, optimizer, device, paths, clock)
-            inference = _inference_pass(module, shape, traced, clock)
+            inference = _inference_pass(module, shape, traced, clock) if inference else 0
     finally:
         for p in params:
             p.grad = None
@@ -142,17 +144,21 @@ def _bytes(tensors: list[torch.Tensor]) -> int:
 
 
 class _Clock:
+    """The time budget: past ``deadline`` (``time.thread_time()``), a ``LimitError`` at the layer."""
+
     def __init__(self, deadline: float | None, budget_s: float | None) -> None:
         self.deadline, self.budget_s = deadline, budget_s
-        self.where = ""
+        self.where: tuple[Loc, str] = ((), "")  # the spec loc and module path running now
 
     def check(self) -> None:
         if self.deadline is not None and time.thread_time() > self.deadline:
+            loc, path = self.where
             raise LimitError(
-                ("model",),
-                f"estimating the training memory took more than {self.budget_s:g} s of CPU time; it "
-                f"stopped at module path '{self.where}'. Use a smaller model or input",
-                {"limit_s": self.budget_s, "path": self.where},
+                loc,
+                f"tracing the model and estimating its training memory took more than "
+                f"{self.budget_s:g} s of CPU time; it stopped at module path '{path}'. Use fewer or "
+                "smaller layers, or a smaller input",
+                {"limit_s": self.budget_s, "path": path},
             )
 
 
@@ -161,14 +167,14 @@ def _input(shape: tuple[int, ...], traced: TracedModel) -> torch.Tensor:
 
 
 @contextmanager
-def _module_stack(module: nn.Module, paths: dict[int, str], clock: _Clock) -> Iterator[list[str]]:
+def _module_stack(module: nn.Module, paths: dict[int, tuple[Loc, str]], clock: _Clock) -> Iterator[list[str]]:
     """A stack of the module paths running now; each module entered checks the time budget."""
     stack: list[str] = [""]
     handles = []
 
     def enter(mod: nn.Module, args: Any) -> None:
-        stack.append(paths.get(id(mod), stack[-1]))
-        clock.where = stack[-1]
+        clock.where = paths.get(id(mod), clock.where)
+        stack.append(clock.where[1])
         clock.check()
 
     def leave(mod: nn.Module, args: Any, out: Any) -> None:
@@ -232,7 +238,6 @@ class _LiveBytes(TorchDispatchMode):
         return next(phase for phase, value in self.peaks.items() if value == peak)
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        self.clock.where = self.phase
         self.clock.check()
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
@@ -248,7 +253,7 @@ def _training_pass(
     traced: TracedModel,
     spec: OptimizerSpec,
     device: Device,
-    paths: dict[int, str],
+    paths: dict[int, tuple[Loc, str]],
     clock: _Clock,
 ) -> dict[str, Any]:
     """The training step's peak live bytes on meta, what it saved for backward, FLOPs and sizes."""
