@@ -112,7 +112,7 @@ def estimate_memory(
     finally:
         for p in params:
             p.grad = None
-    parameters, buffer_bytes, peak = _bytes(params), _bytes(buffers), step["peak"]
+    parameters, buffer_bytes, peak = storage_bytes(params), storage_bytes(buffers), step["peak"]
     named = parameters + buffer_bytes + step["gradients"] + step["optimizer_state"] + step["saved"]
     breakdown = MemoryBreakdown(
         parameters=parameters,
@@ -138,7 +138,8 @@ def estimate_memory(
     )
 
 
-def _bytes(tensors: list[torch.Tensor]) -> int:
+def storage_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the tensors' storages, each counted once (views and shared tensors share one)."""
     storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}
     return sum(storages.values())
 
@@ -292,12 +293,12 @@ def _training_pass(
                 loss.backward()
             flops = counter.get_total_flops()
             del loss
-        grads = _bytes([p.grad for p in params if p.grad is not None])
+        grads = storage_bytes([p.grad for p in params if p.grad is not None])
         before_step = tracker.peak
         tracker.phase = "optimizer step"
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    state = _state_bytes(optimizer)
+    state = optimizer_state_bytes(optimizer)
     # This was the first step: the optimizer made its state in it. In every later step that
     # state is live through forward and backward too (it never changes size), so their peak is
     # this step's forward-and-backward peak plus the state; the optimizer step itself is alike
@@ -320,14 +321,9 @@ def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
 
 
-def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the optimizer's state tensors (Adam's step counters included)."""
-    return _bytes(_state_tensors(optimizer))
-
-
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Public: the same count on a real optimizer, for measuring a job."""
-    return _state_bytes(optimizer)
+    """Bytes of the optimizer's state tensors (Adam's step counters included)."""
+    return storage_bytes(_state_tensors(optimizer))
 
 
 def _inference_pass(module: nn.Module, shape: tuple[int, ...], traced: TracedModel, clock: _Clock) -> int:

@@ -85,21 +85,36 @@ class JobEngine:
             )
         return 1 if device == "cuda" or (device == "auto" and gpus >= 1) else 0
 
+    def check_memory(self, allowance: int) -> None:
+        """``SpecError`` when no Ray node could ever hold ``allowance`` (the task would wait forever)."""
+        import ray
+
+        largest = max((n["Resources"].get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        if allowance > largest:
+            raise SpecError(
+                ("model",),
+                f"this job's memory allowance ({allowance} bytes: its estimate with headroom) is more "
+                f"than any Ray node offers ({int(largest)} bytes)",
+                {"allowance": allowance, "largest_node_memory": int(largest)},
+            )
+
     def submit(self, request: dict, plan: JobPlan, device: str) -> dict:
         """Store and start a job: the job as queued (a fast worker may already run it).
 
         Raises ``SpecError`` (device), ``QueueFull`` or ``BackendDown``.
         """
         num_gpus = self.check_device(device)
+        self.check_memory(plan.memory_allowance_bytes)
         with self._lock:
             if self.store.count_active() >= settings.max_queued_jobs:
                 raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
             job_id = uuid.uuid4().hex
             self.store.create(job_id, request, plan.memory_estimate_bytes)
             queued = self.store.get(job_id)
-            handle = self._remote.options(num_cpus=1, num_gpus=num_gpus, name=f"train-{job_id[:8]}").remote(
-                plan.payload
-            )
+            # memory=: Ray places the job where that much memory is free (the worker holds it to it).
+            handle = self._remote.options(
+                num_cpus=1, num_gpus=num_gpus, memory=plan.memory_allowance_bytes, name=f"train-{job_id[:8]}"
+            ).remote(plan.payload)
             self._handles[job_id] = handle
             monitor = threading.Thread(
                 target=self._monitor,
@@ -174,7 +189,8 @@ class JobEngine:
                 self.store.record_epoch(job_id, event, progress)
             elif kind == "done":
                 metrics, duration = event["metrics"], event["duration_s"]
-                self.store.finish(job_id, "succeeded", metrics=metrics, duration_s=duration)
+                memory = event.get("memory")
+                self.store.finish(job_id, "succeeded", metrics=metrics, duration_s=duration, memory=memory)
                 return
             elif kind == "failed":
                 self.store.finish(job_id, "failed", event["error"])

@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     metrics TEXT,
     progress TEXT,
     duration_s REAL,
-    error TEXT
+    error TEXT,
+    memory TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
@@ -44,7 +45,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 TERMINAL = ("succeeded", "failed", "cancelled")
-_JSON_COLUMNS = ("request", "node", "history", "metrics", "progress")
+_JSON_COLUMNS = ("request", "node", "history", "metrics", "progress", "memory")
 
 
 class JobStore:
@@ -59,6 +60,9 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "memory" not in columns:  # a database made before jobs recorded their memory
+            self._db.execute("ALTER TABLE jobs ADD COLUMN memory TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -144,15 +148,28 @@ class JobStore:
         error: str | None = None,
         metrics: dict | None = None,
         duration_s: float | None = None,
+        memory: dict | None = None,
     ) -> bool:
-        """Move an active job to ``status``; False (and no change) when it had already finished."""
+        """Move an active job to ``status``; False (and no change) when it had already finished.
+
+        ``memory``: ``{estimated_bytes, measured_peak_bytes, how}`` of a finished run.
+        """
         assert status in TERMINAL
         now = time.time()
         cursor = self._run(
             "UPDATE jobs SET status = ?, error = ?, metrics = COALESCE(?, metrics), finished_at = ?, "
-            "duration_s = COALESCE(?, CASE WHEN started_at IS NULL THEN NULL ELSE ? - started_at END) "
-            "WHERE id = ? AND status IN ('queued', 'running')",
-            (status, error, None if metrics is None else json.dumps(metrics), now, duration_s, now, job_id),
+            "duration_s = COALESCE(?, CASE WHEN started_at IS NULL THEN NULL ELSE ? - started_at END), "
+            "memory = COALESCE(?, memory) WHERE id = ? AND status IN ('queued', 'running')",
+            (
+                status,
+                error,
+                None if metrics is None else json.dumps(metrics),
+                now,
+                duration_s,
+                now,
+                None if memory is None else json.dumps(memory),
+                job_id,
+            ),
         )
         return cursor.rowcount == 1
 

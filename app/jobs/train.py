@@ -15,12 +15,15 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from app.jobs.datasets import AnyDataset
+from app.jobs.measure import JobMemory
+from app.jobs.memory_guard import MemoryGuard
 from layers import ModelSpec
 from layers.losses import AnyLoss, LossSpec
 from layers.optimizers import AnyOptimizer
@@ -43,6 +46,8 @@ class TrainPayload(BaseModel):
     time_limit_s: float
     progress_every: int
     threads: int
+    memory_estimate_bytes: int | None = None  # the plan's estimate, reported beside the measurement
+    memory_allowance_bytes: int | None = None  # the worker fails the job past this (app.jobs.memory_guard)
 
 
 def pick_device(requested: str) -> torch.device:
@@ -59,18 +64,37 @@ def node_info(node_id: str = "", ip: str = "") -> dict[str, Any]:
 def train(payload: dict, node: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """Train as ``payload`` says, yielding events; a failure is a ``failed`` event, never a raise."""
     started = time.monotonic()
+    guard: MemoryGuard | None = None
     try:
         job = TrainPayload.model_validate(payload)
         device = pick_device(job.device)
         if device.type == "cpu":
             torch.set_num_threads(job.threads)  # one thread per worker holds up on a shared machine
         yield {"kind": "started", "device": str(device), "node": node or node_info()}
-        yield from _train(job, device, started)
+        if job.memory_allowance_bytes is None:
+            yield from _train(job, device, started)
+        else:
+            guard = MemoryGuard(
+                job.memory_allowance_bytes, device, job.memory_estimate_bytes, _host_allowance(job, device)
+            )
+            with guard:
+                yield from _train(job, device, started)
     except _Timeout as e:
         yield {"kind": "failed", "error": str(e)}
     except Exception as e:  # anything torch refuses at run time becomes a readable reason
         first_line = (str(e).strip().splitlines() or [""])[0]
-        yield {"kind": "failed", "error": f"training failed: {type(e).__name__}: {first_line}"}
+        reason = guard.explain(e) if guard is not None else None
+        yield {"kind": "failed", "error": reason or f"training failed: {type(e).__name__}: {first_line}"}
+
+
+CUDA_RUNTIME_HOST_BYTES = 2 << 30  # host memory the CUDA runtime itself takes in a CUDA job
+
+
+def _host_allowance(job: TrainPayload, device: torch.device) -> int | None:
+    """The host memory a job may grow by: its allowance, plus the CUDA runtime's on a GPU."""
+    if job.memory_allowance_bytes is None or device.type != "cuda":
+        return job.memory_allowance_bytes
+    return job.memory_allowance_bytes + CUDA_RUNTIME_HOST_BYTES
 
 
 class _Timeout(Exception):
@@ -92,6 +116,7 @@ def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[
     x_train, x_val, labels_val = x_train.to(device), x_val.to(device), y_val.to(device)
     loss_fn = loss_spec.build().to(device)
     optimizer = job.optimizer.build(model.parameters())
+    memory = JobMemory(model, device, job.memory_estimate_bytes)
     shuffle = torch.Generator().manual_seed(job.seed)
 
     n, bs = x_train.shape[0], job.batch_size
@@ -107,9 +132,12 @@ def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[
             if len(batch) == 1 and bs > 1:
                 continue  # a trailing single sample: BatchNorm cannot train on one
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_train[batch]), t_train[batch])
+            with memory.first_forward() if step == 0 else nullcontext():
+                loss = loss_fn(model(x_train[batch]), t_train[batch])
             loss.backward()
             optimizer.step()
+            if step == 0:
+                memory.after_first_step(optimizer)
             total += loss.detach() * len(batch)
             seen += len(batch)
             step += 1
@@ -138,7 +166,8 @@ def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[
         }
         yield {"kind": "epoch", **entry, "progress": _progress(epoch, step, steps_total, loss.item())}
     metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
-    yield {"kind": "done", "metrics": metrics, "duration_s": time.monotonic() - started}
+    duration = time.monotonic() - started
+    yield {"kind": "done", "metrics": metrics, "duration_s": duration, "memory": memory.result()}
 
 
 def _progress(epoch: int, step: int, steps_total: int, loss: float) -> dict[str, Any]:
