@@ -67,20 +67,21 @@ class MemoryGuard:
         self._old_fraction: float | None = None
 
     def __enter__(self) -> MemoryGuard:
-        vm, self._rss0 = _statm()
+        # The watchdog first: a thread's stack is address space too, and could not start under the cap.
+        self._rss0 = _statm()[1]
+        self._thread_id = threading.get_ident()
+        self._watchdog = threading.Thread(target=self._watch, name="memory-guard", daemon=True)
+        self._watchdog.start()
         if self.device.type == "cuda":
             total = torch.cuda.get_device_properties(self.device).total_memory
             self._old_fraction = 1.0
             torch.cuda.set_per_process_memory_fraction(min(1.0, self.allowance / total), self.device)
         else:
             soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-            cap = vm + self.allowance
+            cap = _statm()[0] + self.allowance
             if hard == resource.RLIM_INFINITY or cap < hard:
                 self._old_limit = (soft, hard)
                 resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-        self._thread_id = threading.get_ident()
-        self._watchdog = threading.Thread(target=self._watch, name="memory-guard", daemon=True)
-        self._watchdog.start()
         return self
 
     def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -106,9 +107,14 @@ class MemoryGuard:
     def explain(self, error: BaseException) -> str | None:
         """A clear reason when ``error`` is the guard stopping the job, else None."""
         text = str(error)
-        over_cap = isinstance(error, MemoryError) or (
-            isinstance(error, RuntimeError)
-            and ("can't allocate memory" in text or "out of memory" in text.lower())
+        over_cap = (
+            isinstance(error, MemoryError)
+            or (
+                isinstance(error, RuntimeError)
+                and ("can't allocate memory" in text or "out of memory" in text.lower())
+            )
+            # a library loaded lazily under the cap (scipy's BLAS, say) cannot map its segments
+            or (isinstance(error, (ImportError, OSError)) and "failed to map segment" in text)
         )
         if self.tripped is None and not isinstance(error, MemoryAllowanceExceeded) and not over_cap:
             return None
