@@ -102,6 +102,7 @@ def estimate_memory(
     shape = (batch_size or traced.input_shape[0], *traced.input_shape[1:])
     module = traced.module
     clock = _Clock(deadline, budget_s)
+    clock.where = (traced.layers[0].loc, traced.layers[0].path)  # until the first layer runs
     paths = {id(node.module): (node.loc, node.path) for node in traced.layers if node.module is not None}
     params = list(module.parameters())
     buffers = list(module.buffers())

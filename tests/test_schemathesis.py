@@ -12,7 +12,7 @@ Configured, not silenced:
   into the request (for the summary: at one layer);
 - a schema-valid job may also be refused with 429 when the queue is full (documented, with
   Retry-After), and ``POST /v1/train`` answers 202 when its wait ends first (documented);
-- the coverage phase (schemathesis' boundary-value enumeration) is off for the three operations
+- the coverage phase (schemathesis' boundary-value enumeration) is off for the four operations
   whose body carries a model spec: on that recursive union of ~50 layer types it runs for tens of
   minutes. Those operations get the examples phase and more fuzzing instead.
 """
@@ -31,8 +31,9 @@ from app.core.config import settings
 from app.main import app
 
 SUMMARY = "POST /v1/models/summary"
-SPEC_CARRYING = [SUMMARY, "POST /v1/jobs", "POST /v1/train"]
-JOB_SUBMISSIONS = SPEC_CARRYING[1:]
+FIT = "POST /v1/models/fit"
+SPEC_CARRYING = [SUMMARY, FIT, "POST /v1/jobs", "POST /v1/train"]
+JOB_SUBMISSIONS = SPEC_CARRYING[2:]
 
 # Small enough that a fuzzed job that is valid trains for a moment; the rest is refused up front.
 JOB_LIMITS = {
@@ -57,6 +58,11 @@ CONFIG = schemathesis.Config.from_dict(
             {
                 "include-name": SUMMARY,
                 "generation": {"max-examples": 60},
+                "phases": {"coverage": {"enabled": False}},
+                "checks": {"positive_data_acceptance": {"expected-statuses": ["200", "422"]}},
+            },
+            {
+                "include-name": FIT,
                 "phases": {"coverage": {"enabled": False}},
                 "checks": {"positive_data_acceptance": {"expected-statuses": ["200", "422"]}},
             },
