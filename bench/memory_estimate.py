@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/memory_estimate.py --part accuracy   # the zoo, real CPU runs (~1 min)
     .venv/bin/python bench/memory_estimate.py --part timing     # 7B transformer, ResNet-50 (~1 min)
+    .venv/bin/python bench/memory_estimate.py --part plain      # the summary without training
+    (cd ../main && .venv/bin/python ../wt/10/bench/memory_estimate.py --part plain)   # before
 
 accuracy: each model trains for real on the CPU at the given batch; the truth is the peak that
 ``MemTracker`` (torch.distributed._tools.mem_tracker) sees over a steady-state step (Adam, its
@@ -12,7 +14,8 @@ state made by a first step), and the bytes ``saved_tensors_hooks`` sees autograd
 
 timing: the summary with ``training`` (trace + memory) for a ~7B transformer at batch 1 x 2048
 tokens and ResNet-50 at batch 64, first call and warm (median of 3), wall and this thread's CPU
-time (the machine is shared: CPU time is what the work costs), and RSS growth of the warm calls.
+time (the machine is shared: CPU time is what the work costs), and RSS growth of the first call
+and of the warm calls.
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+# The checkout in the working directory: `--part plain` run from another checkout times that one.
+ROOT = Path.cwd()
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from summary_vs_torchinfo import resnet50, transformer_7b  # noqa: E402
 
 from layers import ModelSpec  # noqa: E402
-from layers.memory import estimate_memory  # noqa: E402
 from layers.optimizers import AdamSpec  # noqa: E402
 from layers.summary import summarize  # noqa: E402
 from layers.trace import trace_model  # noqa: E402
@@ -118,6 +121,8 @@ def torchinfo_total(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def accuracy() -> None:
+    from layers.memory import estimate_memory
+
     torch.set_num_threads(1)
     print(
         "| model (batch) | truth: peak (MemTracker) | ours | torchinfo | 4 x weights | "
@@ -156,7 +161,7 @@ def timing(warm: int) -> None:
     }
     print(
         "| model | first call (wall / CPU) | warm call, median of "
-        f"{warm} (wall / CPU) | RSS growth over the warm calls | training peak |"
+        f"{warm} (wall / CPU) | RSS growth: first call, warm calls | training peak |"
     )
     print("|---|---|---|---|---|")
     for name, (spec, shape, dtype) in cases.items():
@@ -181,9 +186,28 @@ def timing(warm: int) -> None:
         )
 
 
+def plain(runs: int) -> None:
+    """The summary without ``training``: run on two checkouts to see it costs what it did."""
+    cases = {
+        "~7B transformer, batch 1 x 2048 tokens": (transformer_7b(), (1, 2048), "int64"),
+        "ResNet-50, batch 64 x 3 x 224 x 224": (resnet50(), (64, 3, 224, 224), "float32"),
+    }
+    print(f"| model | summary without training: CPU time, median of {runs} warm calls |")
+    print("|---|---|")
+    for name, (spec, shape, dtype) in cases.items():
+        model = ModelSpec.model_validate(spec)
+        summarize(model, shape, dtype)
+        cpu = []
+        for _ in range(runs):
+            start = time.thread_time()
+            summarize(model, shape, dtype)
+            cpu.append(time.thread_time() - start)
+        print(f"| {name} | {statistics.median(cpu):.3f} s |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["accuracy", "timing"], required=True)
+    parser.add_argument("--part", choices=["accuracy", "timing", "plain"], required=True)
     parser.add_argument("--warm", type=int, default=3)
     args = parser.parse_args()
     with open("/proc/loadavg") as f:
@@ -193,7 +217,12 @@ def main() -> None:
         f"torch {torch.__version__}; load average {' '.join(load)}"
     )
     print(f"command: .venv/bin/python bench/memory_estimate.py --part {args.part}\n")
-    accuracy() if args.part == "accuracy" else timing(args.warm)
+    if args.part == "accuracy":
+        accuracy()
+    elif args.part == "timing":
+        timing(args.warm)
+    else:
+        plain(5)
 
 
 if __name__ == "__main__":
