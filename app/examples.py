@@ -50,6 +50,87 @@ LSTM_CLASSIFIER = {
     ]
 }
 
+# ViT-B/16 as torchvision writes it (vision_transformer.py): 86,567,656 parameters.
+VIT_B_16 = {
+    "layers": [
+        {"type": "Conv2d", "out_channels": 768, "kernel_size": 16, "stride": 16},  # 16x16 patches
+        {"type": "Flatten", "start_dim": 2},  # [B, 768, 196]
+        {"type": "Transpose", "dim0": 1, "dim1": 2},  # [B, 196, 768]: one token per patch
+        {"type": "ClassToken"},  # [B, 197, 768]
+        {"type": "PositionalEmbedding", "num_positions": 197},
+        {
+            "type": "Repeat",
+            "times": 12,
+            "layers": [
+                {
+                    "type": "TransformerEncoderLayer",
+                    "nhead": 12,
+                    "dim_feedforward": 3072,
+                    "dropout": 0.0,
+                    "activation": "gelu",
+                    "layer_norm_eps": 1e-6,
+                    "norm_first": True,
+                }
+            ],
+        },
+        {"type": "LayerNorm", "eps": 1e-6},
+        {"type": "Select", "dim": 1, "index": 0},  # the class token: x[:, 0]
+        {"type": "Linear", "out_features": 1000},
+    ]
+}
+
+# GPT-2 small: 124,439,808 parameters, the LM head tied to the token embedding (one tensor).
+GPT2_SMALL = {
+    "layers": [
+        {"type": "Embedding", "num_embeddings": 50257, "embedding_dim": 768, "name": "wte"},
+        {"type": "PositionalEmbedding", "num_positions": 1024},
+        {
+            "type": "Repeat",
+            "times": 12,
+            "layers": [
+                {
+                    "type": "TransformerEncoderLayer",
+                    "nhead": 12,
+                    "dim_feedforward": 3072,
+                    "dropout": 0.0,
+                    "activation": "gelu_tanh",
+                    "norm_first": True,
+                    "causal": True,
+                }
+            ],
+        },
+        {"type": "LayerNorm"},
+        {"type": "Linear", "out_features": 50257, "bias": False, "tie_weight": "wte"},
+    ]
+}
+
+# A small Llama, TinyLlama-1.1B's shape: grouped-query attention (32 query heads, 4 key/value
+# heads) with rotary positions, SwiGLU, RMSNorm; 1,100,048,384 parameters.
+TINY_LLAMA = {
+    "layers": [
+        {"type": "Embedding", "num_embeddings": 32000, "embedding_dim": 2048},
+        {
+            "type": "Repeat",
+            "times": 22,
+            "layers": [
+                {
+                    "type": "Residual",
+                    "layers": [
+                        {"type": "RMSNorm", "eps": 1e-5},
+                        {"type": "CausalSelfAttention", "num_heads": 32, "num_kv_heads": 4, "rope": True},
+                    ],
+                },
+                {
+                    "type": "Residual",
+                    "layers": [{"type": "RMSNorm", "eps": 1e-5}, {"type": "SwiGLU", "hidden_features": 5632}],
+                },
+            ],
+        },
+        {"type": "RMSNorm", "eps": 1e-5},
+        {"type": "Linear", "out_features": 32000, "bias": False},
+    ]
+}
+
 # A small CNN for the 8x8 digits: about 0.95 validation accuracy after 5 epochs.
 DIGITS_CNN = {
     "layers": [
@@ -109,6 +190,18 @@ SUMMARY_EXAMPLES = {
     "lstm": {
         "summary": "An LSTM classifier over token ids",
         "value": {"model": LSTM_CLASSIFIER, "input_shape": [8, 32], "input_dtype": "int64"},
+    },
+    "vit_b_16": {
+        "summary": "ViT-B/16 (86.6M parameters, as torchvision's vit_b_16)",
+        "value": {"model": VIT_B_16, "input_shape": [1, 3, 224, 224]},
+    },
+    "gpt2_small": {
+        "summary": "GPT-2 small (124M parameters, tied LM head, causal)",
+        "value": {"model": GPT2_SMALL, "input_shape": [1, 1024], "input_dtype": "int64"},
+    },
+    "tiny_llama": {
+        "summary": "A small Llama: TinyLlama-1.1B's shape (RoPE, grouped-query attention, SwiGLU)",
+        "value": {"model": TINY_LLAMA, "input_shape": [1, 2048], "input_dtype": "int64"},
     },
 }
 

@@ -6,14 +6,19 @@ Importing a module below registers its spec classes; the order is the catalog's 
 from layers import (  # noqa: F401  (imported to register their layer types)
     activation,
     attention,
+    causal_attention,
     containers,
     conv,
     custom,
     dropout,
     linear,
     norm,
+    plumbing,
     pooling,
+    positions,
     recurrent,
+    resample,
+    swiglu,
 )
 from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.errors import LimitError, ShapeError, SpecError

@@ -7,7 +7,8 @@ from typing import ClassVar, Literal, Self
 from pydantic import Field
 from torch import nn
 
-from layers.base import Dim, Shape, ShapePreservingSpec, expect_dim
+from layers.base import Dim, Shape, ShapePreservingSpec, Size, expect_dim, shape_str
+from layers.errors import ShapeError
 
 # The names a block may choose (``ConvBlock.activation``): a closed table, never a lookup.
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -122,3 +123,73 @@ class LogSoftmaxSpec(ActivationSpec):
 
     def build(self) -> nn.Module:
         return nn.LogSoftmax(dim=self.dim)
+
+
+class ReLU6Spec(ActivationSpec):
+    """ReLU capped at 6: min(max(0, x), 6) (MobileNet)."""
+
+    type: Literal["ReLU6"] = "ReLU6"
+
+    def build(self) -> nn.Module:
+        return nn.ReLU6()
+
+
+class HardswishSpec(ActivationSpec):
+    """Hard swish: x * relu6(x + 3) / 6 (MobileNetV3)."""
+
+    type: Literal["Hardswish"] = "Hardswish"
+
+    def build(self) -> nn.Module:
+        return nn.Hardswish()
+
+
+class HardsigmoidSpec(ActivationSpec):
+    """Hard sigmoid: relu6(x + 3) / 6 (MobileNetV3's squeeze-excitation gate)."""
+
+    type: Literal["Hardsigmoid"] = "Hardsigmoid"
+
+    def build(self) -> nn.Module:
+        return nn.Hardsigmoid()
+
+
+class MishSpec(ActivationSpec):
+    """Mish: x * tanh(softplus(x))."""
+
+    type: Literal["Mish"] = "Mish"
+
+    def build(self) -> nn.Module:
+        return nn.Mish()
+
+
+class SoftplusSpec(ActivationSpec):
+    """Softplus: log(1 + exp(beta * x)) / beta, linear above `threshold`."""
+
+    type: Literal["Softplus"] = "Softplus"
+    beta: float = Field(1.0, gt=0)
+    threshold: float = Field(20.0, description="above beta * x > threshold the output is x")
+
+    def build(self) -> nn.Module:
+        return nn.Softplus(self.beta, self.threshold)
+
+
+class PReLUSpec(ActivationSpec):
+    """Parametric ReLU: x if x > 0 else a * x, with a learned (one, or one per channel)."""
+
+    type: Literal["PReLU"] = "PReLU"
+    num_parameters: Size = Field(1, description="1 (one shared a) or the number of channels (dimension 1)")
+    init: float = Field(0.25, description="initial value of a")
+
+    def infer(self, shape: Shape) -> Self:
+        if self.num_parameters != 1:
+            channels = shape[1] if len(shape) >= 2 else shape[0]
+            if channels != self.num_parameters:
+                raise ShapeError(
+                    ("num_parameters",),
+                    f"expected 1 or the input's channel count {channels} (dimension {int(len(shape) >= 2)} "
+                    f"of {shape_str(shape)}), got {self.num_parameters}",
+                    {"expected": [1, channels], "got": self.num_parameters},
+                )
+        return self
+
+    def build(self) -> nn.Module:
+        return nn.PReLU(self.num_parameters, self.init)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field, model_validator
@@ -12,11 +12,51 @@ from layers.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer
 from layers.errors import ShapeError
 
 
+def causal_mask(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """The [T, T] float mask that hides later positions (-inf above the diagonal), as torch builds it."""
+    steps = x.shape[1] if batch_first and x.dim() == 3 else x.shape[0]
+    return nn.Transformer.generate_square_subsequent_mask(steps, device=x.device, dtype=x.dtype)
+
+
 class SelfAttention(nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` with query = key = value = the input; returns the output only."""
+    """``nn.MultiheadAttention`` with query = key = value = the input; returns the output only.
+
+    With ``causal``, position t attends to positions up to t only (a decoder's self-attention).
+    """
+
+    def __init__(self, *args: Any, causal: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.causal = causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.causal:
+            mask = causal_mask(x, self.batch_first)
+            return super().forward(x, x, x, need_weights=False, attn_mask=mask, is_causal=True)[0]
         return super().forward(x, x, x, need_weights=False)[0]
+
+    def extra_repr(self) -> str:
+        return "causal=True" if self.causal else ""
+
+
+class TransformerEncoderLayer(nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer`` taking one input; with ``causal``, its self-attention is masked."""
+
+    def __init__(self, *args: Any, causal: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.causal:
+            return super().forward(x, src_mask=causal_mask(x, self.self_attn.batch_first), is_causal=True)
+        return super().forward(x)
+
+    def extra_repr(self) -> str:
+        return "causal=True" if self.causal else ""
+
+
+def feedforward_activation(name: str) -> str | nn.Module:
+    """torch takes "relu" and "gelu" by name; GELU's tanh approximation is passed as a module."""
+    return nn.GELU(approximate="tanh") if name == "gelu_tanh" else name
 
 
 def _check_heads(embed_dim: int, heads: int, field: str) -> None:
@@ -38,6 +78,7 @@ class MultiheadAttentionSpec(LayerSpec):
     dropout: float = Field(0.0, ge=0.0, le=1.0)
     bias: bool = True
     batch_first: bool = Field(True, description="input is [B, T, E] (PyTorch's default is False)")
+    causal: bool = Field(False, description="mask later positions, so position t sees only 0..t (a decoder)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Self:
@@ -55,7 +96,12 @@ class MultiheadAttentionSpec(LayerSpec):
 
     def build(self) -> nn.Module:
         return SelfAttention(
-            self.embed_dim, self.num_heads, dropout=self.dropout, bias=self.bias, batch_first=self.batch_first
+            self.embed_dim,
+            self.num_heads,
+            dropout=self.dropout,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            causal=self.causal,
         )
 
 
@@ -68,11 +114,14 @@ class TransformerEncoderLayerSpec(LayerSpec):
     nhead: Size
     dim_feedforward: Size = 2048
     dropout: float = Field(0.1, ge=0.0, le=1.0)
-    activation: Literal["relu", "gelu"] = "relu"
+    activation: Literal["relu", "gelu", "gelu_tanh"] = Field(
+        "relu", description="of the feed-forward network; gelu_tanh is GELU's tanh approximation (GPT-2)"
+    )
     layer_norm_eps: float = Field(1e-5, gt=0)
     batch_first: bool = Field(True, description="input is [B, T, E] (PyTorch's default is False)")
     norm_first: bool = False
     bias: bool = True
+    causal: bool = Field(False, description="mask later positions, so position t sees only 0..t (a decoder)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Self:
@@ -87,4 +136,7 @@ class TransformerEncoderLayerSpec(LayerSpec):
         return self.model_copy(update={"d_model": d_model})
 
     def build(self) -> nn.Module:
-        return nn.TransformerEncoderLayer(**self.model_dump(exclude={"type"}))
+        args = self.model_dump(exclude={"type", "name", "causal", "activation"})
+        return TransformerEncoderLayer(
+            **args, activation=feedforward_activation(self.activation), causal=self.causal
+        )

@@ -26,6 +26,15 @@ MAX_SIZE = 1 << 20
 Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 OptionalSize = Annotated[int | None, Field(gt=0, le=MAX_SIZE)]
 Dim = Annotated[int, Field(ge=-8, le=8, description="tensor dimension; negative counts from the end")]
+# A layer's name, for other layers to refer to (``tie_weight``): an identifier, unique in the model.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=64)]
+TieWeight = Annotated[
+    Name | None,
+    Field(
+        description="the `name` of an earlier Embedding, Linear or MyLinear whose weight (same shape: "
+        "[out_features, in_features] = [num_embeddings, embedding_dim]) this layer shares, one tensor"
+    ),
+]
 
 LAYER_SPECS: dict[str, type[LayerSpec]] = {}
 
@@ -38,6 +47,11 @@ class LayerSpec(TypedSpec):
     # (a meta Linear takes int64), so the trace refuses integer inputs where torch would.
     integer_input: ClassVar[bool] = False
     registry: ClassVar[dict[str, Any]] = LAYER_SPECS
+    # The parameter another layer's ``tie_weight`` may share (module-relative, e.g. ``weight``);
+    # None: this layer cannot be tied to.
+    tieable_weight: ClassVar[str | None] = None
+
+    name: Name | None = Field(None, description="a name other layers can refer to (`tie_weight`)")
 
     @classmethod
     def description(cls) -> str:
@@ -55,6 +69,10 @@ class LayerSpec(TypedSpec):
     def build(self) -> nn.Module:
         """Construct the module. Called on an inferred spec, under a device context."""
         raise NotImplementedError
+
+    def weight_tie(self) -> str | None:
+        """The name of the layer whose ``tieable_weight`` this layer's weight is (``tie_weight``)."""
+        return None
 
     def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Run the built module on a meta tensor: its output and its forward FLOPs."""
@@ -88,6 +106,9 @@ class ContainerSpec(LayerSpec):
     """A layer made of child layer sequences (``Sequential``, ``Residual``, ``Concat``)."""
 
     category: ClassVar[str] = "container"
+    # Every sequence is a copy of the first (same specs, same input, its own parameters), so a
+    # trace runs the first and builds the others (``Repeat``).
+    copies: ClassVar[bool] = False
 
     def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
         """The child sequences as ``(spec loc, module path prefix, specs)``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field
@@ -10,6 +10,9 @@ from torch import nn
 
 from layers.base import ContainerSpec, Dim, LayerSpec, shape_str
 from layers.errors import Loc, ShapeError
+
+# Copies one Repeat may make (a 405B-parameter Llama has 126 layers); the layer limit bounds the total.
+MAX_COPIES = 4096
 
 if TYPE_CHECKING:  # resolved by layers.model once every layer type is registered
     from layers.model import AnyLayer
@@ -27,6 +30,20 @@ class Residual(nn.Module):
         return self.layers(x) + self.shortcut(x)
 
 
+class Multiply(nn.Module):
+    """Runs every branch on the input and multiplies the outputs element-wise (broadcasting)."""
+
+    def __init__(self, branches: list[nn.Sequential]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branches[0](x)
+        for branch in self.branches[1:]:
+            out = out * branch(x)
+        return out
+
+
 class Concat(nn.Module):
     """Runs every branch on the input and concatenates the outputs along ``dim``."""
 
@@ -40,6 +57,17 @@ class Concat(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"
+
+
+def broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """What ``a + b`` or ``a * b`` gives on meta tensors, without running it; None when the shapes
+    do not broadcast as torch broadcasts."""
+    try:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        return None
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a if (a.shape, a.dtype) == (shape, dtype) else torch.empty(shape, dtype=dtype, device="meta")
 
 
 class SequentialSpec(ContainerSpec):
@@ -85,16 +113,17 @@ class ResidualSpec(ContainerSpec):
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         body, skip = outputs[0], outputs[1] if self.shortcut else x
-        if body.shape != skip.shape:
+        out = broadcast(body, skip)
+        if out is None:
             where = "shortcut output" if self.shortcut else "input (identity shortcut)"
             raise ShapeError(
                 ("shortcut",) if self.shortcut else ("layers",),
                 f"Residual adds its body output {shape_str(body.shape)} to its {where} "
-                f"{shape_str(skip.shape)}: the shapes must be equal"
+                f"{shape_str(skip.shape)}: the shapes must be equal or broadcast as torch broadcasts"
                 + ("" if self.shortcut else "; add a shortcut (e.g. a 1x1 Conv2d) to match them"),
                 {"expected": list(skip.shape), "got": list(body.shape)},
             )
-        return body  # equal shapes and dtypes: the sum is shaped like the body (no meta add needed)
+        return out
 
 
 class ConcatSpec(ContainerSpec):
@@ -130,3 +159,65 @@ class ConcatSpec(ContainerSpec):
                     {"expected": list(first.shape), "got": list(out.shape), "dim": self.dim},
                 )
         return torch.cat(outputs, dim=self.dim)
+
+
+class MultiplySpec(ContainerSpec):
+    """Element-wise product of parallel branches (broadcast as torch does); an empty branch is the input."""
+
+    type: Literal["Multiply"] = "Multiply"
+    branches: list[list[AnyLayer]] = Field(
+        min_length=1, description="each branch is a list of layers; [] passes the input through"
+    )
+
+    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
+        return [(("branches", i), f"branches.{i}", branch) for i, branch in enumerate(self.branches)]
+
+    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
+        return self.model_copy(update={"branches": sequences})
+
+    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
+        return Multiply(modules)
+
+    def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        out = outputs[0]
+        for i, branch in enumerate(outputs[1:], start=1):
+            product = broadcast(out, branch)
+            if product is None:
+                raise ShapeError(
+                    ("branches", i),
+                    f"Multiply cannot broadcast branch {i}'s output {shape_str(branch.shape)} with the "
+                    f"product of the branches before it {shape_str(out.shape)}",
+                    {"expected": list(out.shape), "got": list(branch.shape)},
+                )
+            out = product
+        return out
+
+
+class RepeatSpec(ContainerSpec):
+    """`times` copies of a block, one after the other, each with its own parameters."""
+
+    copies: ClassVar[bool] = True
+    type: Literal["Repeat"] = "Repeat"
+    times: int = Field(ge=1, le=MAX_COPIES, description="how many copies of the block")
+    layers: list[AnyLayer] = Field(min_length=1, description="the block; it must keep its input's shape")
+
+    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
+        return [(("layers",), str(copy), self.layers) for copy in range(self.times)]
+
+    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
+        return self.model_copy(update={"layers": sequences[0]})
+
+    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
+        return nn.Sequential(*modules)
+
+    def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        out = outputs[0]
+        if (out.shape, out.dtype) != (x.shape, x.dtype):
+            raise ShapeError(
+                ("layers",),
+                f"Repeat's block must keep its input's shape, so that each copy can take the "
+                f"previous one's output: it takes {shape_str(x.shape)} and gives {shape_str(out.shape)}"
+                + ("" if out.shape != x.shape else f" ({str(out.dtype).removeprefix('torch.')})"),
+                {"expected": list(x.shape), "got": list(out.shape)},
+            )
+        return out

@@ -78,10 +78,19 @@ class Conv2dSpec(ConvSpec):
         return nn.Conv2d(**self.conv_args())
 
 
-class ConvTranspose2dSpec(ConvSpec):
-    """2-D transposed convolution (learned upsampling) over [B, C, H, W] inputs."""
+class Conv3dSpec(ConvSpec):
+    """3-D convolution over [B, C, D, H, W] inputs (video, volumes)."""
 
-    type: Literal["ConvTranspose2d"] = "ConvTranspose2d"
+    spatial_dims: ClassVar[int] = 3
+    type: Literal["Conv3d"] = "Conv3d"
+
+    def build(self) -> nn.Module:
+        return nn.Conv3d(**self.conv_args())
+
+
+class ConvTransposeSpec(ConvSpec):
+    """Fields shared by the transposed convolutions (not a registered type)."""
+
     padding: Padding | list[Padding] = 0
     output_padding: Padding | list[Padding] = 0
 
@@ -106,6 +115,24 @@ class ConvTranspose2dSpec(ConvSpec):
                 )
         return self
 
+    def transpose_args(self) -> dict:
+        return {**self.conv_args(), "output_padding": _tuple(self.output_padding)}
+
+
+class ConvTranspose1dSpec(ConvTransposeSpec):
+    """1-D transposed convolution (learned upsampling) over [B, C, L] inputs."""
+
+    spatial_dims: ClassVar[int] = 1
+    type: Literal["ConvTranspose1d"] = "ConvTranspose1d"
+
     def build(self) -> nn.Module:
-        args = self.conv_args()
-        return nn.ConvTranspose2d(**args, output_padding=_tuple(self.output_padding))
+        return nn.ConvTranspose1d(**self.transpose_args())
+
+
+class ConvTranspose2dSpec(ConvTransposeSpec):
+    """2-D transposed convolution (learned upsampling) over [B, C, H, W] inputs."""
+
+    type: Literal["ConvTranspose2d"] = "ConvTranspose2d"
+
+    def build(self) -> nn.Module:
+        return nn.ConvTranspose2d(**self.transpose_args())

@@ -9,7 +9,7 @@ from pydantic import Field
 from torch import nn
 
 from layers.activation import ACTIVATIONS, ActivationName
-from layers.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
+from layers.base import LayerSpec, OptionalSize, Shape, Size, TieWeight, expect_rank, infer_size
 
 
 class MyLinear(nn.Module):
@@ -72,16 +72,21 @@ class MyLinearSpec(LayerSpec):
     """The tutorial's custom linear layer (wraps nn.Linear as `linear`)."""
 
     category: ClassVar[str] = "custom"
+    tieable_weight: ClassVar[str | None] = "linear.weight"
     type: Literal["MyLinear"] = "MyLinear"
     in_features: OptionalSize = Field(None, description="size of each input sample; inferred")
     out_features: Size
     bias: bool = True
+    tie_weight: TieWeight = None
 
     def infer(self, shape: Shape) -> Self:
         return self.model_copy(update={"in_features": infer_size(self.in_features, shape, -1, "in_features")})
 
     def build(self) -> nn.Module:
         return MyLinear(self.in_features, self.out_features, bias=self.bias)
+
+    def weight_tie(self) -> str | None:
+        return self.tie_weight
 
 
 class _Conv2dInput(LayerSpec):
@@ -109,7 +114,7 @@ class MyConv2dSpec(_Conv2dInput):
     bias: bool = False
 
     def build(self) -> nn.Module:
-        return MyConv2d(**self.model_dump(exclude={"type"}))
+        return MyConv2d(**self.model_dump(exclude={"type", "name"}))
 
 
 class ConvBlockSpec(_Conv2dInput):
@@ -124,4 +129,4 @@ class ConvBlockSpec(_Conv2dInput):
     activation: ActivationName = "relu"
 
     def build(self) -> nn.Module:
-        return ConvBlock(**self.model_dump(exclude={"type"}))
+        return ConvBlock(**self.model_dump(exclude={"type", "name"}))

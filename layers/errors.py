@@ -38,6 +38,10 @@ class ShapeError(SpecError):
     error_type = "shape_mismatch"
 
 
+class NamingError(SpecError):
+    """A layer's ``name`` is taken, or its ``tie_weight`` names no layer it can be tied to."""
+
+
 class LimitError(SpecError):
     """A spec exceeds a configured limit (layer count, nesting depth)."""
 

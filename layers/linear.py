@@ -16,6 +16,7 @@ from layers.base import (
     Shape,
     ShapePreservingSpec,
     Size,
+    TieWeight,
     expect_rank,
     infer_size,
 )
@@ -25,16 +26,21 @@ class LinearSpec(LayerSpec):
     """Fully connected layer: y = x W^T + b over the last dimension."""
 
     category: ClassVar[str] = "linear"
+    tieable_weight: ClassVar[str | None] = "weight"
     type: Literal["Linear"] = "Linear"
     in_features: OptionalSize = Field(None, description="size of each input sample; inferred")
     out_features: Size = Field(description="size of each output sample")
     bias: bool = True
+    tie_weight: TieWeight = None
 
     def infer(self, shape: Shape) -> Self:
         return self.model_copy(update={"in_features": infer_size(self.in_features, shape, -1, "in_features")})
 
     def build(self) -> nn.Module:
         return nn.Linear(self.in_features, self.out_features, bias=self.bias)
+
+    def weight_tie(self) -> str | None:
+        return self.tie_weight
 
 
 class Bilinear(nn.Bilinear):
@@ -110,6 +116,7 @@ class EmbeddingSpec(LayerSpec):
 
     category: ClassVar[str] = "embedding"
     integer_input: ClassVar[bool] = True
+    tieable_weight: ClassVar[str | None] = "weight"
     type: Literal["Embedding"] = "Embedding"
     num_embeddings: Size = Field(description="vocabulary size")
     embedding_dim: Size

@@ -11,15 +11,23 @@ from collections.abc import Iterator
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from layers import containers
+from layers import containers  # noqa: F401  (registers the containers before the union)
 from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec
+from layers.build import Builder
 from layers.errors import LimitError, Loc
 from layers.spec import union_of
 
 AnyLayer = union_of(LAYER_SPECS)
 
-for _container in (containers.SequentialSpec, containers.ResidualSpec, containers.ConcatSpec):
-    _container.model_rebuild(_types_namespace={"AnyLayer": AnyLayer})
+for _spec in LAYER_SPECS.values():  # containers hold AnyLayer, defined only now
+    if issubclass(_spec, ContainerSpec):
+        _spec.model_rebuild(_types_namespace={"AnyLayer": AnyLayer})
+
+
+def _children(loc: Loc, depth: int, spec: ContainerSpec) -> Iterator[tuple[Loc, int, LayerSpec]]:
+    for sub, _, specs in spec.sequences():
+        for i, child in enumerate(specs):
+            yield (*loc, *sub, i), depth + 1, child
 
 
 class ModelSpec(BaseModel):
@@ -30,20 +38,23 @@ class ModelSpec(BaseModel):
     layers: list[AnyLayer] = Field(min_length=1, description="the layers, applied in order")
 
     def walk(self) -> Iterator[tuple[Loc, int, LayerSpec]]:
-        """Every layer node as ``(loc, depth, spec)``, in forward (pre-)order, without recursion."""
-        stack: list[tuple[Loc, int, LayerSpec]] = [
-            (("layers", i), 0, spec) for i, spec in reversed(list(enumerate(self.layers)))
+        """Every layer node as ``(loc, depth, spec)``, in forward (pre-)order, without recursion.
+
+        Each copy a ``Repeat`` makes is walked (at the same locs), lazily: a limit is hit after
+        as many steps as layers allowed, however many copies the spec asks for.
+        """
+        stack: list[Iterator[tuple[Loc, int, LayerSpec]]] = [
+            ((("layers", i), 0, spec) for i, spec in enumerate(self.layers))
         ]
         while stack:
-            loc, depth, spec = stack.pop()
-            yield loc, depth, spec
+            node = next(stack[-1], None)
+            if node is None:
+                stack.pop()
+                continue
+            yield node
+            loc, depth, spec = node
             if isinstance(spec, ContainerSpec):
-                children = [
-                    ((*loc, *sub, i), depth + 1, child)
-                    for sub, _, specs in spec.sequences()
-                    for i, child in enumerate(specs)
-                ]
-                stack.extend(reversed(children))
+                stack.append(_children(loc, depth, spec))
 
     def check_limits(self, max_layers: int, max_depth: int) -> None:
         """Raise ``LimitError`` at the first layer beyond ``max_layers`` or nested past ``max_depth``."""
@@ -63,14 +74,6 @@ class ModelSpec(BaseModel):
                 )
 
     def build(self) -> nn.Sequential:
-        """Construct the model from a fully inferred spec (see ``layers.trace``) on the current device."""
-        return nn.Sequential(*(build_layer(spec) for spec in self.layers))
-
-
-def build_layer(spec: LayerSpec) -> nn.Module:
-    """Construct one inferred layer, containers included."""
-    if isinstance(spec, ContainerSpec):
-        return spec.assemble(
-            [nn.Sequential(*(build_layer(child) for child in specs)) for _, _, specs in spec.sequences()]
-        )
-    return spec.build()
+        """Construct the model from a fully inferred spec (see ``layers.trace``) on the current
+        device: the same walk as the trace, so names and weight ties resolve the same way."""
+        return Builder().sequence(self.layers, ("layers",), "")

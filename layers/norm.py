@@ -36,7 +36,7 @@ class BatchNormSpec(ShapePreservingSpec):
         )
 
     def norm_args(self) -> dict:
-        return self.model_dump(exclude={"type"})
+        return self.model_dump(exclude={"type", "name"})
 
 
 class BatchNorm1dSpec(BatchNormSpec):
@@ -58,17 +58,13 @@ class BatchNorm2dSpec(BatchNormSpec):
         return nn.BatchNorm2d(**self.norm_args())
 
 
-class LayerNormSpec(ShapePreservingSpec):
-    """Layer normalisation over the trailing dimensions."""
+class TrailingNormSpec(ShapePreservingSpec):
+    """Normalisation over the trailing dimensions, inferred as the last one (not a registered type)."""
 
     category: ClassVar[str] = "normalization"
-    type: Literal["LayerNorm"] = "LayerNorm"
     normalized_shape: list[Size] | None = Field(
         None, min_length=1, max_length=8, description="trailing dimensions; inferred as the last one"
     )
-    eps: float = Field(1e-5, gt=0)
-    elementwise_affine: bool = True
-    bias: bool = True
 
     def infer(self, shape: Shape) -> Self:
         if self.normalized_shape is None:
@@ -80,10 +76,30 @@ class LayerNormSpec(ShapePreservingSpec):
             infer_size(size, shape, i - n, "normalized_shape")
         return self
 
+
+class LayerNormSpec(TrailingNormSpec):
+    """Layer normalisation over the trailing dimensions."""
+
+    type: Literal["LayerNorm"] = "LayerNorm"
+    eps: float = Field(1e-5, gt=0)
+    elementwise_affine: bool = True
+    bias: bool = True
+
     def build(self) -> nn.Module:
         return nn.LayerNorm(
             self.normalized_shape, eps=self.eps, elementwise_affine=self.elementwise_affine, bias=self.bias
         )
+
+
+class RMSNormSpec(TrailingNormSpec):
+    """Root-mean-square normalisation over the trailing dimensions (Llama): x / rms(x) * weight."""
+
+    type: Literal["RMSNorm"] = "RMSNorm"
+    eps: float | None = Field(None, gt=0, description="added to the mean square; default: the dtype's eps")
+    elementwise_affine: bool = True
+
+    def build(self) -> nn.Module:
+        return nn.RMSNorm(self.normalized_shape, eps=self.eps, elementwise_affine=self.elementwise_affine)
 
 
 class GroupNormSpec(ShapePreservingSpec):
@@ -125,3 +141,56 @@ class GroupNormSpec(ShapePreservingSpec):
 
     def build(self) -> nn.Module:
         return nn.GroupNorm(self.num_groups, self.num_channels, eps=self.eps, affine=self.affine)
+
+
+class InstanceNormSpec(ShapePreservingSpec):
+    """Fields shared by the instance norms (not a registered type)."""
+
+    category: ClassVar[str] = "normalization"
+    spatial_dims: ClassVar[int]
+    num_features: OptionalSize = Field(None, description="channels; inferred from the input")
+    eps: float = Field(1e-5, gt=0)
+    momentum: float | None = Field(0.1, ge=0, le=1)
+    affine: bool = False
+    track_running_stats: bool = False
+
+    def infer(self, shape: Shape) -> Self:
+        n = self.spatial_dims
+        expect_rank(shape, (n + 1, n + 2), self.type)
+        if math.prod(shape[-n:]) == 1:  # torch refuses this in training mode (the trace skips torch)
+            raise ShapeError(
+                (),
+                f"expected more than 1 spatial element when training, got input size {shape_str(shape)}",
+                {"expected": "spatial size > 1", "got": list(shape)},
+            )
+        channels = infer_size(self.num_features, shape, -(n + 1), "num_features", "channels")
+        return self.model_copy(update={"num_features": channels})
+
+    def norm_args(self) -> dict:
+        return {
+            "num_features": self.num_features,
+            "eps": self.eps,
+            "momentum": self.momentum,
+            "affine": self.affine,
+            "track_running_stats": self.track_running_stats,
+        }
+
+
+class InstanceNorm1dSpec(InstanceNormSpec):
+    """Instance normalisation: each sample's channel normalised over L ([B, C, L] or [C, L])."""
+
+    spatial_dims: ClassVar[int] = 1
+    type: Literal["InstanceNorm1d"] = "InstanceNorm1d"
+
+    def build(self) -> nn.Module:
+        return nn.InstanceNorm1d(**self.norm_args())
+
+
+class InstanceNorm2dSpec(InstanceNormSpec):
+    """Instance normalisation: each sample's channel normalised over H x W ([B, C, H, W] or [C, H, W])."""
+
+    spatial_dims: ClassVar[int] = 2
+    type: Literal["InstanceNorm2d"] = "InstanceNorm2d"
+
+    def build(self) -> nn.Module:
+        return nn.InstanceNorm2d(**self.norm_args())

@@ -61,7 +61,7 @@ class RecurrentSpec(LayerSpec):
         return self.model_copy(update={"input_size": infer_size(self.input_size, shape, -1, "input_size")})
 
     def module_args(self) -> dict:
-        return self.model_dump(exclude={"type", "output"})
+        return self.model_dump(exclude={"type", "name", "output"})
 
     def build(self) -> nn.Module:
         module = self.module_class(**self.module_args())

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 
 def _accepts_bool(annotation: Any) -> bool:
@@ -65,6 +68,43 @@ class TypedSpec(SpecModel):
         cls.registry[name] = cls
 
 
+def closest_name(name: str, names: list[str]) -> str | None:
+    """The registered name ``name`` most likely meant ("Relu" -> "ReLU"), or None if none is close."""
+    by_lower = {n.lower(): n for n in names}
+    found = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[found[0]] if found else None
+
+
+def _known_type(registry: dict[str, Any]) -> Callable[[Any], Any]:
+    """A check run before the union: an unknown ``type`` gets pydantic's ``union_tag_invalid``
+    error, with the closest registered name suggested."""
+
+    def check(data: Any) -> Any:
+        tag = data.get("type") if isinstance(data, dict) else None
+        if isinstance(tag, str) and tag not in registry:
+            names = list(registry)
+            close = closest_name(tag, names)
+            hint = f"; did you mean '{close}'?" if close else "."
+            raise PydanticCustomError(
+                "union_tag_invalid",
+                "unknown type '{tag}'" + hint + " Expected one of: {expected_tags}",
+                {
+                    "discriminator": "'type'",
+                    "tag": tag,
+                    "expected_tags": ", ".join(f"'{n}'" for n in names),
+                    "suggestion": close,
+                },
+            )
+        return data
+
+    return check
+
+
 def union_of(registry: dict[str, Any]) -> Any:
-    """The discriminated union (on ``type``) of every spec class in ``registry``."""
-    return Annotated[Union[tuple(registry.values())], Field(discriminator="type")]  # noqa: UP007
+    """The discriminated union (on ``type``) of every spec class in ``registry``; an unknown type's
+    error suggests the closest registered name."""
+    return Annotated[
+        Union[tuple(registry.values())],  # noqa: UP007
+        Field(discriminator="type"),
+        BeforeValidator(_known_type(registry)),
+    ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from pydantic import BaseModel, Field
-from torch import nn
 
 from layers.memory import Device, TrainingMemory, estimate_memory
 from layers.model import ModelSpec
@@ -18,6 +17,14 @@ class ParamInfo(BaseModel):
     shape: list[int]
     numel: int
     trainable: bool
+    tied_to: str | None = Field(
+        None, description="module path of the layer whose weight this is (`tie_weight`); counted there"
+    )
+
+
+class RepeatInfo(BaseModel):
+    index: int = Field(description="which copy of the innermost enclosing Repeat's block (from 0)")
+    times: int
 
 
 class LayerSummary(BaseModel):
@@ -26,10 +33,13 @@ class LayerSummary(BaseModel):
     depth: int = Field(description="0 for top-level layers, +1 inside each container")
     input_shape: list[int]
     output_shape: list[int]
-    num_params: int = Field(description="parameters under this layer, children included")
+    num_params: int = Field(
+        description="parameters under this layer, children included; a tied one is counted once, at its owner"
+    )
     params: list[ParamInfo] = Field(
         description="the layer's own parameters (a container's children list theirs)"
     )
+    repeat: RepeatInfo | None = Field(None, description="set on the rows of a Repeat's copies")
     flops: int = Field(description="forward FLOPs of this layer, children included")
     output_bytes: int = Field(description="bytes of the layer's output")
     saved_bytes: int | None = Field(
@@ -64,13 +74,24 @@ def _own_params(node: TracedLayer) -> list[ParamInfo]:
     # A container's parameters belong to its children's entries; a leaf reports all of its own.
     recurse = not node.children
     return [
-        ParamInfo(name=name, shape=list(p.shape), numel=p.numel(), trainable=p.requires_grad)
+        ParamInfo(
+            name=name,
+            shape=list(p.shape),
+            numel=p.numel(),
+            trainable=p.requires_grad,
+            tied_to=node.tied.get(name),
+        )
         for name, p in node.module.named_parameters(recurse=recurse)
     ]
 
 
-def _unique_params(module: nn.Module) -> list[nn.Parameter]:
-    return list(module.parameters())  # nn.Module.parameters() yields each tensor once
+def _param_counts(nodes: list[TracedLayer], params: dict[int, list[ParamInfo]]) -> dict[int, int]:
+    """Each node's parameters, children included, tied ones left to their owner: bottom-up."""
+    counts: dict[int, int] = {}
+    for node in reversed(nodes):  # pre-order reversed: children before their parent
+        own = sum(p.numel for p in params[id(node)] if p.tied_to is None)
+        counts[id(node)] = own + sum(counts[id(child)] for child in node.children)
+    return counts
 
 
 def summarize(
@@ -92,7 +113,9 @@ def summarize(
         deadline = None if time_budget_s is None else started + time_budget_s
         estimate = estimate_memory(traced, optimizer, device, deadline=deadline, budget_s=time_budget_s)
     saved = estimate.saved_by_path if estimate else {}
-    params = _unique_params(traced.module)
+    params = list(traced.module.parameters())  # each tensor once, a tied one included
+    own = {id(node): _own_params(node) for node in traced.layers}
+    counts = _param_counts(traced.layers, own)
     layers = [
         LayerSummary(
             path=node.path,
@@ -100,12 +123,13 @@ def summarize(
             depth=node.depth,
             input_shape=list(node.input_shape),
             output_shape=list(node.output_shape),
-            num_params=sum(p.numel() for p in _unique_params(node.module)),
-            params=_own_params(node),
+            num_params=counts[id(node)],
+            params=own[id(node)],
             flops=node.flops,
             output_bytes=node.output.numel() * node.output.element_size(),
             saved_bytes=saved.get(node.path) if estimate else None,
             spec=node.spec.model_dump(),
+            repeat=None if node.repeat is None else RepeatInfo(index=node.repeat[0], times=node.repeat[1]),
         )
         for node in traced.layers
     ]

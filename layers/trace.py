@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from layers.base import ContainerSpec, LayerSpec, Shape, shape_str
-from layers.errors import LimitError, Loc, ShapeError, SpecError
+from layers.build import Builder, join
+from layers.errors import LimitError, Loc, NamingError, ShapeError, SpecError
 from layers.model import ModelSpec
 
 InputDType = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32"]
@@ -44,6 +45,8 @@ class TracedLayer:
     module: nn.Module | None = None
     flops: int = 0
     children: list[TracedLayer] = field(default_factory=list)
+    tied: dict[str, str] = field(default_factory=dict)  # own parameter -> module path of its owner
+    repeat: tuple[int, int] | None = None  # (copy, times) of the innermost Repeat around it
 
     @property
     def output_shape(self) -> Shape:
@@ -84,7 +87,7 @@ def trace_model(
     deadline = None if time_budget_s is None else time.thread_time() + time_budget_s
     tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), deadline, time_budget_s)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
-    specs, module, out, flops = tracer.sequence(spec.layers, x, ("layers",), "", 0)
+    specs, module, out, flops = tracer.trace_sequence(spec.layers, x, ("layers",), "", 0)
     return TracedModel(
         spec=spec.model_copy(update={"layers": specs}),
         module=module,
@@ -97,32 +100,122 @@ def trace_model(
     )
 
 
-def _join(path: str, name: str | int) -> str:
-    return f"{path}.{name}" if path else str(name)
+class _Tracer(Builder):
+    """The build walk (``layers.build``) with size inference and meta shapes around each step."""
 
-
-class _Tracer:
     def __init__(
         self, input_shape: Shape, param_dtype: torch.dtype, deadline: float | None, budget_s: float | None
     ) -> None:
+        super().__init__(param_dtype)
         self.input_shape = input_shape
-        self.param_dtype = param_dtype
+        self.param_dtype: torch.dtype = param_dtype
         self.deadline, self.budget_s = deadline, budget_s
         self.nodes: list[TracedLayer] = []
 
-    def sequence(
+    def trace_sequence(
         self, specs: list[LayerSpec], x: torch.Tensor, loc: Loc, path: str, depth: int
     ) -> tuple[list[LayerSpec], nn.Sequential, torch.Tensor, int]:
         inferred, modules, total = [], [], 0
         for i, spec in enumerate(specs):
-            node = self.layer(spec, x, (*loc, i), _join(path, i), depth)
+            node = self.trace_layer(spec, x, (*loc, i), join(path, i), depth)
             inferred.append(node.spec)
             modules.append(node.module)
             total += node.flops
             x = node.output
         return inferred, nn.Sequential(*modules), x, total
 
-    def layer(self, spec: LayerSpec, x: torch.Tensor, loc: Loc, path: str, depth: int) -> TracedLayer:
+    def trace_layer(self, spec: LayerSpec, x: torch.Tensor, loc: Loc, path: str, depth: int) -> TracedLayer:
+        self.check_time(loc, path, spec)
+        node = TracedLayer(loc=loc, path=path, depth=depth, spec=spec, input_shape=tuple(x.shape))
+        self.nodes.append(node)
+        with self.located(node):
+            self.claim(spec, path)
+        if isinstance(spec, ContainerSpec):
+            out = self.trace_container(node, spec, x)
+        else:
+            with self.located(node):
+                node.spec = spec.infer(tuple(x.shape))
+                with torch.device("meta"):
+                    node.module = self.leaf(node.spec, path)
+                node.tied = self.tied.get(path, {})
+                out, node.flops = node.spec.trace(node.module, x)
+        node.output = out
+        return node
+
+    def trace_container(self, node: TracedLayer, spec: ContainerSpec, x: torch.Tensor) -> torch.Tensor:
+        sequences = spec.sequences()
+        inferred, modules, outputs = [], [], []
+        with self.copying(spec):
+            # A Repeat's copies are alike: trace the first, check it keeps the shape, build the others.
+            for sub_loc, prefix, specs in sequences[:1] if spec.copies else sequences:
+                first_child = len(self.nodes)
+                seq_specs, module, out, flops = self.trace_sequence(
+                    specs,
+                    x,
+                    (*node.loc, *sub_loc),
+                    join(node.path, prefix) if prefix else node.path,
+                    node.depth + 1,
+                )
+                node.children += [n for n in self.nodes[first_child:] if n.depth == node.depth + 1]
+                inferred.append(seq_specs)
+                modules.append(module)
+                outputs.append(out)
+                node.flops += flops
+            node.spec = spec.with_sequences(inferred)
+            if spec.copies:
+                with self.located(node):
+                    spec.combine(x, outputs)
+                modules += self.build_copies(node, sequences, inferred[0], first_child)
+                node.flops *= len(sequences)
+        with self.located(node):
+            node.module = self.container(node.spec, modules)
+            return node.spec.combine(x, outputs)
+
+    def build_copies(
+        self,
+        node: TracedLayer,
+        sequences: list[tuple[Loc, str, list[LayerSpec]]],
+        block: list[LayerSpec],
+        first_child: int,
+    ) -> list[nn.Sequential]:
+        """Build copies 1.. of a traced copy 0 on meta, with copy 0's nodes (shapes, FLOPs) as theirs."""
+        traced = self.nodes[first_child:]
+        times = len(sequences)
+        direct = {id(n) for n in traced if n.repeat is None}  # not inside an inner Repeat
+        for n in traced:
+            n.repeat = n.repeat or (0, times)
+        first_prefix = join(node.path, sequences[0][1])
+        modules = []
+        for copy, (sub_loc, prefix, _) in enumerate(sequences[1:], start=1):
+            self.check_time(node.loc, node.path, node.spec)
+            copy_path = join(node.path, prefix)
+            with torch.device("meta"):
+                module = self.sequence(block, (*node.loc, *sub_loc), copy_path)
+            modules.append(module)
+            mapped: dict[int, TracedLayer] = {}
+            for n in traced:
+                relative = n.path[len(first_prefix) + 1 :]
+                path = join(copy_path, relative)
+                twin = TracedLayer(
+                    loc=n.loc,
+                    path=path,
+                    depth=n.depth,
+                    spec=n.spec,
+                    input_shape=n.input_shape,
+                    output=n.output,
+                    module=module.get_submodule(relative),
+                    flops=n.flops,
+                    tied=self.tied.get(path, {}),
+                    repeat=(copy, times) if id(n) in direct else n.repeat,
+                )
+                mapped[id(n)] = twin
+                self.nodes.append(twin)
+            for n in traced:
+                mapped[id(n)].children = [mapped[id(child)] for child in n.children]
+            node.children += [mapped[id(n)] for n in traced if n.depth == node.depth + 1]
+        return modules
+
+    def check_time(self, loc: Loc, path: str, spec: LayerSpec) -> None:
         if self.deadline is not None and time.thread_time() > self.deadline:
             raise LimitError(
                 loc,
@@ -130,34 +223,6 @@ class _Tracer:
                 f"{spec.type} (module path '{path}'). Use fewer or smaller layers",
                 {"limit_s": self.budget_s, "layers_traced": len(self.nodes)},
             )
-        node = TracedLayer(loc=loc, path=path, depth=depth, spec=spec, input_shape=tuple(x.shape))
-        self.nodes.append(node)
-        if isinstance(spec, ContainerSpec):
-            sequences, modules, outputs = [], [], []
-            for sub_loc, prefix, specs in spec.sequences():
-                first_child = len(self.nodes)
-                inferred, module, out, flops = self.sequence(
-                    specs, x, (*loc, *sub_loc), _join(path, prefix) if prefix else path, depth + 1
-                )
-                node.children += [n for n in self.nodes[first_child:] if n.depth == depth + 1]
-                sequences.append(inferred)
-                modules.append(module)
-                outputs.append(out)
-                node.flops += flops
-            node.spec = spec.with_sequences(sequences)
-            node.module = node.spec.assemble(modules)
-            with self.located(node):
-                out = node.spec.combine(x, outputs)
-        else:
-            with self.located(node):
-                node.spec = spec.infer(tuple(x.shape))
-                with torch.device("meta"):
-                    node.module = node.spec.build()
-                if self.param_dtype != torch.get_default_dtype():  # .to() walks every tensor
-                    node.module.to(self.param_dtype)
-                out, node.flops = node.spec.trace(node.module, x)
-        node.output = out
-        return node
 
     @contextmanager
     def located(self, node: TracedLayer) -> Iterator[None]:
@@ -172,6 +237,9 @@ class _Tracer:
         return [{"path": n.path, "type": n.spec.type, "output_shape": list(n.output_shape)} for n in done]
 
     def locate(self, node: TracedLayer, exc: Exception) -> SpecError:
+        if isinstance(exc, NamingError):  # about the spec, not the input: no trace to show
+            where = f"{node.spec.type} at module path '{node.path}'"
+            return NamingError((*node.loc, *exc.loc), f"{where}: {exc.msg}", {**exc.ctx, "path": node.path})
         traced = self.traced_so_far()
         if isinstance(exc, SpecError):
             loc, reason, ctx, cls = (*node.loc, *exc.loc), exc.msg, dict(exc.ctx), type(exc)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 from torch import nn
-from torch_modules import Concat, Residual
+from torch_modules import CausalSelfAttention, Concat, Permute, PositionalEmbedding, Residual, Select
 
 from app.core.config import settings
 
@@ -40,6 +40,35 @@ def test_unknown_type_points_at_the_layer_and_lists_the_types(client) -> None:
     assert error["loc"] == [*LAYERS, 1]
     assert error["type"] == "union_tag_invalid"
     assert "Conv9d" in error["msg"] and "'Conv2d'" in error["msg"]
+
+
+@pytest.mark.parametrize(
+    ("typo", "meant"),
+    [
+        ("Relu", "ReLU"),
+        ("relu", "ReLU"),
+        ("Layernorm", "LayerNorm"),
+        ("Conv2D", "Conv2d"),
+        ("RMSnorm", "RMSNorm"),
+    ],
+)
+def test_unknown_type_suggests_the_closest_name(client, typo: str, meant: str) -> None:
+    error = detail(post(client, {"layers": [{"type": "Flatten"}, {"type": typo}]}, (2, 3)))
+    assert error["loc"] == [*LAYERS, 1]
+    assert error["type"] == "union_tag_invalid"
+    assert f"did you mean '{meant}'?" in error["msg"] and error["ctx"]["suggestion"] == meant
+
+
+def test_unknown_type_far_from_every_name_suggests_nothing(client) -> None:
+    error = detail(post(client, {"layers": [{"type": "Zzzzzz"}]}, (2, 3)))
+    assert error["ctx"]["suggestion"] is None and "did you mean" not in error["msg"]
+
+
+def test_unknown_type_inside_a_container_suggests_too(client) -> None:
+    model = {"layers": [{"type": "Residual", "layers": [{"type": "Swiglu", "hidden_features": 4}]}]}
+    error = detail(post(client, model, (2, 3)))
+    assert error["loc"] == [*LAYERS, 0, "Residual", "layers", 0]
+    assert error["ctx"]["suggestion"] == "SwiGLU"
 
 
 def test_missing_type_is_rejected(client) -> None:
@@ -86,6 +115,99 @@ def test_misspelt_field_inside_a_container(client) -> None:
 def test_wrong_field_type_or_range(client, layer: dict, field: str) -> None:
     error = detail(post(client, {"layers": [{"type": "Flatten"}, layer]}, (2, 3)))
     assert error["loc"] == [*LAYERS, 1, layer["type"], field]
+
+
+# Issue 9's layers: each refusal points at the field that cannot be. Validation errors (the spec
+# alone is wrong) carry the type tag in their loc; trace errors (wrong for this input) do not.
+FIELD_ERRORS: dict[str, tuple[dict, tuple[int, ...], list]] = {
+    "permute_repeats_a_dim": ({"type": "Permute", "dims": [0, 1, 1]}, (2, 3, 4), ["dims"]),
+    "permute_wrong_rank": ({"type": "Permute", "dims": [1, 0]}, (2, 3, 4), ["dims"]),
+    "transpose_dim_out_of_range": ({"type": "Transpose", "dim0": 1, "dim1": 3}, (2, 3, 4), ["dim1"]),
+    "select_index_out_of_range": ({"type": "Select", "dim": 1, "index": 3}, (2, 3, 4), ["index"]),
+    "select_negative_index_out_of_range": ({"type": "Select", "dim": -1, "index": -5}, (2, 3, 4), ["index"]),
+    "select_dim_out_of_range": ({"type": "Select", "dim": 3, "index": 0}, (2, 3, 4), ["dim"]),
+    "slice_keeps_nothing": ({"type": "Slice", "dim": 1, "start": 3}, (2, 3, 4), ["start"]),
+    "slice_step_zero": ({"type": "Slice", "dim": 1, "step": 0}, (2, 3, 4), ["Slice", "step"]),
+    "mean_dim_twice": ({"type": "Mean", "dim": [1, -2]}, (2, 3, 4), ["dim"]),
+    "positions_longer_than_table": (
+        {"type": "PositionalEmbedding", "num_positions": 4},
+        (2, 5, 8),
+        ["num_positions"],
+    ),
+    "positions_width_mismatch": (
+        {"type": "PositionalEmbedding", "num_positions": 8, "embedding_dim": 6},
+        (2, 5, 8),
+        ["embedding_dim"],
+    ),
+    "sinusoids_longer_than_max_len": (
+        {"type": "SinusoidalPositionalEncoding", "max_len": 4},
+        (2, 5, 8),
+        ["max_len"],
+    ),
+    "heads_do_not_divide_given_width": (
+        {"type": "CausalSelfAttention", "embed_dim": 10, "num_heads": 4},
+        (2, 5, 10),
+        ["CausalSelfAttention", "num_heads"],
+    ),
+    "heads_do_not_divide_inferred_width": (
+        {"type": "CausalSelfAttention", "num_heads": 3},
+        (2, 5, 8),
+        ["num_heads"],
+    ),
+    "kv_heads_do_not_divide_heads": (
+        {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 3},
+        (2, 5, 8),
+        ["CausalSelfAttention", "num_kv_heads"],
+    ),
+    "rope_needs_even_head_size": ({"type": "CausalSelfAttention", "num_heads": 2}, (2, 5, 6), ["rope"]),
+    "upsample_size_and_scale": (
+        {"type": "Upsample", "size": 8, "scale_factor": 2},
+        (2, 3, 4, 4),
+        ["Upsample", "scale_factor"],
+    ),
+    "upsample_neither": (
+        {"type": "Upsample", "mode": "bilinear"},
+        (2, 3, 4, 4),
+        ["Upsample", "scale_factor"],
+    ),
+    "upsample_bilinear_on_3d": (
+        {"type": "Upsample", "scale_factor": 2, "mode": "bilinear"},
+        (2, 3, 4),
+        ["mode"],
+    ),
+    "upsample_linear_on_4d": (
+        {"type": "Upsample", "scale_factor": 2, "mode": "linear"},
+        (2, 3, 4, 4),
+        ["mode"],
+    ),
+    "upsample_align_corners_nearest": (
+        {"type": "Upsample", "scale_factor": 2, "align_corners": True},
+        (2, 3, 4, 4),
+        ["Upsample", "align_corners"],
+    ),
+    "upsample_size_per_dim": ({"type": "Upsample", "size": [4, 4, 4]}, (2, 3, 4, 4), ["size"]),
+    "upsample_scale_to_nothing": ({"type": "Upsample", "scale_factor": 0.1}, (2, 3, 4, 4), ["scale_factor"]),
+    "pixel_shuffle_channels": (
+        {"type": "PixelShuffle", "upscale_factor": 2},
+        (2, 6, 4, 4),
+        ["upscale_factor"],
+    ),
+    "prelu_channels": ({"type": "PReLU", "num_parameters": 4}, (2, 3, 4), ["num_parameters"]),
+    "softplus_beta_zero": ({"type": "Softplus", "beta": 0}, (2, 3), ["Softplus", "beta"]),
+    "encoder_activation": (
+        {"type": "TransformerEncoderLayer", "nhead": 1, "activation": "swish"},
+        (2, 3, 4),
+        ["TransformerEncoderLayer", "activation"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIELD_ERRORS))
+def test_new_layer_fields_are_refused_at_their_loc(client, case: str) -> None:
+    layer, shape, field_loc = FIELD_ERRORS[case]
+    error = detail(post(client, {"layers": [{"type": "Identity"}, layer]}, shape))
+    assert error["loc"] == [*LAYERS, 1, *field_loc], error
+    assert error["msg"]
 
 
 def test_field_that_contradicts_another(client) -> None:
@@ -455,6 +577,70 @@ REFUSED: dict[str, tuple[list[dict], list[int], str, Callable[[], nn.Module], in
         lambda: Concat([nn.Sequential(nn.Identity()), nn.Sequential(nn.Flatten(0))], dim=1),
         0,
     ),
+    "permute_not_a_permutation": (
+        [{"type": "Permute", "dims": [0, 2, 2]}],
+        [2, 3, 4],
+        "float32",
+        lambda: Permute((0, 2, 2)),
+        0,
+    ),
+    "select_out_of_range": (
+        [{"type": "Select", "dim": 1, "index": 3}],
+        [2, 3, 4],
+        "float32",
+        lambda: Select(1, 3),
+        0,
+    ),
+    "more_positions_than_the_table": (
+        [{"type": "PositionalEmbedding", "num_positions": 4}],
+        [2, 5, 8],
+        "float32",
+        lambda: PositionalEmbedding(4, 8),
+        0,
+    ),
+    "attention_heads_do_not_divide": (
+        [{"type": "CausalSelfAttention", "num_heads": 3}],
+        [2, 5, 8],
+        "float32",
+        lambda: CausalSelfAttention(8, 3),
+        0,
+    ),
+    "upsample_bilinear_on_a_sequence": (
+        [{"type": "Upsample", "scale_factor": 2, "mode": "bilinear"}],
+        [2, 3, 4],
+        "float32",
+        lambda: nn.Upsample(scale_factor=2.0, mode="bilinear"),
+        0,
+    ),
+    "upsample_both_size_and_scale": (
+        [{"type": "Upsample", "size": 8, "scale_factor": 2}],
+        [2, 3, 4, 4],
+        "float32",
+        lambda: nn.Upsample(size=8, scale_factor=2.0),
+        0,
+    ),
+    "pixel_shuffle_indivisible": (
+        [{"type": "PixelShuffle", "upscale_factor": 2}],
+        [2, 6, 4, 4],
+        "float32",
+        lambda: nn.PixelShuffle(2),
+        0,
+    ),
+    "prelu_wrong_channels": (
+        [{"type": "PReLU", "num_parameters": 4}],
+        [2, 3, 4],
+        "float32",
+        lambda: nn.PReLU(4),
+        0,
+    ),
+    "instance_norm_one_spatial_element": (
+        [{"type": "InstanceNorm2d"}],
+        [2, 3, 1, 1],
+        "float32",
+        lambda: nn.InstanceNorm2d(3),
+        0,
+    ),
+    "int_into_rmsnorm": ([{"type": "RMSNorm"}], [2, 5], "int64", lambda: nn.RMSNorm(5), 0),
 }
 
 

@@ -124,7 +124,7 @@ def test_catalog_entry_for_each_type(client, name: str) -> None:
     assert resolve(response.json()["schema"])["title"] == LAYER_SPECS[name].__name__
 
 
-@pytest.mark.parametrize("name", ["Conv3d", "linear", "__class__", "..%2Fsecrets", "os.system"])
+@pytest.mark.parametrize("name", ["Conv9d", "linear", "__class__", "..%2Fsecrets", "os.system"])
 def test_unknown_catalog_entry_is_404(client, name: str) -> None:
     response = client.get(f"/v1/layers/{name}")
     assert response.status_code == 404

@@ -26,12 +26,23 @@ from torch_modules import (
     GRU,
     LSTM,
     RNN,
+    CausalSelfAttention,
+    ClassToken,
     Concat,
     ConvBlock,
+    Mean,
     MyConv2d,
     MyLinear,
+    Permute,
+    PositionalEmbedding,
     Residual,
+    Select,
     SelfAttention,
+    SinusoidalPositionalEncoding,
+    Slice,
+    SwiGLU,
+    TransformerEncoderLayer,
+    Transpose,
     count_params,
     last_step,
     output_shapes,
@@ -78,6 +89,10 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "SiLU": nn.SiLU,
     "Sigmoid": nn.Sigmoid,
     "Identity": nn.Identity,
+    "ReLU6": nn.ReLU6,
+    "Hardswish": nn.Hardswish,
+    "Hardsigmoid": nn.Hardsigmoid,
+    "Mish": nn.Mish,
 }
 BLOCK_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 POOLS_2D = {
@@ -90,7 +105,9 @@ POOLS_1D = {"MaxPool1d": nn.MaxPool1d, "AvgPool1d": nn.AvgPool1d}
 
 
 def elementwise(draw: st.DrawFn, shape: torch.Size) -> Layer:
-    choice = draw(st.sampled_from(["act", "LeakyReLU", "ELU", "Dropout", "Softmax", "LogSoftmax"]))
+    choice = draw(
+        st.sampled_from(["act", "LeakyReLU", "ELU", "Dropout", "Softmax", "LogSoftmax", "Softplus", "PReLU"])
+    )
     if choice == "act":
         name = draw(st.sampled_from(sorted(ACTIVATIONS)))
         return {"type": name}, ACTIVATIONS[name]()
@@ -99,6 +116,12 @@ def elementwise(draw: st.DrawFn, shape: torch.Size) -> Layer:
         return {"type": "LeakyReLU", "negative_slope": slope}, nn.LeakyReLU(slope)
     if choice == "ELU":
         return {"type": "ELU", "alpha": 0.5}, nn.ELU(0.5)
+    if choice == "Softplus":
+        beta = draw(st.sampled_from([0.5, 1.0, 2.0]))
+        return {"type": "Softplus", "beta": beta}, nn.Softplus(beta)
+    if choice == "PReLU":  # one shared slope, or one per channel (dimension 1)
+        count = shape[1] if len(shape) >= 2 and draw(st.booleans()) else 1
+        return {"type": "PReLU", "num_parameters": count}, nn.PReLU(count)
     if choice == "Dropout":
         p = draw(st.sampled_from([0.0, 0.1, 0.5]))
         return {"type": "Dropout", "p": p}, nn.Dropout(p)
@@ -154,7 +177,20 @@ def image_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
     smallest = min(height, width)
     choice = draw(
         st.sampled_from(
-            ["conv", "conv", "block", "bn", "gn", "pool", "adaptive", "flatten", "elementwise", "drop2d"]
+            [
+                "conv",
+                "conv",
+                "block",
+                "bn",
+                "gn",
+                "pool",
+                "adaptive",
+                "flatten",
+                "elementwise",
+                "drop2d",
+                "resample",
+                "instancenorm",
+            ]
             + (["residual", "concat", "sequential"] if depth < MAX_DEPTH else [])
         )
     )
@@ -201,6 +237,14 @@ def image_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
         return {"type": "Flatten", "start_dim": start}, nn.Flatten(start)
     if choice == "drop2d":
         return {"type": "Dropout2d", "p": 0.25}, nn.Dropout2d(0.25)
+    if choice == "resample":
+        return resample(draw, shape)
+    if choice == "instancenorm":
+        if height * width == 1:
+            return elementwise(draw, shape)
+        affine = draw(st.booleans())
+        spec = maybe(draw, {"type": "InstanceNorm2d", "affine": affine}, num_features=channels)
+        return spec, nn.InstanceNorm2d(channels, affine=affine)
     if choice == "elementwise":
         return elementwise(draw, shape)
     if choice == "residual":
@@ -213,6 +257,27 @@ def image_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
         spec = {"type": "Concat", "branches": [[s] for s, _ in branches], "dim": 1}
         return spec, Concat([nn.Sequential(m) for _, m in branches], dim=1)
     return sequential(draw, shape, depth)
+
+
+def resample(draw: st.DrawFn, shape: torch.Size) -> Layer:
+    """Upsample (every mode a 4-D input takes), ZeroPad2d or PixelShuffle."""
+    channels = shape[1]
+    kind = draw(st.sampled_from(["Upsample", "ZeroPad2d", "PixelShuffle"]))
+    if kind == "Upsample":
+        mode = draw(st.sampled_from(["nearest", "bilinear", "bicubic"]))
+        align = None if mode == "nearest" else draw(st.sampled_from([None, True, False]))
+        if draw(st.booleans()):
+            size = draw(st.integers(1, 12))
+            spec = {"type": kind, "size": size, "mode": mode, "align_corners": align}
+            return spec, nn.Upsample(size=size, mode=mode, align_corners=align)
+        scale = draw(st.sampled_from([1.0, 1.5, 2.0]))
+        spec = {"type": kind, "scale_factor": scale, "mode": mode, "align_corners": align}
+        return spec, nn.Upsample(scale_factor=scale, mode=mode, align_corners=align)
+    if kind == "ZeroPad2d":
+        padding = draw(st.lists(st.integers(0, 2), min_size=4, max_size=4))
+        return {"type": kind, "padding": padding}, nn.ZeroPad2d(tuple(padding))
+    factor = draw(st.sampled_from([r for r in (1, 2) if channels % (r * r) == 0]))
+    return {"type": kind, "upscale_factor": factor}, nn.PixelShuffle(factor)
 
 
 def sequence_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
@@ -231,6 +296,9 @@ def sequence_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
                 "pool1d",
                 "flatten",
                 "elementwise",
+                "plumbing",
+                "positions",
+                "llama",
             ]
             + (["residual", "concat", "sequential"] if depth < MAX_DEPTH else [])
         )
@@ -245,13 +313,30 @@ def sequence_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
         return recurrent(draw, shape)
     if choice in ("mha", "encoder"):
         heads = draw(st.sampled_from([h for h in range(1, features + 1) if features % h == 0]))
+        causal = draw(st.booleans())
         if choice == "mha":
-            spec = maybe(draw, {"type": "MultiheadAttention", "num_heads": heads}, embed_dim=features)
-            return spec, SelfAttention(features, heads, batch_first=True)
+            spec = {"type": "MultiheadAttention", "num_heads": heads, "causal": causal}
+            return maybe(draw, spec, embed_dim=features), SelfAttention(
+                features, heads, batch_first=True, causal=causal
+            )
         ff = draw(st.integers(1, 16))
-        spec = {"type": "TransformerEncoderLayer", "nhead": heads, "dim_feedforward": ff}
-        module = nn.TransformerEncoderLayer(features, heads, dim_feedforward=ff, batch_first=True)
-        return maybe(draw, spec, d_model=features), module
+        act = draw(st.sampled_from(["relu", "gelu", "gelu_tanh"]))
+        spec = {"type": "TransformerEncoderLayer", "nhead": heads, "dim_feedforward": ff, "activation": act}
+        module = TransformerEncoderLayer(
+            features,
+            heads,
+            dim_feedforward=ff,
+            activation=nn.GELU(approximate="tanh") if act == "gelu_tanh" else act,
+            batch_first=True,
+            causal=causal,
+        )
+        return maybe(draw, spec | {"causal": causal}, d_model=features), module
+    if choice == "plumbing":
+        return plumbing(draw, shape)
+    if choice == "positions":
+        return positions(draw, shape)
+    if choice == "llama":
+        return llama_layer(draw, shape)
     if choice == "conv1d":  # [B, C, L]: dimension 1 is channels
         out, kernel = draw(st.integers(1, 6)), draw(st.integers(1, features))
         spec = maybe(draw, {"type": "Conv1d", "out_channels": out, "kernel_size": kernel}, in_channels=steps)
@@ -275,6 +360,59 @@ def sequence_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
     return sequential(draw, shape, depth)
 
 
+def plumbing(draw: st.DrawFn, shape: torch.Size) -> Layer:
+    """Transpose, Permute, Select, Slice or Mean, on dimensions the input has."""
+    rank = len(shape)
+    kind = draw(st.sampled_from(["Transpose", "Permute", "Select", "Slice", "Mean"]))
+    dim = draw(st.integers(-rank, rank - 1))
+    if kind == "Transpose":
+        other = draw(st.integers(0, rank - 1))
+        return {"type": kind, "dim0": dim, "dim1": other}, Transpose(dim, other)
+    if kind == "Permute":
+        dims = draw(st.permutations(range(rank)))
+        return {"type": kind, "dims": list(dims)}, Permute(tuple(dims))
+    if kind == "Select" and rank > 2:  # keeps at least [B, F]
+        index = draw(st.integers(-shape[dim], shape[dim] - 1))
+        return {"type": kind, "dim": dim, "index": index}, Select(dim, index)
+    if kind == "Mean" and rank > 2:
+        keep = draw(st.booleans())
+        return {"type": kind, "dim": dim, "keepdim": keep}, Mean(dim, keep)
+    start = draw(st.integers(-shape[dim], shape[dim] - 1))
+    step = draw(st.integers(1, 3))
+    return {"type": "Slice", "dim": dim, "start": start, "step": step}, Slice(dim, start, None, step)
+
+
+def positions(draw: st.DrawFn, shape: torch.Size) -> Layer:
+    steps, width = shape[1], shape[2]
+    kind = draw(st.sampled_from(["ClassToken", "PositionalEmbedding", "SinusoidalPositionalEncoding"]))
+    if kind == "ClassToken":
+        return maybe(draw, {"type": kind}, embed_dim=width), ClassToken(width)
+    length = steps + draw(st.integers(0, 3))
+    if kind == "PositionalEmbedding":
+        spec = maybe(draw, {"type": kind, "num_positions": length}, embedding_dim=width)
+        return spec, PositionalEmbedding(length, width)
+    spec = maybe(draw, {"type": kind, "max_len": length}, embedding_dim=width)
+    return spec, SinusoidalPositionalEncoding(length, width)
+
+
+def llama_layer(draw: st.DrawFn, shape: torch.Size) -> Layer:
+    """RMSNorm, SwiGLU, or causal self-attention with rotary positions (even head sizes) and GQA."""
+    width = shape[-1]
+    kind = draw(st.sampled_from(["RMSNorm", "SwiGLU", "CausalSelfAttention"]))
+    even_heads = [h for h in range(1, width + 1) if width % h == 0 and (width // h) % 2 == 0]
+    if kind == "CausalSelfAttention" and even_heads:
+        heads = draw(st.sampled_from(even_heads))
+        kv_heads = draw(st.sampled_from([k for k in range(1, heads + 1) if heads % k == 0]))
+        spec = {"type": kind, "num_heads": heads, "num_kv_heads": kv_heads}
+        return maybe(draw, spec, embed_dim=width), CausalSelfAttention(width, heads, kv_heads)
+    if kind == "SwiGLU":
+        hidden = draw(st.integers(1, 12))
+        return maybe(draw, {"type": kind, "hidden_features": hidden}, in_features=width), SwiGLU(
+            width, hidden
+        )
+    return maybe(draw, {"type": "RMSNorm"}, normalized_shape=[width]), nn.RMSNorm(width)
+
+
 def recurrent(draw: st.DrawFn, shape: torch.Size) -> Layer:
     features = shape[-1]
     kind = draw(st.sampled_from(["LSTM", "GRU", "RNN"]))
@@ -292,7 +430,7 @@ def flat_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
     features = shape[-1]
     choice = draw(
         st.sampled_from(
-            ["linear", "linear", "bn1d", "norm", "elementwise", "unflatten"]
+            ["linear", "linear", "bn1d", "norm", "rmsnorm", "elementwise", "unflatten"]
             + (["residual", "concat", "sequential"] if depth < MAX_DEPTH else [])
         )
     )
@@ -304,6 +442,8 @@ def flat_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
         return maybe(draw, {"type": "BatchNorm1d"}, num_features=features), nn.BatchNorm1d(features)
     if choice == "norm":
         return layer_norm(draw, shape)
+    if choice == "rmsnorm":
+        return maybe(draw, {"type": "RMSNorm"}, normalized_shape=[features]), nn.RMSNorm(features)
     if choice == "elementwise":
         return elementwise(draw, shape)
     if choice == "unflatten":  # to a sequence [B, a, F / a] or an image [B, F, 1, 1]

@@ -22,12 +22,24 @@ from torch_modules import (
     LSTM,
     RNN,
     Bilinear,
+    CausalSelfAttention,
+    ClassToken,
     Concat,
     ConvBlock,
+    Mean,
+    Multiply,
     MyConv2d,
     MyLinear,
+    Permute,
+    PositionalEmbedding,
     Residual,
+    Select,
     SelfAttention,
+    SinusoidalPositionalEncoding,
+    Slice,
+    SwiGLU,
+    TransformerEncoderLayer,
+    Transpose,
     count_params,
     flop_count,
     last_step,
@@ -232,13 +244,136 @@ SAMPLES: dict[str, Sample] = {
         ),
         {"branches": [[{"in_channels": 3}], [{"in_channels": 3}, {}]]},
     ),
+    # -- issue 9: structure --
+    "Multiply": Sample(  # squeeze-excitation: x * sigmoid(conv(relu(conv(pool(x)))))
+        {
+            "type": "Multiply",
+            "branches": [
+                [],
+                [
+                    {"type": "AdaptiveAvgPool2d", "output_size": 1},
+                    {"type": "Conv2d", "out_channels": 2, "kernel_size": 1},
+                    {"type": "ReLU"},
+                    {"type": "Conv2d", "out_channels": 4, "kernel_size": 1},
+                    {"type": "Sigmoid"},
+                ],
+            ],
+        },
+        [2, 4, 5, 5],
+        lambda: Multiply(
+            [
+                nn.Sequential(),
+                nn.Sequential(
+                    nn.AdaptiveAvgPool2d(1), nn.Conv2d(4, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 1), nn.Sigmoid()
+                ),
+            ]
+        ),
+        {"branches": [[], [{}, {"in_channels": 4}, {}, {"in_channels": 2}, {}]]},
+    ),
+    "Repeat": Sample(
+        {
+            "type": "Repeat",
+            "times": 3,
+            "layers": [
+                {"type": "Residual", "layers": [{"type": "LayerNorm"}, {"type": "Linear", "out_features": 6}]}
+            ],
+        },
+        [2, 4, 6],
+        lambda: nn.Sequential(
+            *[nn.Sequential(Residual(nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6)))) for _ in range(3)]
+        ),
+        {"times": 3, "layers": [{"layers": [{"normalized_shape": [6]}, {"in_features": 6}]}]},
+    ),
+    # -- issue 9: plumbing and positions --
+    "Permute": Sample(
+        {"type": "Permute", "dims": [0, 2, -1, 1]}, [2, 3, 4, 5], lambda: Permute((0, 2, -1, 1))
+    ),
+    "Transpose": Sample({"type": "Transpose", "dim0": 1, "dim1": 2}, [2, 3, 4], lambda: Transpose(1, 2)),
+    "Select": Sample({"type": "Select", "dim": 1, "index": -1}, [2, 3, 4], lambda: Select(1, -1)),
+    "Slice": Sample(
+        {"type": "Slice", "dim": -1, "start": 1, "end": -1, "step": 2}, [2, 3, 8], lambda: Slice(-1, 1, -1, 2)
+    ),
+    "Mean": Sample(
+        {"type": "Mean", "dim": [1, 2], "keepdim": True}, [2, 3, 4, 5], lambda: Mean((1, 2), True)
+    ),
+    "ClassToken": Sample({"type": "ClassToken"}, [2, 5, 8], lambda: ClassToken(8), {"embed_dim": 8}),
+    "PositionalEmbedding": Sample(
+        {"type": "PositionalEmbedding", "num_positions": 7},
+        [2, 5, 8],
+        lambda: PositionalEmbedding(7, 8),
+        {"embedding_dim": 8},
+    ),
+    "SinusoidalPositionalEncoding": Sample(
+        {"type": "SinusoidalPositionalEncoding", "max_len": 9},
+        [2, 5, 7],
+        lambda: SinusoidalPositionalEncoding(9, 7),
+        {"embedding_dim": 7},
+    ),
+    "CausalSelfAttention": Sample(
+        {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 2},
+        [2, 5, 16],
+        lambda: CausalSelfAttention(16, 4, 2),
+        {"embed_dim": 16, "rope": True},
+    ),
+    "SwiGLU": Sample(
+        {"type": "SwiGLU", "hidden_features": 12}, [2, 5, 8], lambda: SwiGLU(8, 12), {"in_features": 8}
+    ),
+    "RMSNorm": Sample(
+        {"type": "RMSNorm", "eps": 1e-6},
+        [2, 3, 8],
+        lambda: nn.RMSNorm([8], eps=1e-6),
+        {"normalized_shape": [8]},
+    ),
+    "InstanceNorm1d": Sample(
+        {"type": "InstanceNorm1d", "affine": True},
+        [2, 4, 6],
+        lambda: nn.InstanceNorm1d(4, affine=True),
+        {"num_features": 4},
+    ),
+    "InstanceNorm2d": Sample(
+        {"type": "InstanceNorm2d", "track_running_stats": True},
+        [2, 3, 4, 4],
+        lambda: nn.InstanceNorm2d(3, track_running_stats=True),
+        {"num_features": 3},
+    ),
+    "ReLU6": Sample({"type": "ReLU6"}, [2, 5], nn.ReLU6),
+    "Hardswish": Sample({"type": "Hardswish"}, [2, 5], nn.Hardswish),
+    "Hardsigmoid": Sample({"type": "Hardsigmoid"}, [2, 5], nn.Hardsigmoid),
+    "Mish": Sample({"type": "Mish"}, [2, 5], nn.Mish),
+    "Softplus": Sample(
+        {"type": "Softplus", "beta": 2.0, "threshold": 5.0}, [2, 5], lambda: nn.Softplus(2.0, 5.0)
+    ),
+    "PReLU": Sample({"type": "PReLU", "num_parameters": 3, "init": 0.1}, [2, 3, 4], lambda: nn.PReLU(3, 0.1)),
+    "Conv3d": Sample(
+        {"type": "Conv3d", "out_channels": 4, "kernel_size": [1, 3, 3], "stride": [1, 2, 2]},
+        [1, 2, 3, 6, 6],
+        lambda: nn.Conv3d(2, 4, (1, 3, 3), stride=(1, 2, 2)),
+        {"in_channels": 2},
+    ),
+    "ConvTranspose1d": Sample(
+        {"type": "ConvTranspose1d", "out_channels": 3, "kernel_size": 4, "stride": 2, "output_padding": 1},
+        [2, 5, 7],
+        lambda: nn.ConvTranspose1d(5, 3, 4, stride=2, output_padding=1),
+        {"in_channels": 5},
+    ),
+    "Upsample": Sample(
+        {"type": "Upsample", "scale_factor": 2, "mode": "bilinear", "align_corners": False},
+        [2, 3, 4, 5],
+        lambda: nn.Upsample(scale_factor=2.0, mode="bilinear", align_corners=False),
+    ),
+    "ZeroPad2d": Sample(
+        {"type": "ZeroPad2d", "padding": [1, 2, 0, 3]}, [2, 3, 4, 5], lambda: nn.ZeroPad2d((1, 2, 0, 3))
+    ),
+    "PixelShuffle": Sample(
+        {"type": "PixelShuffle", "upscale_factor": 2}, [2, 8, 3, 3], lambda: nn.PixelShuffle(2)
+    ),
 }
 
 # FlopCounterMode has no formula for some fused CPU kernels: aten.lstm (one op, counted 0) and
 # the CPU flash-attention kernel that attention without dropout runs. The spec's count is checked
 # against the hand-written module run on meta for every type, and also against a real CPU run
 # for every type but these (on CPU they undercount; meta runs the decomposed ops).
-CPU_FLOPS_UNCOUNTED = {"LSTM", "MultiheadAttention", "TransformerEncoderLayer"}
+CPU_FLOPS_UNCOUNTED = {"LSTM", "MultiheadAttention", "TransformerEncoderLayer", "CausalSelfAttention"}
 
 
 def real_input(shape: list[int], dtype: str) -> torch.Tensor:
@@ -262,7 +397,59 @@ def assert_subset(expected: Any, actual: Any, where: str = "spec") -> None:
         assert actual == expected, f"{where}: expected {expected!r}, got {actual!r}"
 
 
-@pytest.fixture(params=sorted(LAYER_SPECS), ids=str)
+# More samples of one type, for fields its main sample leaves at their defaults: "<type>/<what>".
+VARIANTS: dict[str, Sample] = {
+    "MultiheadAttention/causal": Sample(
+        {"type": "MultiheadAttention", "num_heads": 2, "causal": True},
+        [2, 5, 8],
+        lambda: SelfAttention(8, 2, batch_first=True, causal=True),
+        {"embed_dim": 8},
+    ),
+    "TransformerEncoderLayer/causal_gelu_tanh": Sample(
+        {
+            "type": "TransformerEncoderLayer",
+            "nhead": 2,
+            "dim_feedforward": 16,
+            "activation": "gelu_tanh",
+            "causal": True,
+        },
+        [2, 5, 8],
+        lambda: TransformerEncoderLayer(
+            8, 2, 16, activation=nn.GELU(approximate="tanh"), batch_first=True, causal=True
+        ),
+        {"d_model": 8},
+    ),
+    "CausalSelfAttention/no_rope_bias_mha": Sample(
+        {"type": "CausalSelfAttention", "embed_dim": 12, "num_heads": 3, "rope": False, "bias": True},
+        [1, 4, 12],
+        lambda: CausalSelfAttention(12, 3, rope=False, bias=True),
+        {"num_kv_heads": 3},
+    ),
+    "CausalSelfAttention/rope_theta_mqa": Sample(
+        {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 1, "rope_theta": 500000.0},
+        [2, 6, 16],
+        lambda: CausalSelfAttention(16, 4, 1, rope_theta=500000.0),
+        {"embed_dim": 16},
+    ),
+    "Upsample/size_nearest_3d": Sample(
+        {"type": "Upsample", "size": [4, 6, 5]},
+        [1, 2, 2, 3, 4],
+        lambda: nn.Upsample(size=(4, 6, 5), mode="nearest"),
+    ),
+    "Upsample/bicubic": Sample(
+        {"type": "Upsample", "size": 7, "mode": "bicubic", "align_corners": True},
+        [1, 2, 4, 5],
+        lambda: nn.Upsample(size=7, mode="bicubic", align_corners=True),
+    ),
+    "Upsample/linear_per_dim": Sample(
+        {"type": "Upsample", "scale_factor": [1.5], "mode": "linear"},
+        [2, 3, 5],
+        lambda: nn.Upsample(scale_factor=(1.5,), mode="linear"),
+    ),
+}
+
+
+@pytest.fixture(params=[*sorted(LAYER_SPECS), *VARIANTS], ids=str)
 def layer_type(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -328,9 +515,9 @@ def test_registry_keys_are_the_type_literals() -> None:
 
 
 def test_layer_matches_torch(layer_type: str, client) -> None:
-    sample = SAMPLES.get(layer_type)
+    sample = SAMPLES.get(layer_type) or VARIANTS.get(layer_type)
     assert sample is not None, f"registered layer type {layer_type!r} has no sample in tests/test_registry.py"
-    assert sample.spec["type"] == layer_type
+    assert sample.spec["type"] == layer_type.split("/")[0]
     body = {
         "model": {"layers": [sample.spec]},
         "input_shape": sample.input_shape,
@@ -378,14 +565,14 @@ def test_layer_matches_torch(layer_type: str, client) -> None:
     meta_flops = flop_count(meta_reference, torch.empty(sample.input_shape, dtype=x.dtype, device="meta"))
     assert summary["flops"] == meta_flops
     assert summary["mult_adds"] == summary["flops"] // 2
-    if layer_type not in CPU_FLOPS_UNCOUNTED:
+    if sample.spec["type"] not in CPU_FLOPS_UNCOUNTED:
         assert summary["flops"] == flop_count(reference, x)
 
 
 def test_built_model_computes_what_torch_computes(layer_type: str) -> None:
     """The real model built from the inferred spec takes the hand-written module's weights
     (same names and shapes, strictly) and returns the same output on the same input."""
-    sample = SAMPLES.get(layer_type)
+    sample = SAMPLES.get(layer_type) or VARIANTS.get(layer_type)
     assert sample is not None, f"registered layer type {layer_type!r} has no sample in tests/test_registry.py"
     traced = trace_model(ModelSpec(layers=[sample.spec]), tuple(sample.input_shape), sample.input_dtype)
     torch.manual_seed(0)

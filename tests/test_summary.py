@@ -30,8 +30,8 @@ def test_my_linear_weight_is_out_by_in(client) -> None:
     summary = post(client, {"layers": [{"type": "MyLinear", "in_features": 10, "out_features": 5}]}, [4, 10])
     params = summary["layers"][0]["params"]
     assert params == [
-        {"name": "linear.weight", "shape": [5, 10], "numel": 50, "trainable": True},
-        {"name": "linear.bias", "shape": [5], "numel": 5, "trainable": True},
+        {"name": "linear.weight", "shape": [5, 10], "numel": 50, "trainable": True, "tied_to": None},
+        {"name": "linear.bias", "shape": [5], "numel": 5, "trainable": True, "tied_to": None},
     ]
     assert summary["model_repr"] == str(nn.Sequential(MyLinear(10, 5)))
 
@@ -40,7 +40,7 @@ def test_my_conv2d_has_no_bias(client) -> None:
     spec = {"type": "MyConv2d", "in_channels": 3, "out_channels": 6, "kernel_size": 3}
     summary = post(client, {"layers": [spec]}, [2, 3, 8, 8])
     assert summary["layers"][0]["params"] == [
-        {"name": "conv.weight", "shape": [6, 3, 3, 3], "numel": 162, "trainable": True}
+        {"name": "conv.weight", "shape": [6, 3, 3, 3], "numel": 162, "trainable": True, "tied_to": None}
     ]
     assert summary["model_repr"] == str(nn.Sequential(MyConv2d(3, 6, 3)))
 

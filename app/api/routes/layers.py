@@ -9,6 +9,7 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, Field
 
 from layers import LAYER_SPECS
+from layers.spec import closest_name
 
 router = APIRouter(prefix="/v1/layers", tags=["layers"])
 
@@ -54,5 +55,7 @@ def get_layer(
     """One layer type."""
     found = catalog().get(layer_type)
     if found is None:
-        raise HTTPException(404, f"unknown layer type {layer_type!r}; GET /v1/layers lists them")
+        close = closest_name(layer_type, list(LAYER_SPECS))
+        hint = f"did you mean {close!r}? " if close else ""
+        raise HTTPException(404, f"unknown layer type {layer_type!r}; {hint}GET /v1/layers lists them")
     return found
