@@ -75,6 +75,22 @@ ZOO = {
         [{"type": "GRU", "hidden_size": 256, "bidirectional": True}],
         (32, 100, 64),
     ),
+    "Llama block: RMSNorm, attention 8 heads (4 kv) with RoPE, SwiGLU 1024; 256 wide, T=128 (32)": (
+        [
+            {
+                "type": "Residual",
+                "layers": [
+                    {"type": "RMSNorm"},
+                    {"type": "CausalSelfAttention", "num_heads": 8, "num_kv_heads": 4},
+                ],
+            },
+            {
+                "type": "Residual",
+                "layers": [{"type": "RMSNorm"}, {"type": "SwiGLU", "hidden_features": 1024}],
+            },
+        ],
+        (32, 128, 256),
+    ),
     "4 x TransformerEncoderLayer(256, 8, 1024), T=128 (32)": (
         [{"type": "TransformerEncoderLayer", "nhead": 8, "dim_feedforward": 1024}] * 4,
         (32, 128, 256),
