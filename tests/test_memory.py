@@ -115,22 +115,7 @@ def test_activations_are_what_autograd_saves_on_real_tensors(name: str) -> None:
     assert abs(estimate - real) <= 0.02 * real, (estimate, real)
 
 
-PEAK_CASES = [
-    pytest.param(
-        name,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="SwiGLU's backward: MemTracker's peak is 47 KB under ours, and our live-bytes count "
-            "run on the real CPU tensors gives ours (so the kernels agree; the two counts differ)",
-        ),
-    )
-    if name == "llama_block"
-    else name
-    for name in sorted(ZOO)
-]
-
-
-@pytest.mark.parametrize("name", PEAK_CASES)
+@pytest.mark.parametrize("name", sorted(ZOO))
 def test_training_peak_is_memtrackers_peak_of_a_real_step(name: str) -> None:
     traced, model, x = traced_and_real(name)
     estimate = estimate_memory(traced, AdamSpec(), "cpu").memory.training_peak_bytes
