@@ -96,7 +96,7 @@ def in_process(epochs: int) -> float:
     payload = plan_job(JobCreate.model_validate(job_body(epochs))).payload
     start = time.perf_counter()
     events = list(train(payload))
-    assert events[-1]["kind"] == "done", events[-1]
+    assert events[-1].kind == "done", events[-1]
     return time.perf_counter() - start
 
 

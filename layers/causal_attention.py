@@ -66,18 +66,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, steps, _ = x.shape
-        q = self.q_proj(x).view(batch, steps, self.num_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = (
-            self.k_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, nkv, T, hd)
-        v = (
-            self.v_proj(x).view(batch, steps, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        )  # (B, nkv, T, hd)
+        heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).view(batch, steps, heads, head_dim).transpose(1, 2)  # (B, nh, T, hd)
+        k = self.k_proj(x).view(batch, steps, kv_heads, head_dim).transpose(1, 2)  # (B, nkv, T, hd)
+        v = self.v_proj(x).view(batch, steps, kv_heads, head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         # On meta (the summary's trace) the rotation is skipped: it keeps q's and k's shapes and
         # has no FLOPs FlopCounterMode counts, and its ~20 meta kernels would cost 25 ms a layer.
         # The training-memory passes (layers.memory) set rotate_on_meta: what it keeps counts there.
         if self.rope and (self.rotate_on_meta or not x.is_meta):
-            cos, sin = rotary_tables(steps, self.head_dim, self.rope_theta, x.device)
+            cos, sin = rotary_tables(steps, head_dim, self.rope_theta, x.device)
             q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(
             q,
@@ -85,7 +82,7 @@ class CausalSelfAttention(nn.Module):
             v,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=True,
-            enable_gqa=self.num_kv_heads != self.num_heads,
+            enable_gqa=kv_heads != heads,
         )  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(batch, steps, -1))  # (B, T, E)
 

@@ -63,11 +63,11 @@ class UpsampleSpec(LayerSpec):
     def infer(self, shape: Shape) -> Self:
         ranks = MODE_RANKS[self.mode]
         if len(shape) not in ranks:
+            fits = [mode for mode, accepted in MODE_RANKS.items() if len(shape) in accepted]
             raise ShapeError(
                 ("mode",),
                 f"mode {self.mode} takes a {' or '.join(map(str, ranks))}-D input [B, C, ...], got shape "
-                f"{shape_str(shape)}"
-                + ("; use mode nearest, linear (3-D) or bilinear (4-D)" if ranks != (4,) else ""),
+                f"{shape_str(shape)}" + (f"; this input takes mode {' or '.join(fits)}" if fits else ""),
                 {"expected_rank": list(ranks), "got": list(shape)},
             )
         spatial = shape[2:]

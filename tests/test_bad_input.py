@@ -9,10 +9,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+from pydantic import TypeAdapter, ValidationError
 from torch import nn
 from torch_modules import CausalSelfAttention, Concat, Permute, PositionalEmbedding, Residual, Select
 
 from app.core.config import settings
+from layers.losses import AnyLoss
+from layers.optimizers import AnyOptimizer
 
 URL = "/v1/models/summary"
 LAYERS = ["body", "model", "layers"]
@@ -69,6 +72,17 @@ def test_unknown_type_inside_a_container_suggests_too(client) -> None:
     error = detail(post(client, model, (2, 3)))
     assert error["loc"] == [*LAYERS, 0, "Residual", "layers", 0]
     assert error["ctx"]["suggestion"] == "SwiGLU"
+
+
+@pytest.mark.parametrize(
+    ("union", "typo", "meant"),
+    [("loss", "CrossEntropy", "CrossEntropyLoss"), ("optimizer", "adamw", "AdamW")],
+)
+def test_unknown_loss_or_optimizer_suggests_too(union: str, typo: str, meant: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        TypeAdapter(AnyLoss if union == "loss" else AnyOptimizer).validate_python({"type": typo})
+    (error,) = raised.value.errors()
+    assert error["type"] == "union_tag_invalid" and error["ctx"]["suggestion"] == meant
 
 
 def test_missing_type_is_rejected(client) -> None:

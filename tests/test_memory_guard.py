@@ -7,7 +7,6 @@ thread whose resident memory grows, and both are undone afterwards.
 from __future__ import annotations
 
 import resource
-import sqlite3
 import time
 from pathlib import Path
 
@@ -75,16 +74,16 @@ def test_a_job_that_lies_about_its_size_fails_clearly() -> None:
     assert plan.memory_estimate_bytes > 100 * MIB
     payload = {**plan.payload, "memory_estimate_bytes": MIB, "memory_allowance_bytes": 32 * MIB}
     events = list(train(payload))
-    assert events[-1]["kind"] == "failed", events[-1]
-    assert events[-1]["error"].startswith("out of memory: the job went over its memory allowance of 32 MiB")
+    assert events[-1].kind == "failed", events[-1]
+    assert events[-1].error.startswith("out of memory: the job went over its memory allowance of 32 MiB")
     assert torch.ones(256 * MIB, dtype=torch.uint8).numel() == 256 * MIB  # this process carries on
 
 
 def test_a_finished_job_reports_its_estimate_beside_its_measurement() -> None:
     plan = plan_job(JobCreate.model_validate(digits_job(DIGITS_MLP, epochs=1, device="cpu")))
     done = list(train(plan.payload))[-1]
-    assert done["kind"] == "done", done
-    memory = done["memory"]
+    assert done.kind == "done", done
+    memory = done.memory
     assert memory["estimated_bytes"] == plan.memory_estimate_bytes
     assert 0 < memory["measured_peak_bytes"] < plan.memory_estimate_bytes
     assert "saved_tensors_hooks" in memory["how"]
@@ -103,22 +102,12 @@ def test_the_planner_refuses_past_the_limit_with_the_breakdown(monkeypatch) -> N
     assert set(caught.value.ctx["breakdown"]) >= {"parameters", "activations"}
 
 
-def test_the_store_keeps_memory_and_adds_its_column_to_an_old_database(tmp_path: Path) -> None:
-    old = sqlite3.connect(tmp_path / "jobs.sqlite3")
-    old.execute(
-        "CREATE TABLE jobs (id TEXT PRIMARY KEY, status TEXT NOT NULL, created_at REAL NOT NULL, "
-        "started_at REAL, finished_at REAL, request TEXT NOT NULL, memory_estimate_bytes INTEGER NOT NULL, "
-        "device TEXT, node TEXT, history TEXT NOT NULL DEFAULT '[]', metrics TEXT, progress TEXT, "
-        "duration_s REAL, error TEXT)"
-    )
-    old.commit()
-    old.close()
+def test_the_store_keeps_a_finished_jobs_memory(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     store.create("a", {"x": 1}, 123)
     memory = {"estimated_bytes": 123, "measured_peak_bytes": 100, "how": "test"}
-    assert store.finish(
-        "a", "succeeded", metrics={"train_loss": 1.0, "val_loss": 1.0, "val_accuracy": None}, memory=memory
-    )
+    metrics = {"train_loss": 1.0, "val_loss": 1.0, "val_accuracy": None}
+    assert store.finish("a", "succeeded", metrics=metrics, memory=memory)
     job = store.get("a")
     assert job["memory"] == memory
     assert JobPublic.model_validate(job).memory.measured_peak_bytes == 100

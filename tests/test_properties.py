@@ -13,6 +13,7 @@ Examples are bounded and derandomised so CI sees the same cases every run.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from torch_modules import (
     Concat,
     ConvBlock,
     Mean,
+    Multiply,
     MyConv2d,
     MyLinear,
     Permute,
@@ -191,7 +193,7 @@ def image_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
                 "resample",
                 "instancenorm",
             ]
-            + (["residual", "concat", "sequential"] if depth < MAX_DEPTH else [])
+            + (["residual", "concat", "sequential", "repeat", "multiply"] if depth < MAX_DEPTH else [])
         )
     )
     # In training mode each group needs more than one value, as each batch-norm channel does.
@@ -256,6 +258,8 @@ def image_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
         ]
         spec = {"type": "Concat", "branches": [[s] for s, _ in branches], "dim": 1}
         return spec, Concat([nn.Sequential(m) for _, m in branches], dim=1)
+    if choice in ("repeat", "multiply"):
+        return repeat(draw, shape) if choice == "repeat" else multiply(draw, shape)
     return sequential(draw, shape, depth)
 
 
@@ -300,7 +304,7 @@ def sequence_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
                 "positions",
                 "llama",
             ]
-            + (["residual", "concat", "sequential"] if depth < MAX_DEPTH else [])
+            + (["residual", "concat", "sequential", "repeat", "multiply"] if depth < MAX_DEPTH else [])
         )
     )
     if choice in ("bn", "bn1d") and not batch_norm_fits(shape):
@@ -357,6 +361,8 @@ def sequence_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
         return residual(draw, shape, depth)
     if choice == "concat":
         return concat_linear(draw, shape)
+    if choice in ("repeat", "multiply"):
+        return repeat(draw, shape) if choice == "repeat" else multiply(draw, shape)
     return sequential(draw, shape, depth)
 
 
@@ -431,7 +437,7 @@ def flat_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
     choice = draw(
         st.sampled_from(
             ["linear", "linear", "bn1d", "norm", "rmsnorm", "elementwise", "unflatten"]
-            + (["residual", "concat", "sequential"] if depth < MAX_DEPTH else [])
+            + (["residual", "concat", "sequential", "repeat", "multiply"] if depth < MAX_DEPTH else [])
         )
     )
     if choice in ("bn", "bn1d") and not batch_norm_fits(shape):
@@ -454,6 +460,8 @@ def flat_layer(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
         return residual(draw, shape, depth)
     if choice == "concat":
         return concat_linear(draw, shape)
+    if choice in ("repeat", "multiply"):
+        return repeat(draw, shape) if choice == "repeat" else multiply(draw, shape)
     return sequential(draw, shape, depth)
 
 
@@ -486,6 +494,34 @@ def residual(draw: st.DrawFn, shape: torch.Size, depth: int) -> Layer:
         spec = {"type": "Residual", "layers": [s for s, _ in body], "shortcut": [shortcut[0]]}
         return spec, Residual(nn.Sequential(*(m for _, m in body)), nn.Sequential(shortcut[1]))
     return spec, Residual(nn.Sequential(*(m for _, m in body)))
+
+
+def repeat(draw: st.DrawFn, shape: torch.Size) -> Layer:
+    """1-3 copies of a shape-preserving block, each with its own parameters."""
+    block = [shape_preserving(draw, shape) for _ in range(draw(st.integers(1, 2)))]
+    times = draw(st.integers(1, 3))
+    copies = [nn.Sequential(*(copy.deepcopy(m) for _, m in block)) for _ in range(times)]
+    return {"type": "Repeat", "times": times, "layers": [s for s, _ in block]}, nn.Sequential(*copies)
+
+
+def multiply(draw: st.DrawFn, shape: torch.Size) -> Layer:
+    """The product of 1-3 branches: the input itself, a shape-preserving layer, or a mean over one
+    dimension kept as size 1 (broadcast back, as squeeze-excitation's gate is)."""
+    specs, modules = [], []
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["identity", "layer", "mean"]))
+        if kind == "identity":
+            specs.append([])
+            modules.append(nn.Sequential())
+        elif kind == "layer":
+            spec, module = shape_preserving(draw, shape)
+            specs.append([spec])
+            modules.append(nn.Sequential(module))
+        else:
+            dim = draw(st.integers(1, len(shape) - 1))
+            specs.append([{"type": "Mean", "dim": dim, "keepdim": True}])
+            modules.append(nn.Sequential(Mean(dim, keepdim=True)))
+    return {"type": "Multiply", "branches": specs}, Multiply(modules)
 
 
 def concat_linear(draw: st.DrawFn, shape: torch.Size) -> Layer:
@@ -639,10 +675,19 @@ def breakers(shape: torch.Size) -> list[Breaker]:
                 lambda: LSTM(wrong, 3, batch_first=True),
             ),
             ({"type": "BatchNorm1d", "num_features": shape[1] + 1}, lambda: nn.BatchNorm1d(shape[1] + 1)),
+            ({"type": "Select", "dim": 1, "index": shape[1]}, lambda: Select(1, shape[1])),
+            ({"type": "Permute", "dims": [0, 1]}, lambda: Permute((0, 1))),
         ]
         if last > 1:
             found.append(
                 ({"type": "MultiheadAttention", "num_heads": last + 1}, lambda: SelfAttention(last, last + 1))
+            )
+        if shape[1] > 1:  # a position table one shorter than the sequence
+            found.append(
+                (
+                    {"type": "PositionalEmbedding", "num_positions": shape[1] - 1},
+                    lambda: PositionalEmbedding(shape[1] - 1, last),
+                )
             )
     if rank == 2:
         found += [

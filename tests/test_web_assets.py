@@ -51,7 +51,7 @@ def test_pages_load_nothing_from_outside(page: str) -> None:
 
 
 def test_playground_modules_exist_and_import_only_local_modules() -> None:
-    for name in ["app.js", "api.js", "forms.js"]:
+    for name in ["app.js", "api.js", "forms.js", "summary.js"]:
         response = client.get(f"/static/playground/{name}")
         assert response.status_code == 200
         for target in re.findall(r"""^import .* from ['"]([^'"]+)['"]""", response.text, re.M):

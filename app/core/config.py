@@ -32,7 +32,19 @@ class Settings(BaseSettings):
     max_concurrent_traces: int = Field(
         2, gt=0, description="summaries traced at once; more wait their turn (tracing holds the GIL)"
     )
-    data_dir: Path = Field(Path("data"), description="where jobs are persisted (SQLite)")
+    data_dir: Path = Field(
+        Path("data"), description="jobs' files, and their SQLite store unless database_url names another"
+    )
+    # The job store (app/jobs/store.py).
+    database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the job store (postgresql+psycopg://...); else SQLite"
+    )
+    db_retry_seconds: float = Field(
+        5, ge=0, description="how long a store call retries a busy or unreachable database; then 503"
+    )
+    job_retention_days: float = Field(
+        30, ge=0, description="finished jobs older than this are deleted with their files; 0: kept"
+    )
     # Training jobs (app/jobs): limits checked before a job is queued.
     max_epochs: int = Field(200, gt=0, description="epochs of one training job")
     max_steps: int = Field(200_000, gt=0, description="optimizer steps of one job, all epochs together")
@@ -58,6 +70,12 @@ class Settings(BaseSettings):
     )
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs of the embedded Ray (default: all)")
     ray_eager_start: bool = Field(True, description="start Ray with the API rather than on the first job")
+    max_restarts: int = Field(
+        2, ge=0, description="times Ray restarts a job's worker that died; it resumes from its checkpoint"
+    )
+    max_queue_seconds: float = Field(
+        900, gt=0, description="how long a job may wait for a worker (queued, or its worker restarting)"
+    )
 
 
 settings = Settings()

@@ -79,6 +79,7 @@ class JobPublic(BaseModel):
     progress: Progress | None = Field(description="the latest progress report")
     duration_s: float | None = Field(description="training wall time, from worker start to finish")
     error: str | None
+    restarts: int = Field(0, description="times the job's worker died and was restarted from its checkpoint")
     memory_estimate_bytes: int = Field(description="the training step's peak (layers.memory) plus the data")
     memory: JobMemory | None = Field(None, description="estimate against measurement, once the job succeeded")
     created_at: datetime

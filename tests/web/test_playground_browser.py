@@ -60,7 +60,9 @@ def test_catalog_lists_every_layer_type(offline_page: OfflinePage, server: str) 
     assert set(groups) == {entry["category"] for entry in catalog["data"]}
     # The presets are the summary endpoint's OpenAPI examples.
     examples = page.locator("#example option").evaluate_all("os => os.map(o => o.value)")
-    assert {"seed", "small_cnn", "lenet_digits", "lstm"} <= set(examples)
+    assert {"seed", "small_cnn", "lenet_digits", "lstm", "vit_b_16", "gpt2_small", "tiny_llama"} <= set(
+        examples
+    )
     assert offline_page.outside == [] and offline_page.page_errors == []
 
 
@@ -100,6 +102,28 @@ def test_seed_model_built_from_the_forms_matches_pytorch(offline_page: OfflinePa
         "placeholder", "216 (inferred)"
     )
     offline_page.screenshot("playground-summary")
+    assert offline_page.outside == [] and offline_page.page_errors == []
+
+
+def test_repeat_copies_fold_into_one_block_and_tied_weights_are_named(offline_page: OfflinePage) -> None:
+    """GPT-2 small's 12 blocks read as one "block x 12"; its head counts nothing of its own."""
+    page = open_playground(offline_page)
+    page.select_option("#example", "gpt2_small")
+    expect(page.locator("#summary-status")).to_contain_text("124,439,808 parameters", timeout=30_000)
+    expect(page.locator("#summary tbody tr")).to_have_count(6)
+    names = [row[0] for row in summary_rows(page)]
+    assert names == [
+        "0 Embedding",
+        "1 PositionalEmbedding",
+        "2 Repeat (block \u00d7 12)",
+        "2.0.0 TransformerEncoderLayer",
+        "3 LayerNorm",
+        "4 Linear",
+    ]
+    rows = summary_rows(page)
+    assert rows[2][2] == f"{12 * 7_087_872:,}" and rows[3][2] == "7,087,872"
+    assert rows[5][2] == "0 (weight tied to 0)"
+    offline_page.screenshot("playground-repeat-folded")
     assert offline_page.outside == [] and offline_page.page_errors == []
 
 

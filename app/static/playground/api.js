@@ -33,7 +33,7 @@ export const openapi = () => call("GET", "openapi.json");
 export const summarize = (request) => call("POST", "v1/models/summary", request);
 export const startJob = (request) => call("POST", "v1/jobs", request);
 export const getJob = (id) => call("GET", `v1/jobs/${encodeURIComponent(id)}`);
-export const cancelJob = (id) => call("DELETE", `v1/jobs/${encodeURIComponent(id)}`);
+export const cancelJob = (id) => call("POST", `v1/jobs/${encodeURIComponent(id)}/cancel`);
 
 /**
  * Follows a job's Server-Sent Events until its `done` event: `onEvent(name, data)` for each one,

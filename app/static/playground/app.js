@@ -2,6 +2,7 @@
 // summary from POST /v1/models/summary, and a training panel on POST /v1/jobs + its SSE stream.
 import * as api from "./api.js";
 import { specFields } from "./forms.js";
+import { foldRepeats, paramsText, rowName } from "./summary.js";
 
 const $ = (sel) => document.querySelector(sel);
 const state = {
@@ -151,10 +152,11 @@ async function runSummary() {
 }
 
 function renderSummary(s) {
-  const rows = s.layers.map((layer) => {
+  const rows = foldRepeats(s.layers).map((layer) => {
     const tr = document.createElement("tr");
-    const name = `${"  ".repeat(layer.depth)}${layer.path} ${layer.type}`;
-    for (const text of [name, `[${layer.output_shape.join(", ")}]`, fmt(layer.num_params), fmt(layer.flops)]) {
+    tr.dataset.path = layer.path;
+    const shape = `[${layer.output_shape.join(", ")}]`;
+    for (const text of [rowName(layer), shape, paramsText(layer, fmt), fmt(layer.flops)]) {
       tr.insertCell().textContent = text;
     }
     return tr;

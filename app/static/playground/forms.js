@@ -48,7 +48,7 @@ function showValue(value, kind) {
 /** A hint for an empty field: its default, or that the API infers it. */
 function placeholder(prop, required) {
   if (required) return "required";
-  if (prop.default === null) return "inferred";
+  if (prop.default === null) return fieldKind(prop) === "string" ? "optional" : "inferred"; // name, tie_weight
   if (prop.default !== undefined) return `default ${showValue(prop.default, "text")}`;
   return "optional";
 }
@@ -93,7 +93,7 @@ export function fieldInput(name, prop, value, required, onChange) {
   if (kind !== "boolean" && kind !== "enum") {
     input.value = showValue(value, kind);
     input.placeholder = placeholder(prop, required);
-    if (prop.default === null) input.dataset.inferred = "true"; // the summary fills in its value
+    if (prop.default === null && kind !== "string") input.dataset.inferred = "true"; // the summary fills it
   }
   input.name = name;
 
@@ -135,5 +135,6 @@ export function specFields(variantSchema, spec, onField, tag = "type") {
   const required = new Set(schema.required ?? []);
   return Object.entries(schema.properties ?? {})
     .filter(([name]) => name !== tag)
+    .sort(([a], [b]) => (a === "name") - (b === "name")) // a layer's own fields first, its name last
     .map(([name, prop]) => fieldInput(name, prop, spec[name], required.has(name), (v) => onField(name, v)));
 }
