@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.jobs import ray_runtime
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_ENV = {"RAY_AUTH_TOKEN": "t" * 32, "MB_API_KEY": "k" * 24, "MB_POSTGRES_PASSWORD": "p" * 24}
 RAY_SERVICES = ("ray-head", "api", "worker", "worker-cpu")
@@ -127,6 +129,18 @@ def test_worker_reserves_nvidia_gpus(compose: dict) -> None:
     assert "deploy" not in compose["services"]["worker-cpu"]
 
 
+def test_workers_share_the_api_data_volume(compose: dict) -> None:
+    """A worker writes a job's weights under the API's MB_DATA_DIR (jobs/<id>/model.safetensors)."""
+    data_dir = compose["services"]["api"]["environment"]["MB_DATA_DIR"]
+    for name in ("api", "worker", "worker-cpu"):
+        # docker-compose v1 normalises a volume to "source:target:mode", v2 to a mapping
+        volumes = [
+            v.split(":")[:2] if isinstance(v, str) else [v["source"], v["target"]]
+            for v in compose["services"][name]["volumes"]
+        ]
+        assert ["mb-data", data_dir] in volumes, name
+
+
 def test_only_the_api_port_is_published(compose: dict) -> None:
     for name, service in compose["services"].items():
         assert service.get("network_mode") != "host", name
@@ -156,6 +170,7 @@ def test_ray_token_auth_and_api_lock_are_on(compose: dict) -> None:
         env = compose["services"][name]["environment"]
         assert env["RAY_AUTH_MODE"] == "token", name
         assert env["RAY_AUTH_TOKEN"] == COMPOSE_ENV["RAY_AUTH_TOKEN"], name
+        assert env["RAY_preload_python_modules"] == ray_runtime.PRELOAD, name
     api = compose["services"]["api"]["environment"]
     assert yaml.safe_load(api["MB_API_KEYS"]) == [COMPOSE_ENV["MB_API_KEY"]]
     assert float(api["MB_RATE_LIMIT_PER_S"]) > 0

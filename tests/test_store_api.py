@@ -15,6 +15,8 @@ from pydantic import SecretStr
 
 from app.core.config import settings
 from app.examples import DIGITS_MLP, digits_job
+from app.jobs import retention
+from app.jobs.store import JobStore, jobs
 from app.main import app
 from tests.databases import drop_connections, postgres_schema, sqlite_write_lock
 from tests.test_store import closed_port
@@ -115,6 +117,25 @@ def test_a_database_corrupted_while_serving_is_503_then_moved_aside_on_restart(s
         assert api.get("/readyz").json()["store"] == "up"
         assert api.get("/v1/jobs").json()["count"] == 0
     assert len(list(tmp_path.glob("jobs.sqlite3.corrupt-*Z"))) == 1  # and its -wal, -shm
+
+
+def test_the_api_prunes_jobs_past_their_retention(serve, tmp_path: Path, monkeypatch) -> None:
+    store = JobStore(tmp_path)
+    for job_id in ("old", "new"):
+        store.create(job_id, {}, 1)
+        store.finish(job_id, "succeeded")
+    three_days_ago = time.time() - 3 * 86400
+    with store._engine.begin() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == "old").values(finished_at=three_days_ago))
+    store.close()
+    monkeypatch.setattr(retention, "FIRST_PRUNE_S", 0)
+    monkeypatch.setattr(settings, "job_retention_days", 2)
+    with serve() as api:
+        deadline = time.monotonic() + 30
+        while api.get("/v1/jobs/old").status_code != 404:
+            assert time.monotonic() < deadline, "the old job was not pruned"
+            time.sleep(0.1)
+        assert api.get("/v1/jobs/new").status_code == 200
 
 
 @pytest.fixture

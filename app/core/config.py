@@ -62,9 +62,18 @@ class Settings(BaseSettings):
     )
     max_dataset_samples: int = Field(100_000, gt=0, description="samples of a synthetic or inline dataset")
     max_dataset_numel: int = Field(1 << 26, gt=0, description="numbers in a dataset's inputs, all samples")
+    max_artifact_bytes: int = Field(
+        1 << 30, gt=0, description="largest weights file of a job (parameter and buffer bytes); 422 beyond"
+    )
     train_wait_seconds: float = Field(120, gt=0, description="how long POST /v1/train waits for its job")
     progress_every_steps: int = Field(50, gt=0, description="a progress event every N steps, and each epoch")
     worker_threads: int = Field(1, gt=0, description="torch threads of a CPU training worker")
+    # Trained models (app/jobs/weights.py, app/api/routes/predict.py, app/api/routes/export.py).
+    max_predict_samples: int = Field(1024, gt=0, description="samples in one predict request")
+    max_predict_numel: int = Field(1 << 20, gt=0, description="numbers in one predict request's inputs")
+    predict_cache_size: int = Field(4, ge=1, description="trained models kept loaded for predict")
+    predict_threads: int = Field(2, gt=0, description="predict requests run at once; more wait")
+    max_concurrent_exports: int = Field(1, gt=0, description="ONNX exports run at once; more wait")
     ray_address: str | None = Field(
         None, description="Ray cluster to join (else env RAY_ADDRESS; else an embedded local Ray)"
     )

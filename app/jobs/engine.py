@@ -86,12 +86,12 @@ class JobEngine:
     def submit(self, request: dict, plan: JobPlan, device: str, owner: str | None = None) -> dict:
         """Store and start a job: the job as queued (a fast worker may already run it).
 
-        Raises ``SpecError`` (device), ``QueueFull`` or ``BackendDown``.
+        Raises ``SpecError`` (device), ``QueueFull``, ``BackendDown`` or ``StoreUnavailable``.
         """
+        self._check_room()  # first: a full queue or a database that is down never touches Ray
         num_gpus = self.check_device(device)
         with self._lock:  # per process; several processes may overshoot the limit by one each
-            if self.store.count_active() >= settings.max_queued_jobs:
-                raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
+            self._check_room()
             job_id = uuid.uuid4().hex
             self.store.create(job_id, request, plan.memory_estimate_bytes, owner=owner)
             queued = self.store.get(job_id)
@@ -101,6 +101,10 @@ class JobEngine:
                 self._forget(job_id)
                 raise BackendDown(f"could not start the job on Ray: {type(e).__name__}: {e}") from e
         return queued
+
+    def _check_room(self) -> None:
+        if self.store.count_active() >= settings.max_queued_jobs:
+            raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
 
     def _start_actor(self, job_id: str, payload: dict, num_gpus: int) -> None:
         data_dir = settings.data_dir.resolve()

@@ -73,6 +73,14 @@ def plan_job(job: JobCreate) -> JobPlan:
             f"and the data take {_gib(info.input_bytes)}; the limit is {_gib(settings.max_job_memory_bytes)}",
             {"limit": settings.max_job_memory_bytes, "got": memory, "breakdown": step.breakdown.model_dump()},
         )
+    weights = summary.param_bytes + summary.buffer_bytes
+    if weights > settings.max_artifact_bytes:
+        raise LimitError(
+            ("model",),
+            f"the trained weights would take {_gib(weights)} (parameters and buffers); the limit is "
+            f"{_gib(settings.max_artifact_bytes)}",
+            {"limit": settings.max_artifact_bytes, "got": weights},
+        )
     allowance = math.ceil(memory * settings.job_memory_factor) + settings.job_memory_slack_bytes
     payload = {
         "model": summary.model,

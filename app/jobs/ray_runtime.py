@@ -41,6 +41,8 @@ _pending: concurrent.futures.Future | None = None
 _connected = False
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "model-builder"
+PRELOAD = "app.jobs.worker,sklearn.datasets"  # what a job's worker imports (see _start_head)
+PRELOAD_ENV = "RAY_preload_python_modules"  # Ray's config: modules its workers import before work
 _remote_classes: dict[type, Any] = {}
 
 
@@ -181,11 +183,16 @@ def _start_head(state: Path) -> str:
     ]  # fmt: skip
     if settings.ray_num_cpus is not None:
         command.append(f"--num-cpus={settings.ray_num_cpus}")
+    root = str(Path(__file__).resolve().parents[2])  # this checkout, importable by the workers
     env = {
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps the node on loopback
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray's idle workers import the job's code (torch, the layers, scikit-learn's datasets)
+        # before they take work: each job is a fresh actor process, so it starts warm.
+        PRELOAD_ENV: os.environ.get(PRELOAD_ENV, PRELOAD),
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
     }
     with open(state / "ray-start.log", "wb") as out:
         # Its own session: a signal to the API's process group (Ctrl-C, kill -- -PID) spares it.

@@ -92,7 +92,10 @@ def describe(url: sa.URL) -> str:
 
 
 class JobStore:
-    """The job table and each job's progress events."""
+    """The job table and each job's progress events.
+
+    ``migrate=False`` is a worker's store: it neither checks a SQLite file for corruption nor
+    migrates the schema (the API processes do both, before any job can start)."""
 
     def __init__(
         self,
@@ -132,18 +135,16 @@ class JobStore:
         with self._open_lock:
             if self._opened:
                 return
-            if self.path is not None:
+            if self._migrate and self.path is not None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with _file_lock(self.path.with_name(self.path.name + ".lock")):
                     _move_aside_if_corrupt(self.path)
                     self._upgrade()
-            else:
+            elif self._migrate:
                 self._upgrade()
             self._opened = True
 
     def _upgrade(self) -> None:
-        if not self._migrate:
-            return
         from alembic import command
         from alembic.config import Config
 
@@ -284,20 +285,28 @@ class JobStore:
 
         return self._write(work)
 
-    def record_progress(self, job_id: str, progress: dict) -> None:
-        def work(conn: Connection) -> None:
-            if _lock_job(conn, job_id) is not None:
-                conn.execute(jobs.update().where(jobs.c.id == job_id).values(progress=progress))
-                _add_event(conn, job_id, "progress", progress)
+    def record_progress(self, job_id: str, progress: dict) -> bool:
+        """Store the latest progress (and its event); False, and no change, when a report of the
+        same or a later ``step`` is already there (a write retried after its commit, or a
+        restarted worker replaying steps since its checkpoint): followers see each step once."""
 
-        self._write(work)
+        def work(conn: Connection) -> bool:
+            row = _lock_job(conn, job_id)
+            if row is None or _repeats(progress, row.progress):
+                return False
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(progress=progress))
+            _add_event(conn, job_id, "progress", progress)
+            return True
+
+        return self._write(work)
 
     def record_epoch(self, job_id: str, entry: dict, progress: dict) -> bool:
         """Append an epoch to the history (and its event); False, and no change, when that epoch
         is already there (a restarted worker reporting it again)."""
 
         def work(conn: Connection) -> bool:
-            history = _lock_job(conn, job_id)
+            row = _lock_job(conn, job_id)
+            history = None if row is None else row.history
             if history is None or any(h.get("epoch") == entry.get("epoch") for h in history):
                 return False
             statement = jobs.update().where(jobs.c.id == job_id)
@@ -362,12 +371,17 @@ class JobStore:
         return self._write(work)
 
 
-def _lock_job(conn: Connection, job_id: str) -> list | None:
-    """The job's history, its row locked until the transaction ends (PostgreSQL; SQLite's
-    BEGIN IMMEDIATE already holds the database); None when there is no such job."""
-    statement = sa.select(jobs.c.history).where(jobs.c.id == job_id).with_for_update()
-    row = conn.execute(statement).first()
-    return None if row is None else row[0]
+def _lock_job(conn: Connection, job_id: str) -> sa.Row | None:
+    """The job's history and progress, its row locked until the transaction ends (PostgreSQL;
+    SQLite's BEGIN IMMEDIATE already holds the database); None when there is no such job."""
+    statement = sa.select(jobs.c.history, jobs.c.progress).where(jobs.c.id == job_id).with_for_update()
+    return conn.execute(statement).first()
+
+
+def _repeats(new: dict, last: dict | None) -> bool:
+    """Whether progress ``new`` is at or before the ``last`` stored one (both must have a step)."""
+    step, last_step = new.get("step"), (last or {}).get("step")
+    return isinstance(step, int) and isinstance(last_step, int) and step <= last_step
 
 
 def _add_event(conn: Connection, job_id: str, kind: str, data: dict) -> None:

@@ -33,6 +33,7 @@ from app.jobs.events import (
 )
 from app.jobs.measure import JobMemory
 from app.jobs.memory_guard import MemoryGuard
+from app.jobs.weights import save_weights
 from layers import ModelSpec
 from layers.losses import AnyLoss, LossSpec
 from layers.optimizers import AnyOptimizer
@@ -201,11 +202,14 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
             )
         progress = Progress(epoch=epoch, step=step, steps_total=steps_total, loss=loss.item())
         yield EpochEvent(entry=entry, progress=progress)
-    # Hook points at the end of a successful run, before ``Done``: the final weights go to
-    # ``artifact_dir/model.safetensors`` (stream F); measured memory goes into ``Done.memory`` (stream C).
+    # At the end of a successful run, before ``Done``: the final weights go to
+    # ``artifact_dir/model.safetensors`` (app.jobs.weights); measured memory goes into ``Done.memory``.
     last = history[-1]
     metrics = {"train_loss": last.train_loss, "val_loss": last.val_loss, "val_accuracy": last.val_accuracy}
-    yield Done(metrics=metrics, duration_s=spent_before + time.monotonic() - started, memory=memory.result())
+    if job.artifact_dir is not None:
+        save_weights(model, job.model, job.job_id, Path(job.artifact_dir))
+    duration = spent_before + time.monotonic() - started
+    yield Done(metrics=metrics, duration_s=duration, memory=memory.result())
 
 
 def _rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
