@@ -65,6 +65,7 @@ class TracedModel:
     param_dtype: torch.dtype
     flops: int
     uncounted_ops: list[str] = field(default_factory=list)  # composites whose FLOPs torch misses
+    input_dtype: torch.dtype = torch.float32
 
 
 def param_dtype_for(input_dtype: torch.dtype) -> torch.dtype:
@@ -100,6 +101,7 @@ def trace_model(
         param_dtype=tracer.param_dtype,
         flops=flops,
         uncounted_ops=sorted(mode.uncounted),
+        input_dtype=dtype,
     )
 
 

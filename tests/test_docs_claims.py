@@ -12,7 +12,7 @@ README = (ROOT / "README.md").read_text()
 
 
 def test_bench_cites_only_files_and_scripts_in_the_repository() -> None:
-    for name in set(re.findall(r"\b[\w/.-]+\.(?:md|py)\b", BENCH)):
+    for name in {cited.lstrip("/") for cited in re.findall(r"\b[\w/.-]+\.(?:md|py)\b", BENCH)}:
         found = (ROOT / name).exists() or (ROOT / "bench" / name).exists() or any(ROOT.glob(f"*/{name}"))
         assert found, f"bench/README.md cites {name}, which is not in the repository"
 

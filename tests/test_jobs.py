@@ -92,8 +92,25 @@ def test_a_small_cnn_learns_the_digits(api: TestClient) -> None:
     assert result["node"]["node_id"] and result["node"]["ip"] and result["node"]["pid"] != os.getpid()
     assert result["created_at"] <= result["started_at"] <= result["finished_at"]
     assert result["duration_s"] > 0 and result["memory_estimate_bytes"] > 0
+    memory = result["memory"]
+    assert memory["estimated_bytes"] == result["memory_estimate_bytes"] > memory["measured_peak_bytes"] > 0
     assert result["request"]["model"] == json.loads(json.dumps(result["request"]["model"]))
     assert api.get(f"/v1/jobs/{result['id']}").json() == result
+
+
+def test_a_job_over_its_memory_allowance_fails_and_the_worker_carries_on(
+    api: TestClient, monkeypatch
+) -> None:
+    # No headroom over the estimate: the worker's own growth (data, torch's allocator) lies past it.
+    monkeypatch.setattr(settings, "job_memory_factor", 1.0)
+    monkeypatch.setattr(settings, "job_memory_slack_bytes", 0)
+    failed = api.post("/v1/train", json=job()).json()
+    assert failed["status"] == "failed", failed
+    assert failed["error"].startswith("out of memory: the job went over its memory allowance"), failed[
+        "error"
+    ]
+    monkeypatch.undo()
+    assert api.post("/v1/train", json=job()).json()["status"] == "succeeded"
 
 
 def test_same_seed_same_device_same_history(api: TestClient) -> None:

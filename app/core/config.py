@@ -59,7 +59,13 @@ class Settings(BaseSettings):
     max_job_seconds: float = Field(600, gt=0, description="wall time of one job; it fails past it")
     max_queued_jobs: int = Field(16, gt=0, description="jobs queued or running at once; 429 beyond")
     max_job_memory_bytes: int = Field(
-        4 << 30, gt=0, description="estimated training memory of one job (weights, grads, state, activations)"
+        4 << 30, gt=0, description="estimated training memory of one job (its training step's peak and data)"
+    )
+    job_memory_factor: float = Field(
+        1.25, ge=1, description="a job's memory allowance is its estimate times this, plus the slack"
+    )
+    job_memory_slack_bytes: int = Field(
+        512 << 20, ge=0, description="added to a job's allowance (allocator and kernels' overhead)"
     )
     max_dataset_samples: int = Field(100_000, gt=0, description="samples of a synthetic or inline dataset")
     max_dataset_numel: int = Field(1 << 26, gt=0, description="numbers in a dataset's inputs, all samples")

@@ -116,6 +116,7 @@ class JobEngine:
             (job_id, payload, str(data_dir), url),
             num_gpus=num_gpus,
             max_restarts=settings.max_restarts,
+            memory=payload.get("memory_allowance_bytes"),  # the allowance the worker holds it to
         )
 
     def _forget(self, job_id: str) -> None:

@@ -294,8 +294,13 @@ def actor_name(job_id: str) -> str:
     return f"job-{job_id}"
 
 
-def start_actor(actor_class: Any, name: str, args: tuple, *, num_gpus: int, max_restarts: int) -> None:
-    """Start a detached, named actor: it outlives this process, and any API process finds it by name."""
+def start_actor(
+    actor_class: Any, name: str, args: tuple, *, num_gpus: int, max_restarts: int, memory: int | None = None
+) -> None:
+    """Start a detached, named actor: it outlives this process, and any API process finds it by name.
+
+    ``memory``: bytes Ray reserves for it (placed only where that much is free).
+    """
     import ray
 
     remote = _remote_classes.get(actor_class)
@@ -308,6 +313,7 @@ def start_actor(actor_class: Any, name: str, args: tuple, *, num_gpus: int, max_
         max_restarts=max_restarts,
         num_cpus=1,
         num_gpus=num_gpus,
+        memory=memory,
     ).remote(*args)
 
 

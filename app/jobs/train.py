@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,8 @@ from app.jobs.events import (
     Started,
     WorkerEvent,
 )
+from app.jobs.measure import JobMemory
+from app.jobs.memory_guard import MemoryGuard
 from app.jobs.weights import save_weights
 from layers import ModelSpec
 from layers.losses import AnyLoss, LossSpec
@@ -53,6 +56,8 @@ class TrainPayload(BaseModel):
     time_limit_s: float
     progress_every: int
     threads: int
+    memory_estimate_bytes: int | None = None  # the plan's estimate, reported beside the measurement
+    memory_allowance_bytes: int | None = None  # the worker fails the job past it (app.jobs.memory_guard)
     job_id: str = ""  # set by the engine at submit
     artifact_dir: str | None = (
         None  # settings.data_dir/jobs/<id>: checkpoints, final weights; None: none kept
@@ -77,17 +82,33 @@ def train(payload: dict, node: dict[str, Any] | None = None) -> Iterator[WorkerE
     from the newest checkpoint (same seed, same device: the same history as an uninterrupted run).
     """
     started = time.monotonic()
+    guard: MemoryGuard | None = None
     try:
         job = TrainPayload.model_validate(payload)
         device = pick_device(job.device)
         if device.type == "cpu":
             torch.set_num_threads(job.threads)  # one thread per worker holds up on a shared machine
-        yield from _train(job, device, started, node or node_info())
+        if job.memory_allowance_bytes is None:
+            yield from _train(job, device, started, node or node_info())
+        else:
+            allowance, estimate = job.memory_allowance_bytes, job.memory_estimate_bytes
+            guard = MemoryGuard(allowance, device, estimate, _host_allowance(allowance, device))
+            with guard:
+                yield from _train(job, device, started, node or node_info())
     except _Timeout as e:
         yield Failed(error=str(e))
     except Exception as e:  # anything torch refuses at run time becomes a readable reason
         first_line = (str(e).strip().splitlines() or [""])[0]
-        yield Failed(error=f"training failed: {type(e).__name__}: {first_line}")
+        reason = guard.explain(e) if guard is not None else None
+        yield Failed(error=reason or f"training failed: {type(e).__name__}: {first_line}")
+
+
+CUDA_RUNTIME_HOST_BYTES = 2 << 30  # host memory the CUDA runtime itself takes in a CUDA job
+
+
+def _host_allowance(allowance: int, device: torch.device) -> int:
+    """The host memory a job may grow by: its allowance, plus the CUDA runtime's on a GPU."""
+    return allowance + CUDA_RUNTIME_HOST_BYTES if device.type == "cuda" else allowance
 
 
 class _Timeout(Exception):
@@ -113,6 +134,7 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
     x_train, x_val, labels_val = x_train.to(device), x_val.to(device), y_val.to(device)
     loss_fn = loss_spec.build().to(device)
     optimizer = job.optimizer.build(model.parameters())
+    memory, first = JobMemory(model, device, job.memory_estimate_bytes), True
     shuffle = torch.Generator().manual_seed(job.seed)
 
     n, bs = x_train.shape[0], job.batch_size
@@ -137,9 +159,13 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
             if len(batch) == 1 and bs > 1:
                 continue  # a trailing single sample: BatchNorm cannot train on one
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_train[batch]), t_train[batch])
+            with memory.first_forward() if first else nullcontext():
+                loss = loss_fn(model(x_train[batch]), t_train[batch])
             loss.backward()
             optimizer.step()
+            if first:
+                memory.after_first_step(optimizer)
+                first = False
             total += loss.detach() * len(batch)
             seen += len(batch)
             step += 1
@@ -182,7 +208,8 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
     metrics = {"train_loss": last.train_loss, "val_loss": last.val_loss, "val_accuracy": last.val_accuracy}
     if job.artifact_dir is not None:
         save_weights(model, job.model, job.job_id, Path(job.artifact_dir))
-    yield Done(metrics=metrics, duration_s=spent_before + time.monotonic() - started)
+    duration = spent_before + time.monotonic() - started
+    yield Done(metrics=metrics, duration_s=duration, memory=memory.result())
 
 
 def _rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:

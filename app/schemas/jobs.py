@@ -66,6 +66,12 @@ class NodeInfo(BaseModel):
     pid: int = Field(description="the worker process")
 
 
+class JobMemory(BaseModel):
+    estimated_bytes: int | None = Field(description="the plan's estimate: training step peak plus data")
+    measured_peak_bytes: int = Field(description="what the run really used (see `how`)")
+    how: str = Field(description="how it was measured on that device")
+
+
 class WeightsPublic(BaseModel):
     size_bytes: int = Field(description="size of the safetensors file")
     sha256: str = Field(description="its sha256 (hex), also its ETag")
@@ -83,7 +89,8 @@ class JobPublic(BaseModel):
     duration_s: float | None = Field(description="training wall time, from worker start to finish")
     error: str | None
     restarts: int = Field(0, description="times the job's worker died and was restarted from its checkpoint")
-    memory_estimate_bytes: int = Field(description="weights, grads, optimizer state and activations")
+    memory_estimate_bytes: int = Field(description="the training step's peak (layers.memory) plus the data")
+    memory: JobMemory | None = Field(None, description="estimate against measurement, once the job succeeded")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -1,8 +1,10 @@
-"""Model analysis: the summary of a spec, traced on the meta device."""
+"""Model analysis: the summary of a spec traced on the meta device, and whether it fits a device."""
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Request, Response
@@ -11,11 +13,15 @@ from app.api.deps import GUARD_RESPONSES, guard
 from app.core.cache import BytesLRU
 from app.core.config import settings
 from app.core.traces import run_trace
-from app.examples import SUMMARY_EXAMPLES
-from app.schemas.summary import SummaryRequest
+from app.examples import FIT_EXAMPLES, SUMMARY_EXAMPLES
+from app.schemas.fit import BatchProbe, FitResult
+from app.schemas.summary import FitRequest, SummaryRequest
 from layers.budget import TraceCancelled
-from layers.errors import SpecError
+from layers.errors import LimitError, SpecError
+from layers.fit import largest_batch
+from layers.memory import estimate_memory
 from layers.summary import ModelSummary, summarize
+from layers.trace import trace_model
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES
@@ -26,6 +32,8 @@ ERRORS = {
     413: {"description": "request body too large"},
     422: {"description": "invalid spec, a shape mismatch (naming the layer) or a limit exceeded"},
 }
+
+
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, but the access log does
 
 # Serialized summaries keyed by the validated request's canonical JSON: the same spec is traced once.
@@ -33,8 +41,15 @@ _cache = BytesLRU(settings.summary_cache_bytes, settings.summary_cache_size)
 
 
 def _summary_json(request: SummaryRequest, cancelled: threading.Event) -> bytes:
+    training = request.training
     summary = summarize(
-        request.model, tuple(request.input_shape), request.input_dtype, settings.max_trace_seconds, cancelled
+        request.model,
+        tuple(request.input_shape),
+        request.input_dtype,
+        settings.max_trace_seconds,
+        cancelled,
+        optimizer=training.optimizer if training else None,
+        device=training.device if training else "cuda",
     )
     return summary.model_dump_json().encode()
 
@@ -56,3 +71,69 @@ async def model_summary(
     except TraceCancelled:
         return Response(status_code=CLIENT_GONE)
     return Response(body, media_type="application/json")
+
+
+@router.post("/fit", responses=ERRORS, response_model=FitResult)
+async def model_fit(
+    request: Annotated[FitRequest, Body(openapi_examples=FIT_EXAMPLES)], http: Request
+) -> Response | FitResult:
+    """Whether a training step fits the device, and the largest batch that does (traced on meta)."""
+    try:
+        request.model.check_limits(settings.max_layers, settings.max_nesting)
+    except SpecError as e:
+        raise e.under("model") from e
+    try:
+        return await run_trace(http, lambda cancelled: _fit(request, cancelled))
+    except TraceCancelled:
+        return Response(status_code=CLIENT_GONE)
+
+
+def _fit(request: FitRequest, cancelled: threading.Event) -> FitResult:
+    """The fit, in the thread pool under a trace slot (``run_trace``)."""
+    budget = settings.max_trace_seconds
+    deadline = time.thread_time() + budget
+    try:
+        traced = trace_model(
+            request.model, tuple(request.input_shape), request.input_dtype, budget, cancelled
+        )
+        estimate = estimate_memory(
+            traced, request.optimizer, request.device, deadline=deadline, budget_s=budget, inference=False
+        )
+        sample_numel = math.prod(traced.input_shape[1:])
+        max_batch = min(settings.max_input_dim, settings.max_input_numel // sample_numel)
+        fit = largest_batch(
+            traced,
+            request.optimizer,
+            request.device,
+            request.device_memory_bytes,
+            max_batch,
+            deadline,
+            budget,
+        )
+    except SpecError as e:
+        raise e.under("model") from e
+    memory = estimate.memory
+    limit = request.device_memory_bytes
+    if fit.max_batch_size == 0:
+        raise LimitError(
+            ("device_memory_bytes",),
+            f"even batch 1 does not fit: its training step peaks at {fit.probes[1]} bytes "
+            f"({_breakdown(estimate.memory.breakdown.model_dump())} at batch {traced.input_shape[0]}); "
+            f"the device has {limit}",
+            {"limit": limit, "batch_1_peak_bytes": fit.probes[1]},
+        )
+    return FitResult(
+        fits=memory.training_peak_bytes <= limit,
+        batch_size=traced.input_shape[0],
+        training_peak_bytes=memory.training_peak_bytes,
+        headroom_bytes=limit - memory.training_peak_bytes,
+        breakdown=memory.breakdown,
+        max_batch_size=fit.max_batch_size,
+        max_batch_peak_bytes=fit.probes[fit.max_batch_size],
+        probes=[BatchProbe(batch_size=b, training_peak_bytes=p) for b, p in sorted(fit.probes.items())],
+        notes=memory.notes,
+    )
+
+
+def _breakdown(parts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in parts.items())

@@ -261,6 +261,7 @@ async function startTraining(event) {
   state.job = body;
   $("#job-downloads").hidden = true;
   newChart();
+  showJobMemory(null);
   trainStatus(`Job ${body.id}: ${body.status}`);
   // Events: `progress` (epoch, step, steps_total, loss), `epoch` (one history entry), `done` (the job).
   const follow = new AbortController();
@@ -286,6 +287,7 @@ function onJobEvent(name, data) {
     const time = data.duration_s != null ? ` in ${data.duration_s.toFixed(1)} s` : "";
     trainStatus(`Job ${data.id}: ${data.status}${data.device ? ` on ${data.device}` : ""}${time}${result}`
       + `${data.error ? `: ${data.error}` : ""}`);
+    showJobMemory(data.memory);
     if (TERMINAL.has(data.status)) {
       stopFollowing();
       setTraining(false);
@@ -293,6 +295,16 @@ function onJobEvent(name, data) {
       $("#job-download-status").textContent = "";
     }
   }
+}
+
+/** The job's memory: the plan's estimate beside what the run measured (and how). */
+function showJobMemory(memory) {
+  const line = $("#train-memory");
+  line.hidden = !memory;
+  if (!memory) return;
+  const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+  const estimate = memory.estimated_bytes != null ? mib(memory.estimated_bytes) : "none";
+  line.textContent = `Memory: estimated ${estimate}, measured ${mib(memory.measured_peak_bytes)} (${memory.how})`;
 }
 
 async function cancelTraining() {
