@@ -3,7 +3,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install system-deps run test lint bench
+.PHONY: install system-deps run stop-ray test lint bench
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	python3 -m venv $(VENV)
@@ -19,6 +19,9 @@ system-deps:  ## Debian packages the browser and deployment tests use
 
 run: install  ## set up and serve on http://$(HOST):$(PORT)
 	$(VENV)/bin/uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+stop-ray:  ## stop the embedded Ray of MB_DATA_DIR (it outlives the API, with its jobs), and only it
+	$(PY) -m app.jobs.ray_runtime stop
 
 lint: install
 	$(VENV)/bin/ruff check .

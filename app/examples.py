@@ -204,3 +204,25 @@ SUMMARY_EXAMPLES = {
         "value": {"model": TINY_LLAMA, "input_shape": [1, 2048], "input_dtype": "int64"},
     },
 }
+
+SUMMARY_EXAMPLES["small_cnn_training"] = {
+    "summary": "The small CNN with its training memory under Adam",
+    "value": {
+        "model": SMALL_CNN,
+        "input_shape": [64, 1, 8, 8],
+        "training": {"optimizer": {"type": "Adam", "lr": 0.001}, "device": "cuda"},
+    },
+}
+
+FIT_EXAMPLES = {
+    "small_cnn_1gib": {
+        "summary": "Does the small CNN train on a 1 GiB device, and at what batch at most?",
+        "value": {
+            "model": SMALL_CNN,
+            "input_shape": [64, 1, 8, 8],
+            "optimizer": {"type": "Adam", "lr": 0.001},
+            "device": "cuda",
+            "device_memory_bytes": 1 << 30,
+        },
+    }
+}

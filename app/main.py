@@ -13,15 +13,16 @@ from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
 from app.core.security import APILockMiddleware
-from app.core.warmup import warm_up_in_background
+from app.core.warmup import warming_up
 from app.jobs.engine import jobs_lifespan
+from app.jobs.retention import pruning
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    warm_up_in_background()
-    async with jobs_lifespan(app):  # the job store, and Ray for training
-        yield
+    with warming_up():
+        async with jobs_lifespan(app), pruning(app.state.jobs.store):  # the job store, Ray, retention
+            yield
 
 
 app = FastAPI(

@@ -13,6 +13,9 @@ process. Servers, one at a time, the same request body for all:
 Run by hand, not in CI (about a minute); the load generator shares the machine's cores:
 
     .venv/bin/python bench/summary_throughput.py --connections 32 --duration 10
+
+``--processes 1 2`` instead measures the traced summary (no cache) with ``uvicorn --workers N``
+for each N: tracing holds the GIL, so a second API process is the way to a second core.
 """
 
 from __future__ import annotations
@@ -75,10 +78,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(app: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+def start_server(app: str, env: dict[str, str], workers: int = 1) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--log-level", "warning", "--backlog", "1024"]
+    command += ["--log-level", "warning", "--backlog", "1024", "--workers", str(workers)]
     command += ["--app-dir", str(ROOT / "bench")] if app.startswith("summary_throughput") else []
     proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
@@ -176,14 +179,18 @@ def run_httpx(url: str, body: bytes, connections: int, duration: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def measure(app: str, env: dict[str, str], body: dict, args: argparse.Namespace) -> dict:
+def measure(app: str, env: dict[str, str], body: dict, args: argparse.Namespace, workers: int = 1) -> dict:
     raw = json.dumps(body).encode()
-    proc, url = start_server(app, env)
+    proc, url = start_server(app, env, workers)
     try:
-        warm = httpx.post(
-            f"{url}/v1/models/summary", content=raw, headers={"content-type": "application/json"}
-        )
-        assert warm.status_code == 200, warm.text[:300]
+        for _ in range(4 * workers):  # every process has started and traced once
+            warm = httpx.post(
+                f"{url}/v1/models/summary",
+                content=raw,
+                headers={"content-type": "application/json"},
+                timeout=60,
+            )
+            assert warm.status_code == 200, warm.text[:300]
         if args.generator == "wrk":
             result = run_wrk(f"{url}/v1/models/summary", raw, args.connections, args.duration)
         else:
@@ -219,6 +226,9 @@ def main() -> None:
     parser.add_argument(
         "--generator", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx"
     )
+    parser.add_argument(
+        "--processes", type=int, nargs="+", help="measure the traced summary with uvicorn --workers N, each N"
+    )
     args = parser.parse_args()
 
     print(f"machine: {machine()}")
@@ -229,6 +239,9 @@ def main() -> None:
 
     app_env = {"MB_RAY_EAGER_START": "false", "MB_DATA_DIR": tempfile.mkdtemp()}
     traced_env = {**app_env, "MB_SUMMARY_CACHE_SIZE": "0"}
+    if args.processes:
+        scaling(traced_env, args)
+        return
     # The ceiling answers the summary's own bytes for the same body: same sizes in and out.
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as stored:
         proc, url = start_server("app.main:app", app_env)
@@ -264,6 +277,25 @@ def main() -> None:
         print(
             f"| {name} | {sizes} | {r['rps']:,.0f} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | "
             f"{r['rps'] / ceiling_rps:.2f} | {r['non_2xx'] + r['socket_errors']} |"
+        )
+
+
+def scaling(env: dict[str, str], args: argparse.Namespace) -> None:
+    """The traced small-CNN summary with 1, 2, ... API processes (``uvicorn --workers N``)."""
+    results = []
+    for workers in args.processes:
+        result = measure("app.main:app", env, SMALL_CNN_BODY, args, workers)
+        print(f"  {workers} API process(es): {json.dumps(result)}", flush=True)
+        results.append((workers, result))
+    print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
+    print()
+    base = results[0][1]["rps"]
+    print("| API processes | requests/s | p50 | p99 | vs. the first | non-2xx |")
+    print("|---|---|---|---|---|---|")
+    for workers, r in results:
+        print(
+            f"| {workers} | {r['rps']:,.1f} | {r['p50_ms']:.0f} ms | {r['p99_ms']:.0f} ms | "
+            f"{r['rps'] / base:.2f}x | {r['non_2xx'] + r['socket_errors']} |"
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field, model_validator
@@ -10,6 +10,9 @@ from torch import nn
 
 from layers.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
 from layers.errors import ShapeError
+
+if TYPE_CHECKING:
+    from layers.codegen import CodeWriter
 
 
 def causal_mask(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
@@ -140,3 +143,11 @@ class TransformerEncoderLayerSpec(LayerSpec):
         return TransformerEncoderLayer(
             **args, activation=feedforward_activation(self.activation), causal=self.causal
         )
+
+    def code(self, writer: CodeWriter) -> Any:
+        # The activation is torch's name, or a module for gelu_tanh: written as that module's call.
+        activation = feedforward_activation(self.activation)
+        if isinstance(activation, nn.GELU):
+            activation = writer.call(nn.GELU, approximate=activation.approximate)
+        args = self.model_dump(exclude={"type", "name", "activation"})
+        return writer.call(TransformerEncoderLayer, **args, activation=activation)

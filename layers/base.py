@@ -8,7 +8,7 @@ and it builds its module. Subclassing ``LayerSpec`` with a literal ``type`` regi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 import torch
 from pydantic import Field
@@ -17,6 +17,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from layers.errors import Loc, ShapeError
 from layers.spec import TypedSpec
+
+if TYPE_CHECKING:
+    from layers.codegen import CodeWriter
 
 Shape = tuple[int, ...]
 
@@ -71,6 +74,15 @@ class LayerSpec(TypedSpec):
     def build(self) -> nn.Module:
         """Construct the module. Called on an inferred spec, under a device context."""
         raise NotImplementedError
+
+    def code(self, writer: CodeWriter) -> Any:
+        """This layer's module as an expression of the exported Python file (``layers.codegen``).
+
+        The default calls the built module's class with the spec fields its ``__init__`` takes
+        (a container's child sequences by their field names); override where a spec does not
+        map onto its module's arguments one to one.
+        """
+        return writer.default(self)
 
     def weight_tie(self) -> str | None:
         """The name of the layer whose ``tieable_weight`` this layer's weight is (``tie_weight``)."""

@@ -62,6 +62,8 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias)
 
+    rotate_on_meta = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, steps, _ = x.shape
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
@@ -70,7 +72,8 @@ class CausalSelfAttention(nn.Module):
         v = self.v_proj(x).view(batch, steps, kv_heads, head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         # On meta (the summary's trace) the rotation is skipped: it keeps q's and k's shapes and
         # has no FLOPs FlopCounterMode counts, and its ~20 meta kernels would cost 25 ms a layer.
-        if self.rope and not x.is_meta:
+        # The training-memory passes (layers.memory) set rotate_on_meta: what it keeps counts there.
+        if self.rope and (self.rotate_on_meta or not x.is_meta):
             cos, sin = rotary_tables(steps, head_dim, self.rope_theta, x.device)
             q, k = rotary(q, cos, sin), rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(

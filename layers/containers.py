@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field
@@ -15,6 +15,7 @@ from layers.errors import Loc, ShapeError
 MAX_COPIES = 4096
 
 if TYPE_CHECKING:  # resolved by layers.model once every layer type is registered
+    from layers.codegen import CodeWriter
     from layers.model import AnyLayer
 
 
@@ -110,6 +111,10 @@ class ResidualSpec(ContainerSpec):
 
     def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
         return Residual(modules[0], modules[1] if self.shortcut else nn.Identity())
+
+    def code(self, writer: CodeWriter) -> Any:
+        shortcut = writer.sequence(self.shortcut, "shortcut") if self.shortcut else writer.call(nn.Identity)
+        return writer.call(Residual, writer.sequence(self.layers, "layers"), shortcut)
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         body, skip = outputs[0], outputs[1] if self.shortcut else x

@@ -62,9 +62,17 @@ class LossSpec(TypedSpec):
         """The dataset's targets in the form this loss takes, for a per-sample ``output`` shape."""
         return y
 
+    def classes(self, out: torch.Tensor) -> torch.Tensor:
+        """The predicted class index of each sample of a batch of outputs (classification losses)."""
+        raise NotImplementedError
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        """Each sample's class probabilities, ``[B, classes]`` (classification losses)."""
+        raise NotImplementedError
+
     def correct(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """How many predictions in ``out`` match the class ``labels`` (classification losses)."""
-        raise NotImplementedError
+        return (self.classes(out) == labels).sum()
 
 
 class _RegressionLoss(LossSpec):
@@ -107,8 +115,11 @@ class _ClassIndexLoss(LossSpec):
     def prepare(self, y: torch.Tensor, output: Shape) -> torch.Tensor:
         return y.long()
 
-    def correct(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return (out.argmax(dim=1) == labels).sum()
+    def classes(self, out: torch.Tensor) -> torch.Tensor:
+        return out.argmax(dim=1)
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        return out.softmax(dim=1)  # of logits, or of log-probabilities (NLLLoss): the same
 
 
 class MSELossSpec(_RegressionLoss):
@@ -189,9 +200,12 @@ class BCEWithLogitsLossSpec(LossSpec):
             return y.float().unsqueeze(1)
         return nn.functional.one_hot(y.long(), output[0]).float()
 
-    def correct(self, out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        predicted = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(dim=1)
-        return (predicted == labels).sum()
+    def classes(self, out: torch.Tensor) -> torch.Tensor:
+        return (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(dim=1)
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        p = out.sigmoid()  # one logit: [P(0), P(1)]; one per class: independent per class
+        return torch.cat([1 - p, p], dim=1) if out.shape[1] == 1 else p
 
 
 AnyLoss = union_of(LOSS_SPECS)

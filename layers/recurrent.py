@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field
@@ -17,7 +17,9 @@ ModuleClass = type[nn.Module]  # aliased: inside a spec class, `type` is the fie
 class _ReturnsOutput:
     """Mixin for the torch recurrent modules: forward returns a tensor, not ``(out, state)``."""
 
-    output: Output = "sequence"
+    def __init__(self, *args: Any, output: Output = "sequence", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.output = output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = super().forward(x)  # (B, T, H * dirs) when batch_first
@@ -60,13 +62,8 @@ class RecurrentSpec(LayerSpec):
         expect_rank(shape, (2, 3), self.type)
         return self.model_copy(update={"input_size": infer_size(self.input_size, shape, -1, "input_size")})
 
-    def module_args(self) -> dict:
-        return self.model_dump(exclude={"type", "name", "output"})
-
     def build(self) -> nn.Module:
-        module = self.module_class(**self.module_args())
-        module.output = self.output
-        return module
+        return self.module_class(**self.model_dump(exclude={"type", "name"}))
 
     def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         # On meta a recurrent layer unrolls into per-step ops (seconds for long sequences), and

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from pydantic import BaseModel, Field
 
+from layers.memory import Device, TrainingMemory, estimate_memory
 from layers.model import ModelSpec
+from layers.optimizers import OptimizerSpec
 from layers.trace import InputDType, TracedLayer, trace_model
 
 
@@ -37,6 +41,11 @@ class LayerSummary(BaseModel):
     )
     repeat: RepeatInfo | None = Field(None, description="set on the rows of a Repeat's copies")
     flops: int = Field(description="forward FLOPs of this layer, children included")
+    output_bytes: int = Field(description="bytes of the layer's output")
+    saved_bytes: int | None = Field(
+        None,
+        description="bytes autograd keeps for this layer's backward, children included (with `training`)",
+    )
     spec: dict = Field(description="the layer's spec with inferred sizes filled in")
 
 
@@ -53,6 +62,10 @@ class ModelSummary(BaseModel):
     activation_bytes: int = Field(description="bytes of every leaf layer's forward output")
     flops: int = Field(description="forward FLOPs counted per operator by torch.utils.flop_counter")
     mult_adds: int = Field(description="forward multiply-adds: flops / 2")
+    backward_flops: int | None = Field(
+        None, description="backward FLOPs counted by torch.utils.flop_counter (with `training`)"
+    )
+    memory: TrainingMemory | None = Field(None, description="training and inference memory (with `training`)")
     layers: list[LayerSummary]
     model: dict = Field(description="the model spec with every inferred size filled in")
 
@@ -86,9 +99,20 @@ def summarize(
     input_shape: tuple[int, ...],
     input_dtype: InputDType = "float32",
     time_budget_s: float | None = None,
+    optimizer: OptimizerSpec | None = None,
+    device: Device = "cuda",
 ) -> ModelSummary:
-    """Trace ``spec`` on the meta device and describe it; raises ``SpecError`` naming a layer."""
+    """Trace ``spec`` on the meta device and describe it; raises ``SpecError`` naming a layer.
+
+    With ``optimizer``, also the training memory (``layers.memory``) and the backward FLOPs.
+    """
+    started = time.thread_time()
     traced = trace_model(spec, input_shape, input_dtype, time_budget_s)
+    estimate = None
+    if optimizer is not None:
+        deadline = None if time_budget_s is None else started + time_budget_s
+        estimate = estimate_memory(traced, optimizer, device, deadline=deadline, budget_s=time_budget_s)
+    saved = estimate.saved_by_path if estimate else {}
     params = list(traced.module.parameters())  # each tensor once, a tied one included
     own = {id(node): _own_params(node) for node in traced.layers}
     counts = _param_counts(traced.layers, own)
@@ -102,6 +126,8 @@ def summarize(
             num_params=counts[id(node)],
             params=own[id(node)],
             flops=node.flops,
+            output_bytes=node.output.numel() * node.output.element_size(),
+            saved_bytes=saved.get(node.path) if estimate else None,
             spec=node.spec.model_dump(),
             repeat=None if node.repeat is None else RepeatInfo(index=node.repeat[0], times=node.repeat[1]),
         )
@@ -121,6 +147,8 @@ def summarize(
         activation_bytes=sum(n.output.numel() * n.output.element_size() for n in leaves),
         flops=traced.flops,
         mult_adds=traced.flops // 2,
+        backward_flops=estimate.backward_flops if estimate else None,
+        memory=estimate.memory if estimate else None,
         layers=layers,
         model=traced.spec.model_dump(),
     )

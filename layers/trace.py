@@ -62,6 +62,7 @@ class TracedModel:
     output_shape: Shape
     param_dtype: torch.dtype
     flops: int
+    input_dtype: torch.dtype = torch.float32
 
 
 def param_dtype_for(input_dtype: torch.dtype) -> torch.dtype:
@@ -95,6 +96,7 @@ def trace_model(
         output_shape=tuple(out.shape),
         param_dtype=tracer.param_dtype,
         flops=flops,
+        input_dtype=dtype,
     )
 
 

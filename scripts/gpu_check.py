@@ -9,6 +9,11 @@ to >= 0.9 validation accuracy and reports a ``cuda`` device and its Ray node; an
 lands on the GPU too; the same seed twice gives the same history (reported, not required: cuDNN
 may pick non-deterministic kernels). Exit status 0 when every required check passes, 1 when one
 fails, 2 when there is no GPU (a ``cuda`` job must then be refused at once with a 422).
+
+Training memory (reported, target within 10%): for the zoo of ``bench/memory_estimate.py``, the
+estimate's ``training_peak_bytes`` (device "cuda", traced on meta) against
+``torch.cuda.max_memory_allocated`` over a real steady-state Adam step on this process's GPU,
+printed as a table for bench/README.md. Skipped, saying so, when this process has no CUDA device.
 """
 
 from __future__ import annotations
@@ -32,6 +37,56 @@ def body(device: str, seed: int = 0) -> dict[str, Any]:
 def check(ok: bool, what: str, detail: object = "") -> bool:
     print(f"[{'ok' if ok else 'FAIL'}] {what} {detail}".rstrip(), flush=True)
     return ok
+
+
+def train_step(model: Any, optimizer: Any, x: Any) -> None:
+    """One step with the estimate's stand-in loss (it keeps and returns output-sized tensors)."""
+    model(x).float().pow(2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def memory_table() -> None:
+    """The estimate's training peak against what CUDA's allocator really peaked at, per model."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("[skip] training memory vs torch.cuda.max_memory_allocated: no CUDA device in this process")
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from memory_estimate import ZOO
+
+    from layers import ModelSpec
+    from layers.memory import estimate_memory
+    from layers.optimizers import AdamSpec
+    from layers.trace import trace_model
+
+    device = torch.device("cuda")
+    print("| model (batch) | estimate (cuda) | max_memory_allocated | estimate / measured | within 10% |")
+    print("|---|---|---|---|---|")
+    for name, (layers, shape) in ZOO.items():
+        traced = trace_model(ModelSpec.model_validate({"layers": layers}), shape)
+        estimate = estimate_memory(traced, AdamSpec(), "cuda").memory.training_peak_bytes
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = traced.spec.build()
+        x = torch.randn(shape, device=device)
+        optimizer = torch.optim.Adam(model.parameters())
+        train_step(model, optimizer, x)  # the optimizer's state is made here
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        train_step(model, optimizer, x)
+        torch.cuda.synchronize()
+        measured = torch.cuda.max_memory_allocated(device)
+        ratio = estimate / measured
+        mib = 1 << 20
+        print(
+            f"| {name} | {estimate / mib:.1f} MiB | {measured / mib:.1f} MiB | {ratio:.3f} "
+            f"| {'yes' if abs(ratio - 1) <= 0.1 else 'no'} |",
+            flush=True,
+        )
+        del model, optimizer, x
+        torch.cuda.empty_cache()
 
 
 def run(client: Any) -> int:
@@ -75,6 +130,7 @@ def main() -> int:
     parser.add_argument("--url", help="a running API; default: the app in this process")
     parser.add_argument("--api-key", help="X-API-Key, if the API is locked")
     args = parser.parse_args()
+    memory_table()
     if args.url:
         import httpx
 

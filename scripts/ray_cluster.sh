@@ -16,6 +16,9 @@ set -euo pipefail
 RAY=${RAY:-.venv/bin/ray}
 : "${RAY_AUTH_TOKEN:?set RAY_AUTH_TOKEN, the same on every node and the API}"
 export RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0
+# Idle workers import the job code before taking work (each job is a fresh actor process).
+export RAY_preload_python_modules=${RAY_preload_python_modules:-app.jobs.worker,sklearn.datasets}
+export PYTHONPATH="$(cd "$(dirname "$0")/.." && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 
 case "${1:-}" in
 head)

@@ -2,8 +2,9 @@
 them by ``RAY_ADDRESS``, as in the README's recipe (scripts/ray_cluster.sh).
 
 The head has no CPUs, so a job can only run on a worker node; the job reports that node. Killing
-the worker node mid-job (every process of it, as a crashed machine) fails the job with a clear
-reason while the API stays up, and a worker node that joins later runs the next job.
+the only worker node mid-job (every process of it, as a crashed machine) leaves the job's actor
+nowhere to restart: the job fails with a clear reason while the API stays up, and a worker node
+that joins later runs the next job.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ RAY = Path(sys.executable).parent / "ray"
 KEY = "scale-out-test-key"
 HEAD_IP, WORKER_IP, SECOND_WORKER_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 TERMINAL = ("succeeded", "failed", "cancelled")
+QUEUE_S = 45  # how long a job may wait for a node (its first start on a busy machine takes ~15 s)
 
 
 def mlp_job(epochs: int, batch_size: int = 64) -> dict:
@@ -156,6 +158,7 @@ def cluster() -> Iterator[Cluster]:
             "RAY_ADDRESS": address,
             "MB_DATA_DIR": str(tmp / "data"),
             "MB_API_KEYS": f'["{KEY}"]',
+            "MB_MAX_QUEUE_SECONDS": str(QUEUE_S),
         }
         c.start("api", uvicorn_command(api_port), api_env)
         try:
@@ -186,23 +189,27 @@ def test_jobs_run_on_the_worker_node(cluster: Cluster) -> None:
     job = cluster.run(mlp_job(epochs=3))
     assert job["status"] == "succeeded", job["error"]
     assert job["node"]["ip"] == WORKER_IP  # the head has no CPUs: the job ran on the worker
-    # The training process is one of the worker node's processes (started by its raylet).
-    assert job["node"]["pid"] in descendants(cluster.procs["worker"].pid)
-    assert job["node"]["pid"] not in descendants(cluster.procs["head"].pid)
+    # The job's actor ended with its job (it kills itself once the store has the result).
+    assert job["node"]["pid"] not in descendants(cluster.procs["worker"].pid)
     assert len(job["history"]) == 3 and job["metrics"]["val_accuracy"] > 0.8
 
 
-def test_killing_the_worker_node_mid_job_fails_the_job_and_the_api_carries_on(cluster: Cluster) -> None:
+def test_killing_the_only_worker_node_mid_job_fails_the_job_and_the_api_carries_on(cluster: Cluster) -> None:
+    """Ray restarts the job's actor elsewhere, but no node has room: after MB_MAX_QUEUE_SECONDS
+    of waiting the reaper fails the job (and kills the actor, so it cannot take a later node)."""
     response = cluster.api.post("/v1/jobs", json=mlp_job(epochs=200, batch_size=4))
     assert response.status_code == 202, response.text
     job_id = response.json()["id"]
     running = cluster.wait_job(job_id, lambda job: job["status"] == "running" and job["progress"])
     assert running["node"]["ip"] == WORKER_IP
+    # The training process is one of the worker node's processes (started by its raylet).
+    assert running["node"]["pid"] in descendants(cluster.procs["worker"].pid)
+    assert running["node"]["pid"] not in descendants(cluster.procs["head"].pid)
 
     cluster.kill("worker")
-    failed = cluster.wait_job(job_id, lambda job: job["status"] in TERMINAL)
+    failed = cluster.wait_job(job_id, lambda job: job["status"] in TERMINAL, START_S + QUEUE_S)
     assert failed["status"] == "failed"
-    assert "died" in failed["error"], failed["error"]
+    assert "worker died and was not restarted" in failed["error"], failed["error"]
     assert cluster.api.get("/healthz").status_code == 200
     assert cluster.api.get("/readyz").json()["ray"] == "up"  # the head is still there
 

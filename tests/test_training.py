@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -196,21 +197,25 @@ def payload(model: dict, dataset: dict, loss: dict, **extra: object) -> dict:
 
 
 def run(p: dict) -> list[dict]:
-    events = list(train(p))
+    events = [event.model_dump() for event in train(p)]
     assert events[-1]["kind"] == "done", events[-1]
     return events
 
 
+def epochs(events: list[dict]) -> list[dict]:
+    return [e["entry"] for e in events if e["kind"] == "epoch"]
+
+
 def test_same_seed_same_history_and_another_seed_differs() -> None:
     p = payload(DIGITS_MLP, {"name": "digits"}, {"type": "CrossEntropyLoss"})
-    first = [e for e in run(p) if e["kind"] == "epoch"]
-    again = [e for e in run(p) if e["kind"] == "epoch"]
-    other = [e for e in run({**p, "seed": 1}) if e["kind"] == "epoch"]
+    first = epochs(run(p))
+    again = epochs(run(p))
+    other = epochs(run({**p, "seed": 1}))
     assert first == again
     assert [e["train_loss"] for e in first] != [e["train_loss"] for e in other]
     events = run(p)
     assert next(e["kind"] for e in events) == "started" and events[0]["device"] == "cpu"
-    assert [e["step"] for e in events if e["kind"] == "progress"] == [10, 20, 30, 40]
+    assert [e["progress"]["step"] for e in events if e["kind"] == "progress"] == [10, 20, 30, 40]
 
 
 @pytest.mark.parametrize(
@@ -240,7 +245,7 @@ def test_same_seed_same_history_and_another_seed_differs() -> None:
     ],
 )
 def test_other_tasks_learn(model: dict, dataset: dict, loss: dict) -> None:
-    history = [e for e in run(payload(model, dataset, loss, epochs=15, batch_size=8)) if e["kind"] == "epoch"]
+    history = epochs(run(payload(model, dataset, loss, epochs=15, batch_size=8)))
     assert history[-1]["val_loss"] < 0.5 * history[0]["val_loss"], history
 
 
@@ -249,11 +254,40 @@ def test_a_diverging_loss_fails_the_job_clearly() -> None:
     model = {"layers": [{"type": "Linear", "out_features": 2}]}
     sgd = {"type": "SGD", "lr": 10}  # far too large: the loss overflows to inf within a few epochs
     events = list(train(payload(model, dataset, {"type": "MSELoss"}, optimizer=sgd, epochs=20)))
-    assert events[-1]["kind"] == "failed" and "diverged" in events[-1]["error"], events[-1]
+    assert events[-1].kind == "failed" and "diverged" in events[-1].error, events[-1]
 
 
 def test_a_worker_failure_is_a_failed_event_not_an_exception() -> None:
     p = payload(DIGITS_MLP, {"name": "digits"}, {"type": "CrossEntropyLoss"})
     p["model"]["layers"][1]["in_features"] = 7  # a spec the API's trace would have refused
     events = list(train(p))
-    assert events[-1]["kind"] == "failed" and "RuntimeError" in events[-1]["error"], events[-1]
+    assert events[-1].kind == "failed" and "RuntimeError" in events[-1].error, events[-1]
+
+
+@pytest.mark.parametrize(
+    "optimizer", [{"type": "Adam", "lr": 0.01}, {"type": "SGD", "lr": 0.05, "momentum": 0.9}]
+)
+def test_a_run_stopped_after_an_epoch_resumes_from_its_checkpoint_with_the_same_result(
+    tmp_path: Path, optimizer: dict
+) -> None:
+    """A worker killed mid-run (the generator dropped after epoch 2, mid-epoch 3) and started
+    again resumes from the epoch-2 checkpoint and ends where an uninterrupted run ends."""
+    model = {"layers": [*DIGITS_MLP["layers"][:2], {"type": "Dropout", "p": 0.2}, *DIGITS_MLP["layers"][2:]]}
+    p = payload(model, {"name": "digits"}, {"type": "CrossEntropyLoss"}, optimizer=optimizer, epochs=4)
+    straight = run(p)
+    interrupted = {**p, "artifact_dir": str(tmp_path / "job")}
+    first = train(interrupted)
+    seen = []
+    for event in first:
+        seen.append(event.kind)
+        if event.kind == "progress" and event.progress.epoch == 3:
+            break  # killed mid-epoch 3
+    first.close()
+    assert seen.count("epoch") == 2
+    resumed = run(interrupted)
+    assert resumed[0]["kind"] == "started" and resumed[0]["resumed_from_epoch"] == 2
+    # The checkpointed epochs are reported again (the store keeps each once), then the rest.
+    assert epochs(resumed) == epochs(straight)
+    assert resumed[-1]["metrics"] == straight[-1]["metrics"]
+    assert (tmp_path / "job" / "checkpoint" / "LATEST").read_text() == "epoch-00004"
+    assert [d.name for d in (tmp_path / "job" / "checkpoint").iterdir() if d.is_dir()] == ["epoch-00004"]

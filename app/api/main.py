@@ -2,12 +2,14 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import docs, health, jobs, layers, models, playground
+from app.api.routes import docs, export, health, jobs, layers, models, playground, trained
 
 api_router = APIRouter()
 api_router.include_router(health.router)
 api_router.include_router(layers.router)
 api_router.include_router(models.router)
 api_router.include_router(jobs.router)
+api_router.include_router(export.router)
+api_router.include_router(trained.router)
 api_router.include_router(docs.router)
 api_router.include_router(playground.router)

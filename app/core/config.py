@@ -32,7 +32,19 @@ class Settings(BaseSettings):
     max_concurrent_traces: int = Field(
         2, gt=0, description="summaries traced at once; more wait their turn (tracing holds the GIL)"
     )
-    data_dir: Path = Field(Path("data"), description="where jobs are persisted (SQLite)")
+    data_dir: Path = Field(
+        Path("data"), description="jobs' files, and their SQLite store unless database_url names another"
+    )
+    # The job store (app/jobs/store.py).
+    database_url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL of the job store (postgresql+psycopg://...); else SQLite"
+    )
+    db_retry_seconds: float = Field(
+        5, ge=0, description="how long a store call retries a busy or unreachable database; then 503"
+    )
+    job_retention_days: float = Field(
+        30, ge=0, description="finished jobs older than this are deleted with their files; 0: kept"
+    )
     # Training jobs (app/jobs): limits checked before a job is queued.
     max_epochs: int = Field(200, gt=0, description="epochs of one training job")
     max_steps: int = Field(200_000, gt=0, description="optimizer steps of one job, all epochs together")
@@ -40,18 +52,39 @@ class Settings(BaseSettings):
     max_job_seconds: float = Field(600, gt=0, description="wall time of one job; it fails past it")
     max_queued_jobs: int = Field(16, gt=0, description="jobs queued or running at once; 429 beyond")
     max_job_memory_bytes: int = Field(
-        4 << 30, gt=0, description="estimated training memory of one job (weights, grads, state, activations)"
+        4 << 30, gt=0, description="estimated training memory of one job (its training step's peak and data)"
+    )
+    job_memory_factor: float = Field(
+        1.25, ge=1, description="a job's memory allowance is its estimate times this, plus the slack"
+    )
+    job_memory_slack_bytes: int = Field(
+        512 << 20, ge=0, description="added to a job's allowance (allocator and kernels' overhead)"
     )
     max_dataset_samples: int = Field(100_000, gt=0, description="samples of a synthetic or inline dataset")
     max_dataset_numel: int = Field(1 << 26, gt=0, description="numbers in a dataset's inputs, all samples")
+    max_artifact_bytes: int = Field(
+        1 << 30, gt=0, description="largest weights file of a job (parameter and buffer bytes); 422 beyond"
+    )
     train_wait_seconds: float = Field(120, gt=0, description="how long POST /v1/train waits for its job")
     progress_every_steps: int = Field(50, gt=0, description="a progress event every N steps, and each epoch")
     worker_threads: int = Field(1, gt=0, description="torch threads of a CPU training worker")
+    # Trained models (app/jobs/weights.py, app/api/routes/predict.py, app/api/routes/export.py).
+    max_predict_samples: int = Field(1024, gt=0, description="samples in one predict request")
+    max_predict_numel: int = Field(1 << 20, gt=0, description="numbers in one predict request's inputs")
+    predict_cache_size: int = Field(4, ge=1, description="trained models kept loaded for predict")
+    predict_threads: int = Field(2, gt=0, description="predict requests run at once; more wait")
+    max_concurrent_exports: int = Field(1, gt=0, description="ONNX exports run at once; more wait")
     ray_address: str | None = Field(
         None, description="Ray cluster to join (else env RAY_ADDRESS; else an embedded local Ray)"
     )
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs of the embedded Ray (default: all)")
     ray_eager_start: bool = Field(True, description="start Ray with the API rather than on the first job")
+    max_restarts: int = Field(
+        2, ge=0, description="times Ray restarts a job's worker that died; it resumes from its checkpoint"
+    )
+    max_queue_seconds: float = Field(
+        900, gt=0, description="how long a job may wait for a worker (queued, or its worker restarting)"
+    )
 
 
 settings = Settings()

@@ -16,7 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import Send
 
+from app.jobs.store import StoreUnavailable
 from layers.errors import SpecError
+
+STORE_RETRY_AFTER_S = 5
 
 
 async def _spec_error_handler(request: Request, exc: SpecError) -> JSONResponse:
@@ -74,7 +77,16 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+async def _store_unavailable_handler(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    # The database is down, locked past the store's retries, or unreadable: the client may retry.
+    detail = {"type": "store_unavailable", "loc": ["store"], "msg": str(exc)}
+    detail["ctx"] = {"database": exc.database}
+    headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+    return JSONResponse(status_code=503, content={"detail": [detail]}, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StoreUnavailable, _store_unavailable_handler)
     app.add_exception_handler(SpecError, _spec_error_handler)
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)

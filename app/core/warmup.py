@@ -8,31 +8,46 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from app.examples import SUMMARY_EXAMPLES
 from layers import ModelSpec
 from layers.summary import summarize
 
 log = logging.getLogger(__name__)
+JOIN_TIMEOUT_S = 60  # one example traces in well under this, even on a loaded machine
 
 
-def warm_up() -> None:
-    """Summarise every built-in example once."""
+def warm_up(stop: threading.Event | None = None) -> None:
+    """Summarise every built-in example once (until ``stop`` is set)."""
     for example in SUMMARY_EXAMPLES.values():
+        if stop is not None and stop.is_set():
+            return
         request = example["value"]
         model = ModelSpec.model_validate(request["model"])
         summarize(model, tuple(request["input_shape"]), request.get("input_dtype", "float32"))
 
 
-def warm_up_in_background() -> threading.Thread:
-    """Start ``warm_up`` on a daemon thread, so the server answers (``/healthz``) meanwhile."""
+@contextmanager
+def warming_up() -> Iterator[None]:
+    """Run ``warm_up`` on a thread while the server answers (``/healthz``), and stop it on exit.
+
+    The thread is stopped and joined, not left behind: a process that exits while a thread is
+    inside torch's C++ code aborts ("terminate called without an active exception").
+    """
+    stop = threading.Event()
 
     def run() -> None:
         try:
-            warm_up()
+            warm_up(stop)
         except Exception:  # a warm-up failure must never stop the server; the request path reports it
             log.exception("warm-up failed")
 
     thread = threading.Thread(target=run, name="warm-up", daemon=True)
     thread.start()
-    return thread
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=JOIN_TIMEOUT_S)

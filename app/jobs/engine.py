@@ -1,18 +1,24 @@
-"""Runs jobs as Ray tasks and turns what they report into the stored job.
+"""Starts jobs as detached Ray actors, cancels them by name, and reaps the ones that went astray.
 
-Each job is one streaming Ray task (``app.jobs.train.train`` yields its events); a monitor
-thread per job reads them and writes the store, so training never touches the API's event
-loop. Cancel and the hard time limit kill the task (``ray.cancel(force=True)``). A worker that
-dies mid-job is not retried: its job fails with the reason Ray gives.
+Each job is one detached, named actor (``app.jobs.worker.JobActor``) that trains and writes its
+own events to the store, so a job outlives the API process that started it, and any API process
+serves, follows (from the store) and cancels (by actor name) any job. Ray restarts an actor
+whose process died (``MB_MAX_RESTARTS``); it resumes from its last checkpoint.
+
+A reaper in every API process fails, with a clear reason, a job that is active but should not
+be: its actor is gone (its node died, Ray was restarted, it died too often), it ran past its
+time limit plus a grace period, or it waited longer than ``MB_MAX_QUEUE_SECONDS`` for a worker.
+Each verdict is a conditional update in the store, so of several API processes one acts.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,14 +27,15 @@ from fastapi import FastAPI
 from app.core.config import settings
 from app.jobs import ray_runtime
 from app.jobs.plan import JobPlan
-from app.jobs.store import JobStore
-from app.jobs.train import node_info, train
+from app.jobs.store import JobStore, StoreUnavailable
+from app.jobs.worker import JobActor
 from layers.errors import SpecError
 
 log = logging.getLogger(__name__)
-KILL_GRACE_S = 5.0  # past its limit a job gets this long to stop by itself before it is killed
-POLL_S = 1.0
-RESTART_REASON = "the API stopped before the job finished (it was restarted or shut down); submit it again"
+KILL_GRACE_S = 5.0  # past its limit a job gets this long to stop by itself before it is reaped
+START_GRACE_S = 30.0  # a job younger than this may have its row but not yet its actor
+REAP_EVERY_S = 5.0
+WAITING = ("DEPENDENCIES_UNREADY", "PENDING_CREATION", "RESTARTING")  # actor states without a worker
 
 
 class QueueFull(Exception):
@@ -39,27 +46,15 @@ class BackendDown(Exception):
     """Ray cannot be started or does not answer; the client should retry later."""
 
 
-def run_job(payload: dict) -> Iterator[dict[str, Any]]:
-    """The Ray task: train, reporting the node it runs on."""
-    import ray
-
-    node = node_info(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
-    yield from train(payload, node)
-
-
 class JobEngine:
-    """Submits, watches and cancels jobs; owns the job store."""
+    """Submits and cancels jobs, and runs this process's reaper; owns the job store."""
 
     def __init__(self, store: JobStore) -> None:
-        self.store = store
-        self._handles: dict[str, Any] = {}  # job id -> ObjectRefGenerator of its running task
-        self._monitors: dict[str, threading.Thread] = {}
+        self.store = store  # not touched here: the API starts even with the database down
         self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._remote: Any = None
-        failed = store.fail_active(RESTART_REASON)
-        if failed:
-            log.warning("marked %d jobs left queued or running by an earlier API as failed", failed)
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
+        self._waiting_since: dict[str, float] = {}  # job id -> when this reaper first saw it without a worker
 
     def start_ray(self) -> None:
         try:
@@ -68,13 +63,16 @@ class JobEngine:
             raise BackendDown(f"could not start or join Ray: {type(e).__name__}: {e}") from e
         if not ray_runtime.alive():
             raise BackendDown("Ray does not answer; see GET /readyz")
-        if self._remote is None:
-            import ray
 
-            self._remote = ray.remote(num_returns="streaming", max_retries=0)(run_job)
+    def start_reaper(self) -> None:
+        """Reap in the background from now on (time limits apply even while Ray is down)."""
+        with self._lock:
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap_forever, name="job-reaper", daemon=True)
+                self._reaper.start()
 
     def check_device(self, device: str) -> int:
-        """GPUs the task should ask Ray for; ``SpecError`` when ``cuda`` is asked of a GPU-less cluster."""
+        """GPUs the job should ask Ray for; ``SpecError`` when ``cuda`` is asked of a GPU-less cluster."""
         self.start_ray()
         gpus = ray_runtime.gpu_count()
         if device == "cuda" and gpus < 1:
@@ -85,123 +83,143 @@ class JobEngine:
             )
         return 1 if device == "cuda" or (device == "auto" and gpus >= 1) else 0
 
-    def submit(self, request: dict, plan: JobPlan, device: str) -> dict:
+    def submit(self, request: dict, plan: JobPlan, device: str, owner: str | None = None) -> dict:
         """Store and start a job: the job as queued (a fast worker may already run it).
 
-        Raises ``SpecError`` (device), ``QueueFull`` or ``BackendDown``.
+        Raises ``SpecError`` (device), ``QueueFull``, ``BackendDown`` or ``StoreUnavailable``.
         """
+        self._check_room()  # first: a full queue or a database that is down never touches Ray
         num_gpus = self.check_device(device)
-        with self._lock:
-            if self.store.count_active() >= settings.max_queued_jobs:
-                raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
+        with self._lock:  # per process; several processes may overshoot the limit by one each
+            self._check_room()
             job_id = uuid.uuid4().hex
-            self.store.create(job_id, request, plan.memory_estimate_bytes)
+            self.store.create(job_id, request, plan.memory_estimate_bytes, owner=owner)
             queued = self.store.get(job_id)
-            handle = self._remote.options(num_cpus=1, num_gpus=num_gpus, name=f"train-{job_id[:8]}").remote(
-                plan.payload
-            )
-            self._handles[job_id] = handle
-            monitor = threading.Thread(
-                target=self._monitor,
-                args=(job_id, handle, plan.payload["time_limit_s"]),
-                name=f"job-{job_id[:8]}",
-                daemon=True,
-            )
-            self._monitors[job_id] = monitor
-        monitor.start()
+            try:
+                self._start_actor(job_id, plan.payload, num_gpus)
+            except Exception as e:  # the row must not hold a slot for a job that never started
+                self._forget(job_id)
+                raise BackendDown(f"could not start the job on Ray: {type(e).__name__}: {e}") from e
         return queued
 
+    def _check_room(self) -> None:
+        if self.store.count_active() >= settings.max_queued_jobs:
+            raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
+
+    def _start_actor(self, job_id: str, payload: dict, num_gpus: int) -> None:
+        data_dir = settings.data_dir.resolve()
+        payload = {**payload, "job_id": job_id, "artifact_dir": str(data_dir / "jobs" / job_id)}
+        url = settings.database_url.get_secret_value() if settings.database_url else None
+        ray_runtime.start_actor(
+            JobActor,
+            ray_runtime.actor_name(job_id),
+            (job_id, payload, str(data_dir), url),
+            num_gpus=num_gpus,
+            max_restarts=settings.max_restarts,
+            memory=payload.get("memory_allowance_bytes"),  # the allowance the worker holds it to
+        )
+
+    def _forget(self, job_id: str) -> None:
+        try:
+            self.store.finish(job_id, "failed", "the job could not be started on Ray")
+            self.store.delete(job_id)
+        except Exception:  # the store is down too: the reaper fails the row once START_GRACE_S is past
+            log.exception("could not remove job %s after Ray refused it", job_id)
+
     def cancel(self, job_id: str) -> bool:
-        """Cancel a queued or running job; False when it had already finished."""
+        """Cancel a queued or running job (its actor is killed at once); False when it had finished."""
         if not self.store.finish(job_id, "cancelled", "cancelled by request"):
             return False
-        handle = self._handles.get(job_id)
-        if handle is not None:
-            import ray
-
-            ray.cancel(handle, force=True)
+        self._kill(job_id)
         return True
 
-    def close(self) -> None:
-        """Stop watching; jobs still active die with this process, so they are marked failed."""
-        self._closing.set()
-        for job_id, handle in list(self._handles.items()):
-            if self.store.finish(job_id, "failed", RESTART_REASON):
-                import ray
+    def _kill(self, job_id: str) -> None:
+        try:
+            ray_runtime.ensure_ray()
+            ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
+        except Exception:  # the job is already finished in the store; its writes are refused
+            log.exception("could not kill the actor of job %s", job_id)
 
-                ray.cancel(handle, force=True)
-        for monitor in list(self._monitors.values()):
-            monitor.join(timeout=2 * POLL_S)
+    def close(self) -> None:
+        """Stop this process's reaper. Jobs keep running: they belong to Ray, not to this process."""
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join(timeout=2 * REAP_EVERY_S)
         self.store.close()
 
-    def _monitor(self, job_id: str, handle: Any, time_limit_s: float) -> None:
-        try:
-            self._follow(job_id, handle, time_limit_s)
-        except Exception as e:
-            if not self._closing.is_set():
-                self.store.finish(job_id, "failed", _ray_failure(e))
-        finally:
-            with self._lock:
-                self._handles.pop(job_id, None)
-                self._monitors.pop(job_id, None)
-
-    def _follow(self, job_id: str, handle: Any, time_limit_s: float) -> None:
-        import ray
-
-        kill_at: float | None = None
-        while not self._closing.is_set():
-            ready, _ = ray.wait([handle], timeout=POLL_S)
-            if not ready:
-                if kill_at is not None and time.monotonic() > kill_at:
-                    ray.cancel(handle, force=True)
-                    reason = f"timed out: the job ran past its {time_limit_s:g} s limit and was killed"
-                    self.store.finish(job_id, "failed", reason)
-                    return
-                continue
+    def _reap_forever(self) -> None:
+        while not self._stop.wait(REAP_EVERY_S * random.uniform(0.8, 1.2)):  # replicas spread out
             try:
-                event = ray.get(next(handle))
-            except StopIteration:
-                self.store.finish(job_id, "failed", "the worker stopped without reporting a result")
-                return
-            kind = event.pop("kind")
-            if kind == "started":
-                self.store.mark_running(job_id, event["device"], event["node"])
-                kill_at = time.monotonic() + time_limit_s + KILL_GRACE_S
-            elif kind == "progress":
-                self.store.record_progress(job_id, event)
-            elif kind == "epoch":
-                progress = event.pop("progress")
-                self.store.record_epoch(job_id, event, progress)
-            elif kind == "done":
-                metrics, duration = event["metrics"], event["duration_s"]
-                self.store.finish(job_id, "succeeded", metrics=metrics, duration_s=duration)
-                return
-            elif kind == "failed":
-                self.store.finish(job_id, "failed", event["error"])
-                return
+                self.reap()
+            except StoreUnavailable as e:  # /readyz and the routes report it; try again later
+                log.warning("the job reaper could not read the store: %s", e)
+            except Exception:
+                log.exception("the job reaper failed; it tries again")
+
+    def reap(self, now: float | None = None) -> list[str]:
+        """Fail every active job that should not be; the ids this process failed."""
+        now = time.time() if now is None else now
+        ray_up = ray_runtime.started() and ray_runtime.alive()
+        failed, waiting = [], {}
+        for job in self.store.active():
+            name = ray_runtime.actor_name(job["id"])
+            state = ray_runtime.actor_state(name) if ray_up else "UNKNOWN"
+            if state in WAITING:
+                waiting[job["id"]] = self._waiting_since.get(job["id"], now)
+            reason = verdict(job, state, waiting.get(job["id"]), now)
+            if reason is not None and self.store.finish(job["id"], "failed", reason):
+                log.warning("job %s failed by the reaper: %s", job["id"], reason)
+                failed.append(job["id"])
+                if ray_up and state is not None:
+                    ray_runtime.kill_actor(name)
+        self._waiting_since = waiting
+        return failed
 
 
-def _ray_failure(error: Exception) -> str:
-    """A clear reason for a job whose task Ray reports as lost."""
-    from ray import exceptions as rx
+def verdict(job: dict[str, Any], actor: str | None, waiting_since: float | None, now: float) -> str | None:
+    """Why an active ``job`` must fail, or None. ``actor``: its actor's state, None when it has no
+    live actor; ``waiting_since``: since when its actor has been waiting for a worker."""
+    limit = (job.get("request") or {}).get("time_limit_s") or settings.max_job_seconds
+    started_at = _seconds(job.get("started_at"))
+    if started_at is not None and now > started_at + limit + KILL_GRACE_S:
+        return f"timed out: the job ran past its {limit:g} s limit and was killed"
+    if actor is None:
+        if now - _seconds(job["created_at"]) > START_GRACE_S:
+            return (
+                "the job's worker is gone: the Ray node running it died, Ray was restarted, or the "
+                f"worker died more than MB_MAX_RESTARTS ({settings.max_restarts}) times"
+            )
+        return None
+    if job["status"] == "queued" and now - _seconds(job["created_at"]) > settings.max_queue_seconds:
+        return (
+            f"no worker took the job within MB_MAX_QUEUE_SECONDS ({settings.max_queue_seconds:g} s): "
+            "the cluster had no room for it (busy, or without the CPU or GPU it asks for)"
+        )
+    if (
+        job["status"] == "running"
+        and waiting_since is not None
+        and now - waiting_since > settings.max_queue_seconds
+    ):
+        return (
+            f"the job's worker died and was not restarted within MB_MAX_QUEUE_SECONDS "
+            f"({settings.max_queue_seconds:g} s): no node had room for it"
+        )
+    return None
 
-    if isinstance(error, rx.TaskCancelledError):
-        return "cancelled"
-    if isinstance(error, rx.OutOfMemoryError):
-        return "the worker ran out of memory and Ray killed it"
-    if isinstance(error, rx.WorkerCrashedError):
-        return "the worker process died mid-job (killed or crashed); the job was not retried"
-    if isinstance(error, rx.NodeDiedError):
-        return "the Ray node running the job died; the job was not retried"
-    first_line = (str(error).strip().splitlines() or [""])[0]
-    return f"lost the job's Ray task: {type(error).__name__}: {first_line}"
+
+def _seconds(value: Any) -> float | None:
+    """A store timestamp as epoch seconds (the store may hand out floats or datetimes)."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    return value.timestamp()
 
 
 @asynccontextmanager
 async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the job store (failing jobs a previous API left active) and, if eager, start Ray."""
-    engine = JobEngine(JobStore(settings.data_dir))
+    """Open the job store, start this process's reaper and, if eager, start or join Ray."""
+    engine = JobEngine(JobStore.from_settings())
     app.state.jobs = engine
+    engine.start_reaper()
     if settings.ray_eager_start:
         threading.Thread(target=_start_quietly, args=(engine,), name="ray-start", daemon=True).start()
     try:

@@ -2,8 +2,9 @@
 
 The model is traced on the meta device at the training batch size against the dataset's
 sample shape; the loss is checked against the model's output and the dataset's targets; the
-run's memory (weights, gradients, optimizer state, activations, data) is estimated and held
-against the limits. Every refusal is a ``SpecError`` whose ``loc`` is relative to the body.
+run's memory (the training step's peak from ``layers.memory``, plus the dataset on the device)
+is estimated and held against the limits. Every refusal is a ``SpecError`` whose ``loc`` is
+relative to the body.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from layers.summary import summarize
 class JobPlan:
     payload: dict  # what the worker is sent (see app.jobs.train.TrainPayload)
     memory_estimate_bytes: int
+    memory_allowance_bytes: int  # what the worker holds the job to (app.jobs.memory_guard)
     steps_total: int
 
 
@@ -44,7 +46,12 @@ def plan_job(job: JobCreate) -> JobPlan:
         )
     try:
         summary = summarize(
-            job.model, (job.batch_size, *info.sample_shape), info.dtype, settings.max_trace_seconds
+            job.model,
+            (job.batch_size, *info.sample_shape),
+            info.dtype,
+            settings.max_trace_seconds,
+            optimizer=job.optimizer,
+            device="cpu" if job.device == "cpu" else "cuda",
         )
     except SpecError as e:
         raise e.under("model") from e
@@ -53,24 +60,28 @@ def plan_job(job: JobCreate) -> JobPlan:
     output = tuple(summary.output_shape[1:])
     job.loss.check(output, info.targets, last)
 
-    state = job.optimizer.state_per_param()
-    # Weights, their gradients and the optimizer's state; every leaf output kept for backward
-    # plus its gradient; the whole dataset on the device.
-    memory = (
-        summary.param_bytes * (2 + state)
-        + summary.buffer_bytes
-        + 2 * summary.activation_bytes
-        + info.input_bytes
-    )
+    # The training step's peak (weights, gradients, optimizer state, activations, temporaries)
+    # and the whole dataset, which the worker moves to the device.
+    step = summary.memory
+    memory = step.training_peak_bytes + info.input_bytes
     if memory > settings.max_job_memory_bytes:
+        parts = ", ".join(f"{name} {_gib(value)}" for name, value in step.breakdown.model_dump().items())
         raise LimitError(
             ("model",),
-            f"training this model at batch size {job.batch_size} needs about {_gib(memory)} (weights "
-            f"{_gib(summary.param_bytes)} x {2 + state} with gradients and {job.optimizer.type} state, "
-            f"activations {_gib(2 * summary.activation_bytes)}, data {_gib(info.input_bytes)}); "
-            f"the limit is {_gib(settings.max_job_memory_bytes)}",
-            {"limit": settings.max_job_memory_bytes, "got": memory},
+            f"training this model at batch size {job.batch_size} needs about {_gib(memory)}: a "
+            f"training step with {job.optimizer.type} peaks at {_gib(step.training_peak_bytes)} ({parts}) "
+            f"and the data take {_gib(info.input_bytes)}; the limit is {_gib(settings.max_job_memory_bytes)}",
+            {"limit": settings.max_job_memory_bytes, "got": memory, "breakdown": step.breakdown.model_dump()},
         )
+    weights = summary.param_bytes + summary.buffer_bytes
+    if weights > settings.max_artifact_bytes:
+        raise LimitError(
+            ("model",),
+            f"the trained weights would take {_gib(weights)} (parameters and buffers); the limit is "
+            f"{_gib(settings.max_artifact_bytes)}",
+            {"limit": settings.max_artifact_bytes, "got": weights},
+        )
+    allowance = math.ceil(memory * settings.job_memory_factor) + settings.job_memory_slack_bytes
     payload = {
         "model": summary.model,
         "output_shape": list(output),
@@ -84,8 +95,15 @@ def plan_job(job: JobCreate) -> JobPlan:
         "time_limit_s": job.time_limit_s or settings.max_job_seconds,
         "progress_every": settings.progress_every_steps,
         "threads": settings.worker_threads,
+        "memory_estimate_bytes": memory,
+        "memory_allowance_bytes": allowance,
     }
-    return JobPlan(payload=payload, memory_estimate_bytes=memory, steps_total=steps_total)
+    return JobPlan(
+        payload=payload,
+        memory_estimate_bytes=memory,
+        memory_allowance_bytes=allowance,
+        steps_total=steps_total,
+    )
 
 
 def _check_token_ids(job: JobCreate, tokens: int | None) -> None:
@@ -104,4 +122,4 @@ def _check_token_ids(job: JobCreate, tokens: int | None) -> None:
 
 
 def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 24 else f"{n / (1 << 20):.2f} MiB"
+    return f"{n / (1 << 30):.2f} GiB" if abs(n) >= 1 << 24 else f"{n / (1 << 20):.2f} MiB"

@@ -1,21 +1,34 @@
-"""The process's one connection to Ray: an embedded local Ray, or a cluster named by address.
+"""The process's one connection to Ray: an embedded local Ray, or a cluster named by address;
+and the few calls the engine makes on it (start, find, kill a job's named actor).
 
 Never a bare ``ray.init()``, which can attach to whatever cluster Ray last recorded on this
-machine. Embedded Ray is bound to loopback and has no dashboard; token authentication is on
-in both modes (joining a cluster needs its token in ``RAY_AUTH_TOKEN`` or
-``RAY_AUTH_TOKEN_PATH``). Ray is imported lazily so that the loopback switch, which Ray reads
-at import, can be set first.
+machine. The embedded Ray is ``ray start --head`` run as its own session (so it outlives the
+API), bound to loopback, with no dashboard; its address is kept in the data directory, where a
+restarted API, or a second API process, finds it. Token authentication is on in both modes
+(joining a cluster needs its token in ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``; the
+embedded Ray makes one in the data directory). Ray is imported lazily so that the loopback
+switch, which Ray reads at import, can be set first.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import queue
+import secrets
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from app.core.config import settings
@@ -28,6 +41,10 @@ _owner: threading.Thread | None = None
 _pending: concurrent.futures.Future | None = None
 _connected = False
 LOOPBACK = "127.0.0.1"
+NAMESPACE = "model-builder"
+PRELOAD = "app.jobs.worker,sklearn.datasets"  # what a job's worker imports (see _start_head)
+PRELOAD_ENV = "RAY_preload_python_modules"  # Ray's config: modules its workers import before work
+_remote_classes: dict[type, Any] = {}
 
 
 def cluster_address() -> str | None:
@@ -86,21 +103,152 @@ def _connect() -> None:
         if ray.is_initialized():
             _connected = True
             return
-        common = {"logging_level": logging.WARNING, "log_to_driver": False, "namespace": "model-builder"}
+        common = {"logging_level": logging.WARNING, "log_to_driver": False, "namespace": NAMESPACE}
         if address is None:
-            ray.init(
-                address="local",
-                include_dashboard=False,
-                num_cpus=settings.ray_num_cpus,
-                _node_ip_address=LOOPBACK,
-                **common,
-            )
+            ray.init(address=embedded_address(), _node_ip_address=LOOPBACK, **common)
             ip = ray.util.get_node_ip_address()
             if ip != LOOPBACK:
                 log.warning("embedded Ray runs on %s, not loopback: ray was imported before the app", ip)
         else:
             ray.init(address=address, **common)
         _connected = True
+
+
+def embedded_dir(data_dir: Path | None = None) -> Path:
+    """Where the embedded Ray's address, token, lock and start log are kept: the data directory."""
+    return (data_dir or settings.data_dir).resolve() / "ray"
+
+
+def embedded_temp_dir(data_dir: Path | None = None) -> Path:
+    """The embedded Ray's own temp dir (sessions, logs, sockets): short, as unix sockets need, and
+    one per data directory, so its processes can be told apart from any other Ray's."""
+    digest = hashlib.sha256(str(embedded_dir(data_dir)).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"mbray-{digest}"
+
+
+def embedded_address() -> str:
+    """The address of this data directory's Ray, started here if none answers.
+
+    Ray runs as its own processes (``ray start --head``, a session of its own), so it outlives
+    the API: a restarted API finds it again through the address file. A file lock makes one
+    of several API processes start it; the others wait and join it.
+    """
+    state = embedded_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    _use_token(state)
+    with open(state / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or its process dies
+        address_file = state / "address"
+        if address_file.exists():
+            address = address_file.read_text().strip()
+            if _answers(address):
+                return address
+            log.warning("the embedded Ray at %s is gone; starting a new one", address)
+        address = _start_head(state)
+        tmp = state / f".address.{os.getpid()}"
+        tmp.write_text(address)
+        os.replace(tmp, address_file)
+        return address
+
+
+def _use_token(state: Path) -> None:
+    """Token auth for the embedded Ray: the operator's token, else one kept in the data directory."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = state / "auth_token"
+    with contextlib.suppress(FileExistsError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+
+
+def _answers(address: str, timeout_s: float = 2.0) -> bool:
+    """Whether something listens at Ray's control store port (a dead Ray refuses at once)."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _start_head(state: Path) -> str:
+    with socket.socket() as s:  # a free port for the control store
+        s.bind((LOOPBACK, 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "ray.scripts.scripts", "start", "--head",
+        f"--node-ip-address={LOOPBACK}", f"--port={port}", "--include-dashboard=false",
+        "--disable-usage-stats", f"--temp-dir={embedded_temp_dir()}",
+    ]  # fmt: skip
+    if settings.ray_num_cpus is not None:
+        command.append(f"--num-cpus={settings.ray_num_cpus}")
+    root = str(Path(__file__).resolve().parents[2])  # this checkout, importable by the workers
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps the node on loopback
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray's idle workers import the job's code (torch, the layers, scikit-learn's datasets)
+        # before they take work: each job is a fresh actor process, so it starts warm.
+        PRELOAD_ENV: os.environ.get(PRELOAD_ENV, PRELOAD),
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    with open(state / "ray-start.log", "wb") as out:
+        # Its own session: a signal to the API's process group (Ctrl-C, kill -- -PID) spares it.
+        result = subprocess.run(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, timeout=300
+        )
+    if result.returncode != 0:
+        tail = (state / "ray-start.log").read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"ray start failed ({result.returncode}): {' / '.join(tail)}")
+    log.info("started the embedded Ray at %s:%d (temp dir %s)", LOOPBACK, port, embedded_temp_dir())
+    return f"{LOOPBACK}:{port}"
+
+
+def embedded_pids(data_dir: Path | None = None) -> dict[int, str]:
+    """The processes of a data directory's embedded Ray (found by its temp dir): pid -> command line."""
+    marker = str(embedded_temp_dir(data_dir)).encode()
+    pids = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                cmdline = (proc / "cmdline").read_bytes()
+                if marker in cmdline:
+                    pids[int(proc.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return pids
+
+
+def stop_embedded(data_dir: Path | None = None) -> int:
+    """Stop a data directory's embedded Ray, and only it (never ``ray stop``, which stops every
+    Ray of the machine); how many processes were killed. Its jobs die with it.
+
+    Every process of it shares the session ``ray start`` was given (workers rename themselves,
+    so they are found by session, not by command line)."""
+    killed, sessions = 0, set()
+    for _ in range(5):  # again while any is found: a `ray start` still starting spawns more
+        sessions |= {_session(pid) for pid in embedded_pids(data_dir)} - {None, os.getsid(0)}
+        found = [
+            pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if _session(pid) in sessions
+        ]
+        for pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed += len(found)
+        if not found:
+            break
+        time.sleep(0.2)
+    with contextlib.suppress(FileNotFoundError):
+        (embedded_dir(data_dir) / "address").unlink()
+    return killed
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:  # gone
+        return None
 
 
 def started() -> bool:
@@ -139,3 +287,67 @@ def gpu_count() -> float:
     import ray
 
     return ray.cluster_resources().get("GPU", 0.0)
+
+
+def actor_name(job_id: str) -> str:
+    """The name of a job's actor in the ``model-builder`` namespace."""
+    return f"job-{job_id}"
+
+
+def start_actor(
+    actor_class: Any, name: str, args: tuple, *, num_gpus: int, max_restarts: int, memory: int | None = None
+) -> None:
+    """Start a detached, named actor: it outlives this process, and any API process finds it by name.
+
+    ``memory``: bytes Ray reserves for it (placed only where that much is free).
+    """
+    import ray
+
+    remote = _remote_classes.get(actor_class)
+    if remote is None:
+        remote = _remote_classes[actor_class] = ray.remote(actor_class)
+    remote.options(
+        name=name,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        max_restarts=max_restarts,
+        num_cpus=1,
+        num_gpus=num_gpus,
+        memory=memory,
+    ).remote(*args)
+
+
+def kill_actor(name: str) -> bool:
+    """Kill a named actor for good (no restart); False when there is none."""
+    import ray
+
+    try:
+        handle = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return False
+    ray.kill(handle, no_restart=True)
+    return True
+
+
+def actor_state(name: str) -> str | None:
+    """A named actor's state (``ALIVE``, ``PENDING_CREATION``, ``RESTARTING``, ...), or None when
+    no such actor lives (it finished, was killed, or Ray lost it).
+
+    Ray's public state API needs the dashboard, which the embedded Ray does not run; this reads
+    the same table from the control store (``ray._private.state``).
+    """
+    import ray
+    from ray._private import state
+
+    try:
+        handle = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+    info = state.actors(handle._actor_id.hex())
+    return None if not info or info["State"] == "DEAD" else info["State"]
+
+
+if __name__ == "__main__":  # python -m app.jobs.ray_runtime stop
+    if sys.argv[1:] != ["stop"]:
+        sys.exit("usage: python -m app.jobs.ray_runtime stop   (stops MB_DATA_DIR's embedded Ray)")
+    print(f"stopped {stop_embedded()} processes of the embedded Ray of {settings.data_dir}")

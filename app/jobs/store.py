@@ -1,141 +1,328 @@
-"""Jobs persisted in SQLite under the data directory: spec, status, history, metrics, events.
+"""Jobs persisted through SQLAlchemy Core: spec, status, history, metrics, events.
 
-One connection shared by the API's threads behind a lock (SQLite serialises writers anyway);
-WAL mode so a crash never leaves a half-written job. Status changes out of ``queued`` /
-``running`` are conditional updates, so a cancel and a finishing worker cannot both win.
+SQLite under the data directory by default (WAL, a busy timeout: several processes on one machine
+share it), or PostgreSQL named by ``MB_DATABASE_URL`` (any number of API replicas and training
+actors share it). Each process, each store, opens its own connection pool; no Python lock is held
+while the database waits. The schema is migrated with Alembic (``app/jobs/migrations``) when a
+store first connects, so a data directory from an earlier release is upgraded in place.
+
+Every call retries a busy or lost database with backoff for ``retry_seconds``, then raises
+``StoreUnavailable`` naming the database (a 503 on a route). Status changes out of ``queued`` /
+``running`` are conditional updates, so a cancel and a finishing worker (or two replicas
+cancelling) cannot both win.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import fcntl
+import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    request TEXT NOT NULL,
-    memory_estimate_bytes INTEGER NOT NULL,
-    device TEXT,
-    node TEXT,
-    history TEXT NOT NULL DEFAULT '[]',
-    metrics TEXT,
-    progress TEXT,
-    duration_s REAL,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
-CREATE TABLE IF NOT EXISTS events (
-    job_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-"""
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Connection, Engine, make_url
+
+from app.core.config import settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 TERMINAL = ("succeeded", "failed", "cancelled")
-_JSON_COLUMNS = ("request", "node", "history", "metrics", "progress")
+ACTIVE = ("queued", "running")
+SQLITE_BUSY_S = 1.0  # one attempt's wait on a SQLite write lock; retries add up to retry_seconds
+CONNECT_TIMEOUT_S = 5
+MIGRATIONS = Path(__file__).with_name("migrations")
+PG_MIGRATION_LOCK = 0x4D42_0001  # pg_advisory_xact_lock key: one replica migrates at a time
+
+Json = sa.JSON(none_as_null=True)  # json on PostgreSQL (keeps key order), text on SQLite
+metadata = sa.MetaData()
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("started_at", sa.Double),
+    sa.Column("finished_at", sa.Double),
+    sa.Column("request", Json, nullable=False),
+    sa.Column("memory_estimate_bytes", sa.BigInteger, nullable=False),
+    sa.Column("device", sa.Text),
+    sa.Column("node", Json),
+    sa.Column("history", Json, nullable=False),
+    sa.Column("metrics", Json),
+    sa.Column("progress", Json),
+    sa.Column("duration_s", sa.Double),
+    sa.Column("error", sa.Text),
+    sa.Column("owner", sa.Text),  # sha256 hex of the creating API key, never the key
+    sa.Column("restarts", sa.Integer, nullable=False),
+    sa.Column("memory", Json),  # {estimated_bytes, measured_peak_bytes, how}
+)
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("job_id", sa.Text, primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("data", Json, nullable=False),
+)
+_TRANSIENT = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, sqlite3.OperationalError)
+_WITHOUT_REQUEST = [c for c in jobs.c if c.name != "request"]
+
+
+class StoreUnavailable(Exception):
+    """The database does not answer (down, locked past the retries, unreadable): retry later."""
+
+    def __init__(self, database: str, reason: str) -> None:
+        super().__init__(f"the job store ({database}) is unavailable: {reason}")
+        self.database = database
+        self.reason = reason
+
+
+def describe(url: sa.URL) -> str:
+    """The database in words, without its password."""
+    if url.get_backend_name() == "sqlite":
+        return f"SQLite {url.database}"
+    return f"PostgreSQL {url.host or 'localhost'}:{url.port or 5432}/{url.database}"
 
 
 class JobStore:
-    """The job table and each job's progress events."""
+    """The job table and each job's progress events.
 
-    def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / "jobs.sqlite3"
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+    ``migrate=False`` is a worker's store: it neither checks a SQLite file for corruption nor
+    migrates the schema (the API processes do both, before any job can start)."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        url: str | None = None,
+        *,
+        retry_seconds: float | None = None,
+        migrate: bool = True,
+    ) -> None:
+        self.url = (
+            make_url(url) if url else make_url(f"sqlite:///{Path(data_dir).resolve() / 'jobs.sqlite3'}")
+        )
+        self.database = describe(self.url)
+        self.retry_seconds = settings.db_retry_seconds if retry_seconds is None else retry_seconds
+        self._sqlite = self.url.get_backend_name() == "sqlite"
+        self.path = Path(self.url.database) if self._sqlite and self.url.database else None
+        self._migrate = migrate
+        self._opened = False
+        self._open_lock = threading.Lock()  # only for the first connection's migration
+        self._engine = _sqlite_engine(self.url) if self._sqlite else _server_engine(self.url)
+
+    @classmethod
+    def from_settings(cls, **options: Any) -> JobStore:
+        """The store the settings name: ``MB_DATABASE_URL``, else SQLite in ``MB_DATA_DIR``."""
+        url = settings.database_url.get_secret_value() if settings.database_url else None
+        return cls(settings.data_dir, url, **options)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._engine.dispose()
 
-    def _run(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
-        with self._lock:
-            return self._db.execute(sql, args)
+    # Connecting, migrating, retrying.
 
-    def create(self, job_id: str, request: dict, memory_estimate_bytes: int) -> None:
-        self._run(
-            "INSERT INTO jobs (id, status, created_at, request, memory_estimate_bytes) "
-            "VALUES (?, 'queued', ?, ?, ?)",
-            (job_id, time.time(), json.dumps(request), memory_estimate_bytes),
-        )
+    def open(self) -> None:
+        """Connect and migrate the schema to the newest revision (once; later calls return at once)."""
+        if self._opened:
+            return
+        with self._open_lock:
+            if self._opened:
+                return
+            if self._migrate and self.path is not None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with _file_lock(self.path.with_name(self.path.name + ".lock")):
+                    _move_aside_if_corrupt(self.path)
+                    self._upgrade()
+            elif self._migrate:
+                self._upgrade()
+            self._opened = True
+
+    def _upgrade(self) -> None:
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._engine.begin() as conn:
+            if not self._sqlite:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def _retry(self, operation: Callable[[], T], retry_seconds: float | None = None) -> T:
+        """``operation()``, retried with backoff while the database is busy or unreachable."""
+        deadline = time.monotonic() + (self.retry_seconds if retry_seconds is None else retry_seconds)
+        delay = 0.05
+        while True:
+            try:
+                self.open()
+                return operation()
+            except _TRANSIENT as e:
+                reason = _reason(e)
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(self.database, reason) from e
+                log.info("job store %s: %s; retrying in %.2f s", self.database, reason, delay)
+            except (exc.DatabaseError, sqlite3.DatabaseError) as e:  # unreadable: retrying will not help
+                if isinstance(e, exc.IntegrityError | exc.ProgrammingError | exc.DataError):
+                    raise
+                raise StoreUnavailable(self.database, _reason(e)) from e
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for reads: on SQLite no BEGIN, so nothing waits on a writer's lock."""
+        with self._engine.connect().execution_options(mb_read=True) as conn:
+            yield conn
+
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one transaction (SQLite: BEGIN IMMEDIATE), retried as a whole."""
+
+        def attempt() -> T:
+            with self._engine.begin() as conn:
+                return work(conn)
+
+        return self._retry(attempt)
+
+    def _query(self, work: Callable[[Connection], T]) -> T:
+        def attempt() -> T:
+            with self._read() as conn:
+                return work(conn)
+
+        return self._retry(attempt)
+
+    def ping(self) -> None:
+        """One quick round trip (readiness); ``StoreUnavailable`` when it fails."""
+        self._retry(lambda: self._query_once(sa.select(1)), retry_seconds=0)
+
+    def _query_once(self, statement: sa.Executable) -> Any:
+        with self._read() as conn:
+            return conn.execute(statement).scalar()
+
+    # Jobs.
+
+    def create(
+        self, job_id: str, request: dict, memory_estimate_bytes: int, owner: str | None = None
+    ) -> None:
+        values = {
+            "id": job_id,
+            "status": "queued",
+            "created_at": time.time(),
+            "request": request,
+            "memory_estimate_bytes": memory_estimate_bytes,
+            "history": [],
+            "owner": owner,
+            "restarts": 0,
+        }
+        self._write(lambda conn: conn.execute(jobs.insert().values(**values)))
 
     def get(self, job_id: str, with_request: bool = True) -> dict[str, Any] | None:
-        row = self._run("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _decode(row, with_request)
+        columns = list(jobs.c) if with_request else _WITHOUT_REQUEST
+        row = self._query(lambda conn: conn.execute(sa.select(*columns).where(jobs.c.id == job_id)).first())
+        return None if row is None else _decode(row)
 
-    def list(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-        """The most recent jobs first, without their requests, and the number of stored jobs."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ? OFFSET ?", (limit, offset)
-            ).fetchall()
-            count = self._db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
-        return [_decode(row, with_request=False) for row in rows], count
+    def list(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[dict[str, Any]], int]:
+        """The most recent jobs first, without their requests, and the number of stored jobs
+        (of ``owner`` when given)."""
+        where = [] if owner is None else [jobs.c.owner == owner]
+        page = (
+            sa.select(*_WITHOUT_REQUEST)
+            .where(*where)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        count = sa.select(sa.func.count()).select_from(jobs).where(*where)
+
+        def work(conn: Connection) -> tuple[list[dict[str, Any]], int]:
+            return [_decode(row) for row in conn.execute(page)], conn.execute(count).scalar_one()
+
+        return self._query(work)
 
     def count_active(self) -> int:
-        return self._run("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+        statement = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status.in_(ACTIVE))
+        return self._query(lambda conn: conn.execute(statement).scalar_one())
+
+    def active(self) -> list[dict[str, Any]]:
+        """Every queued or running job, oldest first, with its request (for a reaper)."""
+        statement = sa.select(*jobs.c).where(jobs.c.status.in_(ACTIVE)).order_by(jobs.c.created_at)
+        return self._query(lambda conn: [_decode(row) for row in conn.execute(statement)])
+
+    def finished_before(self, before: float, limit: int = 500) -> list[str]:
+        """Ids of finished jobs that finished before ``before`` (a Unix time), oldest first."""
+        statement = (
+            sa.select(jobs.c.id)
+            .where(jobs.c.status.in_(TERMINAL), jobs.c.finished_at < before)
+            .order_by(jobs.c.finished_at)
+            .limit(limit)
+        )
+        return self._query(lambda conn: list(conn.execute(statement).scalars()))
 
     def mark_running(self, job_id: str, device: str, node: dict) -> bool:
-        cursor = self._run(
-            "UPDATE jobs SET status = 'running', started_at = ?, device = ?, node = ? "
-            "WHERE id = ? AND status = 'queued'",
-            (time.time(), device, json.dumps(node), job_id),
+        statement = (
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.status == "queued")
+            .values(status="running", started_at=time.time(), device=device, node=node)
         )
-        return cursor.rowcount == 1
+        return self._write(lambda conn: conn.execute(statement).rowcount == 1)
 
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """Holds the lock and wraps statements in BEGIN / COMMIT (ROLLBACK on error)."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                yield
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def add_restart(self, job_id: str, node: dict | None = None) -> int:
+        """Count one more restart of the job's worker (now on ``node``, when given); the new count."""
+        values: dict[str, Any] = {"restarts": jobs.c.restarts + 1}
+        if node is not None:
+            values["node"] = node
 
-    def record_progress(self, job_id: str, progress: dict) -> None:
-        with self._transaction():
-            self._db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
-            self._add_event(job_id, "progress", progress)
+        def work(conn: Connection) -> int:
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
+            return conn.execute(sa.select(jobs.c.restarts).where(jobs.c.id == job_id)).scalar() or 0
 
-    def record_epoch(self, job_id: str, entry: dict, progress: dict) -> None:
-        with self._transaction():
-            self._db.execute(
-                "UPDATE jobs SET history = json_insert(history, '$[#]', json(?)), progress = ? WHERE id = ?",
-                (json.dumps(entry), json.dumps(progress), job_id),
-            )
-            self._add_event(job_id, "epoch", entry)
+        return self._write(work)
 
-    def _add_event(self, job_id: str, kind: str, data: dict) -> None:
-        self._db.execute(
-            "INSERT INTO events (job_id, seq, kind, data) "
-            "SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ? FROM events WHERE job_id = ?",
-            (job_id, kind, json.dumps(data), job_id),
-        )
+    def record_progress(self, job_id: str, progress: dict) -> bool:
+        """Store the latest progress (and its event); False, and no change, when a report of the
+        same or a later ``step`` is already there (a write retried after its commit, or a
+        restarted worker replaying steps since its checkpoint): followers see each step once."""
+
+        def work(conn: Connection) -> bool:
+            row = _lock_job(conn, job_id)
+            if row is None or _repeats(progress, row.progress):
+                return False
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(progress=progress))
+            _add_event(conn, job_id, "progress", progress)
+            return True
+
+        return self._write(work)
+
+    def record_epoch(self, job_id: str, entry: dict, progress: dict) -> bool:
+        """Append an epoch to the history (and its event); False, and no change, when that epoch
+        is already there (a restarted worker reporting it again)."""
+
+        def work(conn: Connection) -> bool:
+            row = _lock_job(conn, job_id)
+            history = None if row is None else row.history
+            if history is None or any(h.get("epoch") == entry.get("epoch") for h in history):
+                return False
+            statement = jobs.update().where(jobs.c.id == job_id)
+            conn.execute(statement.values(history=[*history, entry], progress=progress))
+            _add_event(conn, job_id, "epoch", entry)
+            return True
+
+        return self._write(work)
 
     def events_after(self, job_id: str, seq: int) -> list[tuple[int, str, dict]]:
-        rows = self._run(
-            "SELECT seq, kind, data FROM events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, seq)
-        ).fetchall()
-        return [(row["seq"], row["kind"], json.loads(row["data"])) for row in rows]
+        statement = (
+            sa.select(events.c.seq, events.c.kind, events.c.data)
+            .where(events.c.job_id == job_id, events.c.seq > seq)
+            .order_by(events.c.seq)
+        )
+        return self._query(lambda conn: [tuple(row) for row in conn.execute(statement)])
 
     def finish(
         self,
@@ -144,33 +331,139 @@ class JobStore:
         error: str | None = None,
         metrics: dict | None = None,
         duration_s: float | None = None,
+        memory: dict | None = None,
     ) -> bool:
         """Move an active job to ``status``; False (and no change) when it had already finished."""
         assert status in TERMINAL
         now = time.time()
-        cursor = self._run(
-            "UPDATE jobs SET status = ?, error = ?, metrics = COALESCE(?, metrics), finished_at = ?, "
-            "duration_s = COALESCE(?, CASE WHEN started_at IS NULL THEN NULL ELSE ? - started_at END) "
-            "WHERE id = ? AND status IN ('queued', 'running')",
-            (status, error, None if metrics is None else json.dumps(metrics), now, duration_s, now, job_id),
+        values: dict[str, Any] = {"status": status, "error": error, "finished_at": now}
+        if metrics is not None:
+            values["metrics"] = metrics
+        if memory is not None:
+            values["memory"] = memory
+        values["duration_s"] = (
+            duration_s
+            if duration_s is not None
+            else sa.case((jobs.c.started_at.is_(None), sa.null()), else_=now - jobs.c.started_at)
         )
-        return cursor.rowcount == 1
+        statement = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)).values(**values)
+        return self._write(lambda conn: conn.execute(statement).rowcount == 1)
 
     def fail_active(self, reason: str) -> int:
-        """Fail every job left queued or running (by an API that stopped); how many there were."""
-        cursor = self._run(
-            "UPDATE jobs SET status = 'failed', error = ?, finished_at = ? "
-            "WHERE status IN ('queued', 'running')",
-            (reason, time.time()),
+        """Fail every job left queued or running; how many there were."""
+        statement = (
+            jobs.update()
+            .where(jobs.c.status.in_(ACTIVE))
+            .values(status="failed", error=reason, finished_at=time.time())
         )
-        return cursor.rowcount
+        return self._write(lambda conn: conn.execute(statement).rowcount)
+
+    def delete(self, job_id: str) -> bool:
+        """Remove a finished job and its events; False (and no change) when it is missing or active."""
+
+        def work(conn: Connection) -> bool:
+            gone = conn.execute(jobs.delete().where(jobs.c.id == job_id, jobs.c.status.in_(TERMINAL)))
+            if gone.rowcount != 1:
+                return False
+            conn.execute(events.delete().where(events.c.job_id == job_id))
+            return True
+
+        return self._write(work)
 
 
-def _decode(row: sqlite3.Row, with_request: bool) -> dict[str, Any]:
-    job = dict(row)
-    for column in _JSON_COLUMNS:
-        if job[column] is not None:
-            job[column] = json.loads(job[column])
-    if not with_request:
-        job["request"] = None
+def _lock_job(conn: Connection, job_id: str) -> sa.Row | None:
+    """The job's history and progress, its row locked until the transaction ends (PostgreSQL;
+    SQLite's BEGIN IMMEDIATE already holds the database); None when there is no such job."""
+    statement = sa.select(jobs.c.history, jobs.c.progress).where(jobs.c.id == job_id).with_for_update()
+    return conn.execute(statement).first()
+
+
+def _repeats(new: dict, last: dict | None) -> bool:
+    """Whether progress ``new`` is at or before the ``last`` stored one (both must have a step)."""
+    step, last_step = new.get("step"), (last or {}).get("step")
+    return isinstance(step, int) and isinstance(last_step, int) and step <= last_step
+
+
+def _add_event(conn: Connection, job_id: str, kind: str, data: dict) -> None:
+    last = conn.execute(sa.select(sa.func.max(events.c.seq)).where(events.c.job_id == job_id)).scalar()
+    conn.execute(events.insert().values(job_id=job_id, seq=(last or 0) + 1, kind=kind, data=data))
+
+
+def _decode(row: sa.Row) -> dict[str, Any]:
+    job = dict(row._mapping)
+    job.setdefault("request", None)
     return job
+
+
+def _reason(error: Exception) -> str:
+    """The database's own first line about ``error``."""
+    original = getattr(error, "orig", None) or error
+    return (str(original).strip().splitlines() or [type(original).__name__])[0]
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    # The driver in autocommit mode; writes BEGIN IMMEDIATE themselves (SQLAlchemy's documented
+    # recipe), so a writer takes the lock up front and a read never waits on one.
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_S, "isolation_level": None, "check_same_thread": False},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+        dbapi_connection.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_S * 1000)}")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        if not conn.get_execution_options().get("mb_read"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _server_engine(url: sa.URL) -> Engine:
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.get_backend_name() == "postgresql" else {}
+    return sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (the check and the migration run once at a time)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _move_aside_if_corrupt(path: Path) -> None:
+    """A file that is not a readable SQLite database is renamed ``<name>.corrupt-<UTC time>``
+    (with its WAL and shared-memory files), so the store starts empty and the old data is kept
+    for inspection; one error line says so. A busy database is not corrupt: that error is raised."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_BUSY_S)) as db:
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as e:
+        result = str(e)
+    if result == "ok":
+        return
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    moved = path.with_name(f"{path.name}.corrupt-{stamp}")
+    path.rename(moved)
+    for suffix in ("-wal", "-shm"):
+        side = path.with_name(path.name + suffix)
+        if side.exists():
+            side.rename(moved.with_name(moved.name + suffix))
+    log.error(
+        "job store %s is not a readable SQLite database (%s): moved it to %s; starting with no jobs",
+        path,
+        result,
+        moved,
+    )

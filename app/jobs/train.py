@@ -1,11 +1,8 @@
-"""The training loop a worker runs: a plain PyTorch loop that yields its progress as dicts.
+"""The training loop a worker runs: a plain PyTorch loop that yields its progress as typed events.
 
-It runs inside a Ray task (see ``app.jobs.engine``) but knows nothing of Ray, so it can be
-tested and benchmarked in-process. The payload is plain JSON made by ``app.jobs.plan`` and is
-validated again here: the worker trusts nothing it is sent.
-
-Events, in order: ``started`` (device, node), ``progress`` every N steps, ``epoch`` after each
-epoch's validation, then ``done`` (final metrics) or ``failed`` (a clear reason).
+It runs inside a job's Ray actor (see ``app.jobs.worker``) but knows nothing of Ray, so it can
+be tested and benchmarked in-process. The payload is plain JSON made by ``app.jobs.plan`` and is
+validated again here: the worker trusts nothing it is sent. The events are ``app.jobs.events``.
 """
 
 from __future__ import annotations
@@ -15,12 +12,28 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from app.jobs import checkpoint
 from app.jobs.datasets import AnyDataset
+from app.jobs.events import (
+    Done,
+    EpochEntry,
+    EpochEvent,
+    Failed,
+    Progress,
+    ProgressEvent,
+    Started,
+    WorkerEvent,
+)
+from app.jobs.measure import JobMemory
+from app.jobs.memory_guard import MemoryGuard
+from app.jobs.weights import save_weights
 from layers import ModelSpec
 from layers.losses import AnyLoss, LossSpec
 from layers.optimizers import AnyOptimizer
@@ -43,6 +56,12 @@ class TrainPayload(BaseModel):
     time_limit_s: float
     progress_every: int
     threads: int
+    memory_estimate_bytes: int | None = None  # the plan's estimate, reported beside the measurement
+    memory_allowance_bytes: int | None = None  # the worker fails the job past it (app.jobs.memory_guard)
+    job_id: str = ""  # set by the engine at submit
+    artifact_dir: str | None = (
+        None  # settings.data_dir/jobs/<id>: checkpoints, final weights; None: none kept
+    )
 
 
 def pick_device(requested: str) -> torch.device:
@@ -56,28 +75,51 @@ def node_info(node_id: str = "", ip: str = "") -> dict[str, Any]:
     return {"node_id": node_id, "ip": ip, "hostname": socket.gethostname(), "pid": os.getpid()}
 
 
-def train(payload: dict, node: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
-    """Train as ``payload`` says, yielding events; a failure is a ``failed`` event, never a raise."""
+def train(payload: dict, node: dict[str, Any] | None = None) -> Iterator[WorkerEvent]:
+    """Train as ``payload`` says, yielding events; a failure is a ``Failed`` event, never a raise.
+
+    With an ``artifact_dir`` the run checkpoints after every epoch and, started again, resumes
+    from the newest checkpoint (same seed, same device: the same history as an uninterrupted run).
+    """
     started = time.monotonic()
+    guard: MemoryGuard | None = None
     try:
         job = TrainPayload.model_validate(payload)
         device = pick_device(job.device)
         if device.type == "cpu":
             torch.set_num_threads(job.threads)  # one thread per worker holds up on a shared machine
-        yield {"kind": "started", "device": str(device), "node": node or node_info()}
-        yield from _train(job, device, started)
+        if job.memory_allowance_bytes is None:
+            yield from _train(job, device, started, node or node_info())
+        else:
+            allowance, estimate = job.memory_allowance_bytes, job.memory_estimate_bytes
+            guard = MemoryGuard(allowance, device, estimate, _host_allowance(allowance, device))
+            with guard:
+                yield from _train(job, device, started, node or node_info())
     except _Timeout as e:
-        yield {"kind": "failed", "error": str(e)}
+        yield Failed(error=str(e))
     except Exception as e:  # anything torch refuses at run time becomes a readable reason
         first_line = (str(e).strip().splitlines() or [""])[0]
-        yield {"kind": "failed", "error": f"training failed: {type(e).__name__}: {first_line}"}
+        reason = guard.explain(e) if guard is not None else None
+        yield Failed(error=reason or f"training failed: {type(e).__name__}: {first_line}")
+
+
+CUDA_RUNTIME_HOST_BYTES = 2 << 30  # host memory the CUDA runtime itself takes in a CUDA job
+
+
+def _host_allowance(allowance: int, device: torch.device) -> int:
+    """The host memory a job may grow by: its allowance, plus the CUDA runtime's on a GPU."""
+    return allowance + CUDA_RUNTIME_HOST_BYTES if device.type == "cuda" else allowance
 
 
 class _Timeout(Exception):
     pass
 
 
-def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[dict[str, Any]]:
+def _train(job: TrainPayload, device: torch.device, started: float, node: dict) -> Iterator[WorkerEvent]:
+    checkpoints = Path(job.artifact_dir) / "checkpoint" if job.artifact_dir else None
+    resume = checkpoint.load(checkpoints) if checkpoints else None
+    history = [EpochEntry.model_validate(entry) for entry in resume.history] if resume else []
+    yield Started(device=str(device), node=node, resumed_from_epoch=resume.epoch if resume else 0)
     loss_spec: LossSpec = job.loss
     classification = loss_spec.task == "classification"
     x, y = job.dataset.load(classification)
@@ -92,13 +134,23 @@ def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[
     x_train, x_val, labels_val = x_train.to(device), x_val.to(device), y_val.to(device)
     loss_fn = loss_spec.build().to(device)
     optimizer = job.optimizer.build(model.parameters())
+    memory, first = JobMemory(model, device, job.memory_estimate_bytes), True
     shuffle = torch.Generator().manual_seed(job.seed)
 
     n, bs = x_train.shape[0], job.batch_size
     steps_per_epoch = math.ceil(n / bs)
-    steps_total, step = steps_per_epoch * job.epochs, 0
-    deadline = started + job.time_limit_s
-    for epoch in range(1, job.epochs + 1):
+    steps_total, step, spent_before = steps_per_epoch * job.epochs, 0, 0.0
+    if resume:
+        rng = checkpoint.restore(resume, model, optimizer, device)
+        _set_rng(rng, shuffle, device)
+        step, spent_before = resume.step, resume.elapsed_s
+        for entry in history:  # reported again: one may have been checkpointed but not yet recorded
+            progress = Progress(
+                epoch=entry.epoch, step=entry.step, steps_total=steps_total, loss=entry.train_loss
+            )
+            yield EpochEvent(entry=entry, progress=progress)
+    deadline = started + job.time_limit_s - spent_before  # earlier attempts' time counts
+    for epoch in range(len(history) + 1, job.epochs + 1):
         model.train()
         order = torch.randperm(n, generator=shuffle).to(device)
         total, seen = torch.zeros((), device=device), 0
@@ -107,14 +159,20 @@ def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[
             if len(batch) == 1 and bs > 1:
                 continue  # a trailing single sample: BatchNorm cannot train on one
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x_train[batch]), t_train[batch])
+            with memory.first_forward() if first else nullcontext():
+                loss = loss_fn(model(x_train[batch]), t_train[batch])
             loss.backward()
             optimizer.step()
+            if first:
+                memory.after_first_step(optimizer)
+                first = False
             total += loss.detach() * len(batch)
             seen += len(batch)
             step += 1
             if step % job.progress_every == 0:
-                yield {"kind": "progress", **_progress(epoch, step, steps_total, loss.item())}
+                yield ProgressEvent(
+                    progress=Progress(epoch=epoch, step=step, steps_total=steps_total, loss=loss.item())
+                )
             if time.monotonic() > deadline:
                 raise _Timeout(
                     f"timed out: the job ran past its {job.time_limit_s:g} s limit "
@@ -123,26 +181,50 @@ def _train(job: TrainPayload, device: torch.device, started: float) -> Iterator[
         train_loss = total.item() / seen
         val_loss, val_accuracy = evaluate(model, loss_fn, loss_spec, x_val, t_val, labels_val, bs)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            yield {
-                "kind": "failed",
-                "error": f"the loss diverged (became {train_loss}) in epoch {epoch}; "
-                "try a lower learning rate",
-            }
+            yield Failed(
+                error=f"the loss diverged (became {train_loss}) in epoch {epoch}; try a lower learning rate"
+            )
             return
-        entry = {
-            "epoch": epoch,
-            "step": step,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-        }
-        yield {"kind": "epoch", **entry, "progress": _progress(epoch, step, steps_total, loss.item())}
-    metrics = {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_accuracy}
-    yield {"kind": "done", "metrics": metrics, "duration_s": time.monotonic() - started}
+        entry = EpochEntry(
+            epoch=epoch, step=step, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy
+        )
+        history.append(entry)
+        if checkpoints:  # before the epoch is reported, so a restart never skips one
+            checkpoint.save(
+                checkpoints,
+                model,
+                optimizer,
+                _rng_state(shuffle, device),
+                epoch=epoch,
+                step=step,
+                history=[e.model_dump() for e in history],
+                elapsed_s=spent_before + time.monotonic() - started,
+            )
+        progress = Progress(epoch=epoch, step=step, steps_total=steps_total, loss=loss.item())
+        yield EpochEvent(entry=entry, progress=progress)
+    # At the end of a successful run, before ``Done``: the final weights go to
+    # ``artifact_dir/model.safetensors`` (app.jobs.weights); measured memory goes into ``Done.memory``.
+    last = history[-1]
+    metrics = {"train_loss": last.train_loss, "val_loss": last.val_loss, "val_accuracy": last.val_accuracy}
+    if job.artifact_dir is not None:
+        save_weights(model, job.model, job.job_id, Path(job.artifact_dir))
+    duration = spent_before + time.monotonic() - started
+    yield Done(metrics=metrics, duration_s=duration, memory=memory.result())
 
 
-def _progress(epoch: int, step: int, steps_total: int, loss: float) -> dict[str, Any]:
-    return {"epoch": epoch, "step": step, "steps_total": steps_total, "loss": loss}
+def _rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every random state the loop draws from: the shuffle, torch's global CPU (and CUDA) RNG."""
+    state = {"shuffle": shuffle.get_state(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng(state: dict[str, torch.Tensor], shuffle: torch.Generator, device: torch.device) -> None:
+    shuffle.set_state(state["shuffle"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 @torch.no_grad()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from app.core.config import settings
 from app.jobs.datasets import AnyDataset
+from app.jobs.weights import job_dir, weights_info
 from layers import ModelSpec
 from layers.losses import AnyLoss
 from layers.optimizers import AnyOptimizer
@@ -63,6 +64,18 @@ class NodeInfo(BaseModel):
     pid: int = Field(description="the worker process")
 
 
+class JobMemory(BaseModel):
+    estimated_bytes: int | None = Field(description="the plan's estimate: training step peak plus data")
+    measured_peak_bytes: int = Field(description="what the run really used (see `how`)")
+    how: str = Field(description="how it was measured on that device")
+
+
+class WeightsPublic(BaseModel):
+    size_bytes: int = Field(description="size of the safetensors file")
+    sha256: str = Field(description="its sha256 (hex), also its ETag")
+    url: str = Field(description="where to download it")
+
+
 class JobPublic(BaseModel):
     id: str
     status: JobStatus
@@ -73,11 +86,28 @@ class JobPublic(BaseModel):
     progress: Progress | None = Field(description="the latest progress report")
     duration_s: float | None = Field(description="training wall time, from worker start to finish")
     error: str | None
-    memory_estimate_bytes: int = Field(description="weights, grads, optimizer state and activations")
+    restarts: int = Field(0, description="times the job's worker died and was restarted from its checkpoint")
+    memory_estimate_bytes: int = Field(description="the training step's peak (layers.memory) plus the data")
+    memory: JobMemory | None = Field(None, description="estimate against measurement, once the job succeeded")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     request: dict | None = Field(None, description="the job as submitted (left out of lists)")
+    weights: WeightsPublic | None = Field(
+        None, description="the trained weights of a succeeded job (safetensors); null when there are none"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weights_from_files(cls, data: Any) -> Any:
+        # Read from the job's artifact directory (app/jobs/weights.py), not from a store column.
+        if isinstance(data, dict) and "weights" not in data and data.get("status") == "succeeded":
+            info = weights_info(job_dir(data["id"]))
+            if info is not None:
+                url = f"/v1/jobs/{data['id']}/weights"
+                weights = {"size_bytes": info["size_bytes"], "sha256": info["sha256"], "url": url}
+                data = {**data, "weights": weights}
+        return data
 
 
 class JobsPublic(BaseModel):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from pathlib import Path
 
 import httpx
 import torch
@@ -212,8 +214,33 @@ def test_training_draws_a_point_per_epoch_from_the_event_stream(
         for h in job["history"]
     ]
     assert job["history"][-1]["train_loss"] < job["history"][0]["train_loss"]  # it really learned
+
+    # The trained model's files download from the buttons, exactly as the API serves them.
+    downloads = page.locator("#job-downloads")
+    expect(downloads).to_be_visible()
+    for what, name in (("weights", f"{job_id}.safetensors"), ("pytorch", f"{job_id}.py")):
+        with page.expect_download() as saved:
+            downloads.locator(f'button[data-what="{what}"]').click()
+        assert saved.value.suggested_filename == name
+        content = Path(saved.value.path()).read_bytes()
+        if what == "weights":
+            assert hashlib.sha256(content).hexdigest() == job["weights"]["sha256"]
+        else:
+            assert b"def build_model() -> nn.Module:" in content
+    expect(page.locator("#job-download-status")).to_contain_text(f"Saved {job_id}.py")
     offline_page.screenshot("playground-training")
     assert offline_page.outside == [] and offline_page.page_errors == []
+
+
+def test_the_model_downloads_as_code(offline_page: OfflinePage) -> None:
+    page = open_playground(offline_page)
+    page.select_option("#example", "lenet_digits")
+    with page.expect_download() as saved:
+        page.click('#model-downloads button[data-format="pytorch"]')
+    assert saved.value.suggested_filename == "model.py"
+    source = Path(saved.value.path()).read_text()
+    assert "def build_model() -> nn.Module:" in source and "import torch" in source
+    assert offline_page.page_errors == []
 
 
 def test_cancel_stops_a_running_job(offline_page: OfflinePage, server: str) -> None:

@@ -8,6 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from app.jobs import ray_runtime
+from app.jobs.store import StoreUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -20,6 +21,9 @@ class Readiness(BaseModel):
     status: str
     device: str
     ray: str = Field(description="training backend: up, starting (not connected yet), down, or off")
+    store: str = Field("off", description="job store: up, down, or off")
+    database: str | None = Field(None, description="the job store's database (no password)")
+    reason: str | None = Field(None, description="why the store is down")
 
 
 def compute_device() -> str:
@@ -41,10 +45,32 @@ def ray_state(request: Request) -> str:
     return "up" if ray_runtime.alive() else "down"
 
 
-@router.get("/readyz", responses={503: {"description": "not ready: Ray is down"}})
+def store_state(request: Request) -> tuple[str, str | None, str | None]:
+    """The job store: its state, its database and, when down, why."""
+    engine = getattr(request.app.state, "jobs", None)
+    if engine is None:
+        return "off", None, None
+    try:
+        engine.store.ping()
+    except StoreUnavailable as e:
+        return "down", e.database, e.reason
+    return "up", engine.store.database, None
+
+
+@router.get("/readyz", responses={503: {"description": "not ready: Ray or the job store is down"}})
 async def readyz(request: Request, response: Response) -> Readiness:
-    """Readiness, with the compute device; 503 once Ray, started, stops answering."""
+    """Readiness, with the compute device; 503 once Ray, started, stops answering, or while the
+    job store's database does not answer."""
     ray = await run_in_threadpool(ray_state, request)
-    if ray == "down":
+    store, database, reason = await run_in_threadpool(store_state, request)
+    ready = ray != "down" and store != "down"
+    if not ready:
         response.status_code = 503
-    return Readiness(status="not ready" if ray == "down" else "ready", device=compute_device(), ray=ray)
+    return Readiness(
+        status="ready" if ready else "not ready",
+        device=compute_device(),
+        ray=ray,
+        store=store,
+        database=database,
+        reason=reason,
+    )

@@ -15,7 +15,8 @@ from app.core.config import settings
 from app.examples import JOB_EXAMPLES
 from app.jobs.engine import BackendDown, JobEngine, QueueFull
 from app.jobs.plan import plan_job
-from app.jobs.store import TERMINAL
+from app.jobs.retention import remove_job_files
+from app.jobs.store import TERMINAL, StoreUnavailable
 from app.schemas.jobs import JobCreate, JobPublic, JobsPublic
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -27,7 +28,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "request body too large"},
     422: {"description": "invalid job: a field, a shape mismatch naming the layer, or a limit"},
     429: {"description": "too many jobs queued or running; retry after Retry-After seconds"},
-    503: {"description": "the training backend (Ray) is not available"},
+    503: {"description": "the training backend (Ray) or the job store is down; retry after Retry-After"},
 }
 JobBody = Annotated[JobCreate, Body(openapi_examples=JOB_EXAMPLES)]
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: ERRORS[503]}
@@ -90,13 +91,35 @@ def read_job(job: JobDep) -> JobPublic:
     return JobPublic.model_validate(job)
 
 
-@router.delete("/jobs/{job_id}", responses={**NOT_FOUND, 409: {"description": "the job already finished"}})
+@router.post(
+    "/jobs/{job_id}/cancel",
+    status_code=202,
+    responses={**NOT_FOUND, 409: {"description": "the job already finished"}},
+)
 def cancel_job(job: JobDep, engine: EngineDep) -> JobPublic:
-    """Cancel a queued or running job (a running worker is killed at once)."""
+    """Cancel a queued or running job: 202 with the job, now `cancelled` (its worker is being
+    stopped). Of several concurrent cancels (from any API process) one wins; the others get 409."""
     if not engine.cancel(job["id"]):
-        status = engine.store.get(job["id"])["status"]
-        raise HTTPException(409, f"job {job['id']} already finished ({status})")
+        current = engine.store.get(job["id"], with_request=False)
+        if current is None:
+            raise HTTPException(404, f"no job {job['id']!r}")
+        raise HTTPException(409, f"job {job['id']} already finished ({current['status']})")
     return JobPublic.model_validate(engine.store.get(job["id"]))
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    status_code=204,
+    responses={**NOT_FOUND, 409: {"description": "the job is still queued or running: cancel it first"}},
+)
+def delete_job(job: JobDep, engine: EngineDep) -> Response:
+    """Delete a finished job with everything stored with it (its request, events and files)."""
+    if job["status"] not in TERMINAL:
+        raise HTTPException(409, f"job {job['id']} is {job['status']}: cancel it first (POST .../cancel)")
+    remove_job_files(job["id"])  # files first: a failure leaves the job listed, to delete again
+    if not engine.store.delete(job["id"]):
+        raise HTTPException(404, f"no job {job['id']!r}")  # another request deleted it meanwhile
+    return Response(status_code=204)
 
 
 @router.get("/jobs/{job_id}/events", response_class=EventSourceResponse, responses=NOT_FOUND)
@@ -110,17 +133,24 @@ async def job_events(
     job_id = job["id"]
     seq = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     while True:
-        events = await run_in_threadpool(engine.store.events_after, job_id, seq)
-        for seq, kind, data in events:  # seq carries over to the next poll
+        try:
+            events = await run_in_threadpool(engine.store.events_after, job_id, seq)
+            current = None if events else await run_in_threadpool(engine.store.get, job_id, False)
+            late = []
+            if current is not None and current["status"] in TERMINAL:
+                # Events written between the last poll and the finish come before the final one.
+                late = await run_in_threadpool(engine.store.events_after, job_id, seq)
+                current = await run_in_threadpool(engine.store.get, job_id)
+        except StoreUnavailable:  # the store already retried: keep the stream, poll again later
+            await asyncio.sleep(RETRY_AFTER_S)
+            continue
+        for seq, kind, data in events + late:  # seq carries over to the next poll
             yield ServerSentEvent(data=data, event=kind, id=str(seq))
         if events:
             continue
-        current = await run_in_threadpool(engine.store.get, job_id)
+        if current is None:  # deleted meanwhile
+            return
         if current["status"] in TERMINAL:
-            # Events written between the last poll and the finish come before the final one.
-            late = await run_in_threadpool(engine.store.events_after, job_id, seq)
-            for late_seq, kind, data in late:
-                yield ServerSentEvent(data=data, event=kind, id=str(late_seq))
             finished = JobPublic.model_validate(current).model_dump(mode="json")
             yield ServerSentEvent(data=finished, event="done")
             return
@@ -138,6 +168,8 @@ async def train_and_wait(job: JobBody, engine: EngineDep, response: Response) ->
     job_id = submitted["id"]
     while True:
         current = await run_in_threadpool(engine.store.get, job_id)
+        if current is None:
+            raise HTTPException(404, f"job {job_id} was deleted while it was awaited")
         if current["status"] in TERMINAL:
             return JobPublic.model_validate(current)
         if time.monotonic() > deadline:

@@ -33,7 +33,44 @@ export const openapi = () => call("GET", "openapi.json");
 export const summarize = (request) => call("POST", "v1/models/summary", request);
 export const startJob = (request) => call("POST", "v1/jobs", request);
 export const getJob = (id) => call("GET", `v1/jobs/${encodeURIComponent(id)}`);
-export const cancelJob = (id) => call("DELETE", `v1/jobs/${encodeURIComponent(id)}`);
+export const cancelJob = (id) => call("POST", `v1/jobs/${encodeURIComponent(id)}/cancel`);
+
+/**
+ * Fetches a file (with the key) and saves it under the name the server gives in
+ * Content-Disposition, else `fallback`. Resolves to {ok, status, body}: body is the error on failure.
+ */
+export async function download(method, url, request, fallback) {
+  const init = { method, headers: headers({}) };
+  if (request !== undefined) {
+    init.headers["content-type"] = "application/json";
+    init.body = JSON.stringify(request);
+  }
+  const res = await fetch(url, init);
+  if (!res.ok) {
+    const text = await res.text();
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      body = { detail: text };
+    }
+    return { ok: false, status: res.status, body };
+  }
+  const name = /filename="([^"]+)"/.exec(res.headers.get("content-disposition") ?? "")?.[1] ?? fallback;
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await res.blob());
+  link.download = name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60_000);
+  return { ok: true, status: res.status, body: name };
+}
+export const exportModel = (request, format) =>
+  download("POST", "v1/models/export", { ...request, format }, format === "onnx" ? "model.onnx" : "model.py");
+export const downloadJobFile = (id, what) => {
+  const job = `v1/jobs/${encodeURIComponent(id)}`;
+  const url = what === "weights" ? `${job}/weights` : `${job}/export?format=${what}`;
+  return download("GET", url, undefined, `${id}.${{ weights: "safetensors", pytorch: "py", onnx: "onnx" }[what]}`);
+};
 
 /**
  * Follows a job's Server-Sent Events until its `done` event: `onEvent(name, data)` for each one,

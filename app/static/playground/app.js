@@ -132,13 +132,13 @@ function inputShape() {
   return $("#input-shape").value.split(/[\s,[\]]+/).filter(Boolean).map(Number);
 }
 
+function modelRequest() {
+  return { model: { layers: state.layers }, input_shape: inputShape(), input_dtype: $("#input-dtype").value };
+}
+
 async function runSummary() {
   const run = ++state.summaryRun;
-  const request = {
-    model: { layers: state.layers },
-    input_shape: inputShape(),
-    input_dtype: $("#input-dtype").value,
-  };
+  const request = modelRequest();
   $("#summary-status").textContent = "Tracing on the meta device…";
   const { ok, status, body } = await api.summarize(request);
   if (run !== state.summaryRun) return;
@@ -259,7 +259,9 @@ async function startTraining(event) {
     return;
   }
   state.job = body;
+  $("#job-downloads").hidden = true;
   newChart();
+  showJobMemory(null);
   trainStatus(`Job ${body.id}: ${body.status}`);
   // Events: `progress` (epoch, step, steps_total, loss), `epoch` (one history entry), `done` (the job).
   const follow = new AbortController();
@@ -285,11 +287,24 @@ function onJobEvent(name, data) {
     const time = data.duration_s != null ? ` in ${data.duration_s.toFixed(1)} s` : "";
     trainStatus(`Job ${data.id}: ${data.status}${data.device ? ` on ${data.device}` : ""}${time}${result}`
       + `${data.error ? `: ${data.error}` : ""}`);
+    showJobMemory(data.memory);
     if (TERMINAL.has(data.status)) {
       stopFollowing();
       setTraining(false);
+      $("#job-downloads").hidden = !data.weights;
+      $("#job-download-status").textContent = "";
     }
   }
+}
+
+/** The job's memory: the plan's estimate beside what the run measured (and how). */
+function showJobMemory(memory) {
+  const line = $("#train-memory");
+  line.hidden = !memory;
+  if (!memory) return;
+  const mib = (n) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+  const estimate = memory.estimated_bytes != null ? mib(memory.estimated_bytes) : "none";
+  line.textContent = `Memory: estimated ${estimate}, measured ${mib(memory.measured_peak_bytes)} (${memory.how})`;
 }
 
 async function cancelTraining() {
@@ -308,6 +323,17 @@ function stopFollowing() {
 function setTraining(running) {
   $("#train").disabled = running;
   $("#cancel").disabled = !running;
+}
+
+/** Runs one download, reporting it in `status` (an ONNX export takes a few seconds). */
+async function saveFile(status, what, fetchIt) {
+  status.textContent = `Preparing ${what}…`;
+  const { ok, status: code, body } = await fetchIt();
+  if (ok) status.textContent = `Saved ${body}`;
+  else {
+    const other = showErrors(body?.detail ?? `HTTP ${code}`);
+    status.textContent = `${what} failed, HTTP ${code}: ${other.join("; ") || "see the highlighted layer."}`;
+  }
 }
 
 function trainStatus(text) {
@@ -427,6 +453,14 @@ async function main() {
   $("#input-dtype").addEventListener("change", scheduleSummary);
   $("#train-form").addEventListener("submit", startTraining);
   $("#cancel").addEventListener("click", cancelTraining);
+  for (const button of document.querySelectorAll("#model-downloads button")) {
+    button.addEventListener("click", () => saveFile($("#model-download-status"), button.textContent,
+      () => api.exportModel(modelRequest(), button.dataset.format)));
+  }
+  for (const button of document.querySelectorAll("#job-downloads button")) {
+    button.addEventListener("click", () => saveFile($("#job-download-status"), button.textContent,
+      () => api.downloadJobFile(state.job.id, button.dataset.what)));
+  }
 
   $("#example").value = "seed" in state.examples ? "seed" : "";
   if ($("#example").value) loadExample("seed");

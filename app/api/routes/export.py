@@ -1,0 +1,49 @@
+"""Export a model spec as a Python file or an ONNX file (untrained; a job's export carries weights)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Response
+
+from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
+from app.schemas.export import ExportRequest
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+FILES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the file: text/x-python (pytorch) or application/octet-stream (onnx)",
+        "content": {PYTHON_TYPE: {}, ONNX_TYPE: {}},
+    },
+    400: {"description": "the body is not text (FastAPI cannot decode it)"},
+    413: {"description": "request body too large"},
+    422: {"description": "invalid spec, a shape mismatch, a limit, or a layer ONNX cannot export (named)"},
+}
+EXAMPLE = {
+    "digits CNN as code": {
+        "value": {
+            "model": {
+                "layers": [
+                    {"type": "Conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1},
+                    {"type": "ReLU"},
+                    {"type": "MaxPool2d", "kernel_size": 2},
+                    {"type": "Flatten"},
+                    {"type": "Linear", "out_features": 10},
+                ]
+            },
+            "input_shape": [64, 1, 8, 8],
+            "format": "pytorch",
+        }
+    }
+}
+
+
+@router.post("/export", response_class=Response, responses=FILES)
+def export_model(request: Annotated[ExportRequest, Body(openapi_examples=EXAMPLE)]) -> Response:
+    """The model as one Python file importing only torch, or as an ONNX file (freshly initialised)."""
+    traced = trace(request.model, tuple(request.input_shape), request.input_dtype)
+    if request.format == "pytorch":
+        about = "A model built with Model Builder (untrained: build_model() initialises it)."
+        return attachment(python_file(traced, request.input_dtype, about), PYTHON_TYPE, "model.py")
+    return attachment(onnx_file(traced, request.input_dtype), ONNX_TYPE, "model.onnx")

@@ -1,0 +1,128 @@
+"""A succeeded job's trained model: its weights (safetensors), its export, and predictions."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import FileResponse
+
+from app.api.routes.jobs import JobDep
+from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
+from app.jobs.trained import MODELS, POOL, predict
+from app.jobs.weights import WEIGHTS_FILE, job_dir, load_weights, read_metadata, weights_info
+from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest, PredictResponse
+from app.schemas.jobs import JobCreate
+from layers import ModelSpec
+
+router = APIRouter(prefix="/v1/jobs", tags=["trained models"])
+
+NO_WEIGHTS: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such job, or it failed or was cancelled and has no weights"},
+    409: {"description": "the job has not finished yet"},
+}
+
+
+@dataclass(frozen=True)
+class Weights:
+    job: dict
+    path: Path
+    sha256: str
+    size_bytes: int
+
+
+def get_weights(job: JobDep) -> Weights:
+    """The weights of a succeeded job; 409 while it runs, 404 when it ended without any."""
+    job_id, status = job["id"], job["status"]
+    if status in ("queued", "running"):
+        raise HTTPException(409, f"job {job_id} is {status}: its weights exist once it has succeeded")
+    if status != "succeeded":
+        reason = f" ({job['error']})" if job.get("error") else ""
+        raise HTTPException(404, f"job {job_id} {status}{reason}: it has no trained weights")
+    directory = job_dir(job_id)
+    info = weights_info(directory)
+    if info is None:
+        raise HTTPException(
+            404, f"job {job_id} succeeded but kept no weights (it ran before weights were kept)"
+        )
+    return Weights(job, directory / WEIGHTS_FILE, info["sha256"], info["size_bytes"])
+
+
+WeightsDep = Annotated[Weights, Depends(get_weights)]
+
+
+@router.get(
+    "/{job_id}/weights",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        304: {"description": "not modified"},
+        **NO_WEIGHTS,
+    },
+)
+def download_weights(weights: WeightsDep, request: Request) -> Response:
+    """The trained weights as safetensors (keys: the module's state_dict; metadata: spec, torch, job)."""
+    etag = f'"{weights.sha256}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return FileResponse(
+        weights.path,
+        media_type="application/octet-stream",
+        filename=f"{weights.job['id']}.safetensors",
+        headers={"ETag": etag},
+    )
+
+
+def _job_input(weights: Weights) -> tuple[tuple[int, ...], str]:
+    """The job's traced input: a training batch of its dataset's samples, and their dtype."""
+    request = JobCreate.model_validate(weights.job["request"])
+    info = request.dataset.describe(request.loss.task == "classification")
+    return (request.batch_size, *info.sample_shape), info.dtype
+
+
+def _export(weights: Weights, format: ExportFormat) -> Response:
+    input_shape, dtype = _job_input(weights)
+    spec = ModelSpec.model_validate_json(read_metadata(weights.path)["spec"])  # as it was trained
+    traced = trace(spec, input_shape, dtype)
+    job_id = weights.job["id"]
+    if format == "pytorch":
+        about = (
+            f"The model of Model Builder job {job_id}. Its trained weights: GET /v1/jobs/{job_id}/weights\n"
+            f"(safetensors, sha256 {weights.sha256})."
+        )
+        return attachment(python_file(traced, dtype, about), PYTHON_TYPE, f"{job_id}.py")
+    _, module = load_weights(weights.path)
+    return attachment(onnx_file(traced, dtype, module), ONNX_TYPE, f"{job_id}.onnx")
+
+
+@router.get(
+    "/{job_id}/export",
+    response_class=Response,
+    responses={
+        200: {"content": {PYTHON_TYPE: {}, ONNX_TYPE: {}}},
+        **NO_WEIGHTS,
+        422: {"description": "ONNX cannot export a layer (named)"},
+    },
+)
+def export_job(
+    weights: WeightsDep, format: Annotated[ExportFormat, Query(description=FORMAT_DESCRIPTION)] = "pytorch"
+) -> Response:
+    """The trained model as Python code (weights: GET /v1/jobs/{id}/weights) or ONNX (weights inside)."""
+    return _export(weights, format)
+
+
+@router.post(
+    "/{job_id}/predict",
+    responses={**NO_WEIGHTS, 422: {"description": "inputs of the wrong shape or type, or too many"}},
+)
+async def predict_job(body: PredictRequest, weights: WeightsDep) -> PredictResponse:
+    """Run the trained model on one sample or a batch (classification: predictions and probabilities)."""
+
+    def run() -> dict[str, Any]:
+        model = MODELS.get(weights.job, weights.path, weights.sha256)
+        return predict(model, body.inputs)
+
+    return PredictResponse.model_validate(await asyncio.wrap_future(POOL.submit(run)))

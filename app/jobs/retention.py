@@ -1,0 +1,76 @@
+"""What is stored with a job besides its row: its files, removed with it; and the retention
+that deletes old finished jobs (``MB_JOB_RETENTION_DAYS``) from every API process, hourly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi.concurrency import run_in_threadpool
+
+from app.core.config import settings
+from app.jobs.store import JobStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+PRUNE_EVERY_S = 3600.0
+FIRST_PRUNE_S = 30.0  # after start-up, out of its way
+
+
+def job_dir(job_id: str) -> Path:
+    """The job's artifact directory, ``MB_DATA_DIR/jobs/<id>/`` (checkpoints, weights)."""
+    root = (settings.data_dir / "jobs").resolve()
+    path = (root / job_id).resolve()
+    if path.parent != root:  # ids come from the store, but never leave the jobs directory
+        raise ValueError(f"not a job id: {job_id!r}")
+    return path
+
+
+def remove_job_files(job_id: str) -> None:
+    path = job_dir(job_id)
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def prune(store: JobStore, retention_days: float, now: float | None = None) -> list[str]:
+    """Delete the jobs that finished more than ``retention_days`` ago, with their events and files;
+    their ids. Safe in several processes at once (a job already deleted is skipped)."""
+    if retention_days <= 0:
+        return []
+    before = (time.time() if now is None else now) - retention_days * 86400
+    deleted: list[str] = []
+    while ids := store.finished_before(before):
+        for job_id in ids:
+            remove_job_files(job_id)
+            if store.delete(job_id):
+                deleted.append(job_id)
+        if len(ids) < 500:
+            break
+    return deleted
+
+
+@asynccontextmanager
+async def pruning(store: JobStore) -> AsyncIterator[None]:
+    """Prune in the background while the app runs."""
+    task = asyncio.create_task(_prune_forever(store))
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def _prune_forever(store: JobStore) -> None:
+    await asyncio.sleep(FIRST_PRUNE_S)
+    while True:
+        try:
+            deleted = await run_in_threadpool(prune, store, settings.job_retention_days)
+            if deleted:
+                days = settings.job_retention_days
+                log.info("deleted %d jobs that finished over %g days ago", len(deleted), days)
+        except (StoreUnavailable, OSError) as e:
+            log.warning("could not prune old jobs: %s", e)
+        await asyncio.sleep(PRUNE_EVERY_S)

@@ -1,0 +1,149 @@
+"""A succeeded job's trained model, loaded from its weights file to answer predictions.
+
+Loaded models are kept in a small LRU (``MB_PREDICT_CACHE_SIZE``) keyed by job id and weights
+sha256, and run under ``torch.inference_mode()`` in a bounded thread pool (``MB_PREDICT_THREADS``).
+Inputs are checked before any tensor is made: numbers only, rectangular, within
+``MB_MAX_PREDICT_SAMPLES`` and ``MB_MAX_PREDICT_NUMEL``, shaped like one of the job's dataset
+samples or a batch of them; anything else is a ``SpecError`` at ``inputs``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.core.config import settings
+from app.jobs.datasets import DatasetInfo
+from app.jobs.weights import load_weights
+from app.schemas.jobs import JobCreate
+from layers import ModelSpec
+from layers.base import shape_str
+from layers.errors import LimitError, ShapeError
+from layers.losses import LossSpec
+
+POOL = ThreadPoolExecutor(max_workers=settings.predict_threads, thread_name_prefix="predict")
+INPUTS = ("inputs",)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    job_id: str
+    sha256: str
+    spec: ModelSpec  # inferred, as trained
+    module: nn.Module  # on the CPU, in eval mode
+    request: JobCreate
+    data: DatasetInfo
+
+    @property
+    def loss(self) -> LossSpec:
+        return self.request.loss
+
+
+class TrainedModels:
+    """The LRU of loaded models; ``get`` loads on a miss (outside the lock: loads may overlap)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._models: OrderedDict[tuple[str, str], TrainedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, job: dict, weights: Path, sha256: str) -> TrainedModel:
+        key = (job["id"], sha256)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        request = JobCreate.model_validate(job["request"])
+        spec, module = load_weights(weights)
+        data = request.dataset.describe(request.loss.task == "classification")
+        model = TrainedModel(job["id"], sha256, spec, module, request, data)
+        with self._lock:
+            self._models[key] = model
+            while len(self._models) > self.size:
+                self._models.popitem(last=False)
+        return model
+
+
+MODELS = TrainedModels(settings.predict_cache_size)
+
+
+def _shape_of(values: Any, integers: bool) -> list[int]:
+    """The shape of a nested list of numbers, level by level; ``SpecError`` at ``inputs`` when
+    it is ragged, holds something else than numbers, or is too large."""
+    shape: list[int] = []
+    level = [values]
+    while level and isinstance(level[0], list):
+        sizes = {len(v) if isinstance(v, list) else -1 for v in level}
+        if len(sizes) != 1 or -1 in sizes:
+            depth = len(shape)
+            raise ShapeError(INPUTS, f"inputs must be a rectangular nested list (ragged at depth {depth})")
+        size = sizes.pop()
+        if len(shape) >= settings.max_input_rank:
+            raise LimitError(INPUTS, f"inputs have more than {settings.max_input_rank} dimensions")
+        if len(level) * size > settings.max_predict_numel:
+            raise LimitError(
+                INPUTS,
+                f"inputs hold more than {settings.max_predict_numel} numbers (the limit)",
+                {"limit": settings.max_predict_numel},
+            )
+        shape.append(size)
+        level = [item for v in level for item in v]
+    for v in level:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ShapeError(INPUTS, f"inputs must hold only numbers, got {type(v).__name__}")
+        if integers and not (isinstance(v, int) or float(v).is_integer()):
+            raise ShapeError(INPUTS, f"this model takes integer token ids, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ShapeError(INPUTS, "inputs must be finite numbers")
+    return shape
+
+
+def to_batch(model: TrainedModel, inputs: Any) -> tuple[torch.Tensor, bool]:
+    """The inputs as a batch tensor, and whether they were one sample (not a batch)."""
+    integers = model.data.dtype == "int64"
+    shape = _shape_of(inputs, integers)
+    sample = list(model.data.sample_shape)
+    single = shape == sample
+    if not single and shape[1:] != sample:
+        raise ShapeError(
+            INPUTS,
+            f"expected one sample of shape {shape_str(sample)} or a batch of shape "
+            f"{shape_str(['N', *sample])}, got {shape_str(shape)}",
+            {"expected": sample, "got": shape},
+        )
+    if not single and not 0 < shape[0] <= settings.max_predict_samples:
+        raise LimitError(
+            INPUTS,
+            f"a batch of {shape[0]} samples; 1 to {settings.max_predict_samples} are accepted",
+            {"limit": settings.max_predict_samples, "got": shape[0]},
+        )
+    x = torch.tensor(inputs, dtype=torch.int64 if integers else torch.float32)
+    if integers and model.data.tokens is not None and bool(((x < 0) | (x >= model.data.tokens)).any()):
+        raise ShapeError(
+            INPUTS,
+            f"token ids must be in 0..{model.data.tokens - 1} (the job's dataset vocabulary)",
+            {"expected": [0, model.data.tokens - 1]},
+        )
+    return (x.unsqueeze(0) if single else x), single
+
+
+def predict(model: TrainedModel, inputs: Any) -> dict[str, Any]:
+    """Run the model; outputs (and class predictions and probabilities for a classification job)."""
+    x, single = to_batch(model, inputs)
+    with torch.inference_mode():
+        out = model.module(x)
+        answer: dict[str, Any] = {"output_shape": list(out.shape[1:] if single else out.shape)}
+        if model.loss.task == "classification":
+            classes, probabilities = model.loss.classes(out), model.loss.probabilities(out)
+            answer["predictions"] = classes[0].item() if single else classes.tolist()
+            answer["probabilities"] = (probabilities[0] if single else probabilities).tolist()
+        answer["outputs"] = (out[0] if single else out).tolist()
+    return answer

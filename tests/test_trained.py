@@ -1,0 +1,321 @@
+"""A trained job's model leaves the service: weights (safetensors), Python code, ONNX, predictions.
+
+One digits CNN is trained for the whole module on a real embedded Ray. Its exported file and
+weights are loaded in a fresh interpreter that imports only torch, safetensors and scikit-learn,
+which reproduces the job's validation split in plain code and must find the job's accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from safetensors import safe_open
+from sklearn.datasets import load_digits
+
+from app.core.config import settings
+from app.core.security import APILockMiddleware
+from app.examples import DIGITS_CNN, digits_job
+from app.main import app
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    data_dir, settings.data_dir = settings.data_dir, tmp_path_factory.mktemp("jobs")
+    try:
+        with TestClient(app) as client:
+            yield client
+    finally:
+        settings.data_dir = data_dir
+
+
+@pytest.fixture(scope="module")
+def job(api: TestClient) -> dict:
+    """The digits CNN, trained once (3 epochs, CPU)."""
+    response = api.post("/v1/train", json=digits_job(DIGITS_CNN, epochs=3, device="cpu"))
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["status"] == "succeeded", result["error"]
+    return result
+
+
+def validation_split() -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits validation split as app/jobs/datasets.py makes it (val_fraction 0.2, split_seed 0)."""
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(digits.target)
+    n = x.shape[0]
+    n_val = min(max(1, round(n * 0.2)), n - 1)
+    val = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n_val]
+    return x[val], y[val]
+
+
+def test_the_job_says_it_has_weights_and_serves_them(api: TestClient, job: dict) -> None:
+    weights = job["weights"]
+    assert weights["url"] == f"/v1/jobs/{job['id']}/weights" and weights["size_bytes"] > 0
+    response = api.get(weights["url"])
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert f'filename="{job["id"]}.safetensors"' in response.headers["content-disposition"]
+    assert len(response.content) == weights["size_bytes"]
+    assert hashlib.sha256(response.content).hexdigest() == weights["sha256"]
+    assert response.headers["etag"] == f'"{weights["sha256"]}"'
+    again = api.get(weights["url"], headers={"If-None-Match": response.headers["etag"]})
+    assert again.status_code == 304
+    assert api.get(f"/v1/jobs/{job['id']}").json()["weights"] == weights
+    assert any(j["weights"] == weights for j in api.get("/v1/jobs").json()["data"])
+
+
+def test_the_weights_file_holds_the_module_state_and_its_provenance(
+    api: TestClient, job: dict, tmp_path: Path
+) -> None:
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(api.get(job["weights"]["url"]).content)
+    with safe_open(path, framework="pt") as f:
+        keys, metadata = set(f.keys()), f.metadata()
+    with torch.device("meta"):
+        reference = torch.nn.Sequential(
+            torch.nn.Conv2d(1, 16, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(16, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Flatten(),
+            torch.nn.Linear(32 * 4 * 4, 10),
+        )
+    assert keys == set(reference.state_dict())
+    assert metadata["job_id"] == job["id"]
+    assert metadata["torch_version"] == torch.__version__
+    spec = json.loads(metadata["spec"])
+    assert spec["layers"][0] == {
+        **DIGITS_CNN["layers"][0],
+        "in_channels": 1,
+        "stride": 1,
+        "dilation": 1,
+        "groups": 1,
+        "bias": True,
+        "name": None,
+    }
+    assert metadata["spec"] == json.dumps(spec, sort_keys=True, separators=(",", ":"))  # canonical
+
+
+FRESH = textwrap.dedent(
+    """
+    import runpy, sys
+    import torch
+    from safetensors.torch import load_file
+    from sklearn.datasets import load_digits
+
+    model = runpy.run_path("model.py")["build_model"]()
+    model.load_state_dict(load_file("model.safetensors"), strict=True)
+    model.eval()
+    digits = load_digits()
+    x = torch.tensor(digits.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    y = torch.tensor(digits.target)
+    n = x.shape[0]
+    n_val = min(max(1, round(n * 0.2)), n - 1)
+    val = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:n_val]
+    x_val, y_val = x[val], y[val]
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, n_val, 64):  # in the job's batches, as its validation ran
+            correct += int((model(x_val[i : i + 64]).argmax(1) == y_val[i : i + 64]).sum())
+    ours = [m for m in sys.modules if m.split(".")[0] in ("app", "layers")]
+    print(correct / n_val, ours)
+    """
+)
+
+
+def test_the_exported_code_and_weights_reproduce_the_accuracy_without_this_project(
+    api: TestClient, job: dict, tmp_path: Path
+) -> None:
+    code = api.get(f"/v1/jobs/{job['id']}/export", params={"format": "pytorch"})
+    assert code.status_code == 200, code.text
+    assert code.headers["content-type"].startswith("text/x-python")
+    (tmp_path / "model.py").write_text(code.text)
+    (tmp_path / "model.safetensors").write_bytes(api.get(job["weights"]["url"]).content)
+    (tmp_path / "check.py").write_text(FRESH)
+    # -I: isolated (no PYTHONPATH, no current directory on sys.path, so this project is not importable
+    # from its source tree); -P is implied. The script reads its files from its working directory.
+    done = subprocess.run(
+        [sys.executable, "-I", "check.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    accuracy, ours = done.stdout.split(maxsplit=1)
+    assert float(accuracy) == job["metrics"]["val_accuracy"]
+    assert ours.strip() == "[]"
+    script = subprocess.run(
+        [sys.executable, "-I", "model.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert script.returncode == 0, script.stderr
+    assert "-> output [64, 10]" in script.stdout and "Conv2d(1, 16" in script.stdout
+
+
+def test_onnx_with_the_trained_weights_predicts_like_torch(api: TestClient, job: dict) -> None:
+    response = api.get(f"/v1/jobs/{job['id']}/export", params={"format": "onnx"})
+    assert response.status_code == 200, response.text
+    assert f'filename="{job["id"]}.onnx"' in response.headers["content-disposition"]
+    proto = onnx.load_from_string(response.content)
+    onnx.checker.check_model(proto)
+    assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {18}
+    session = ort.InferenceSession(response.content, providers=["CPUExecutionProvider"])
+    x, y = validation_split()
+    logits = session.run(None, {"input": x.numpy()})[0]  # the whole split at once: the batch is dynamic
+    accuracy = float((logits.argmax(1) == y.numpy()).mean())
+    assert accuracy == pytest.approx(job["metrics"]["val_accuracy"], abs=1e-9)
+    predicted = api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": x.tolist()}).json()
+    np.testing.assert_allclose(logits, np.array(predicted["outputs"]), atol=1e-4)
+    assert logits.argmax(1).tolist() == predicted["predictions"]
+
+
+def test_predict_reproduces_the_validation_accuracy(api: TestClient, job: dict) -> None:
+    x, y = validation_split()
+    response = api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": x.tolist()})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["output_shape"] == [x.shape[0], 10]
+    accuracy = sum(p == t for p, t in zip(answer["predictions"], y.tolist(), strict=True)) / len(y)
+    assert accuracy == job["metrics"]["val_accuracy"]
+    probabilities = np.array(answer["probabilities"])
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert probabilities.argmax(1).tolist() == answer["predictions"]
+
+    one = api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": x[0].tolist()}).json()
+    assert one["output_shape"] == [10] and one["predictions"] == answer["predictions"][0]
+    np.testing.assert_allclose(one["outputs"], answer["outputs"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "says"),
+    [
+        ([[0.0] * 8] * 8, "[1, 8, 8]"),  # a sample without its channel
+        ([[[[0.0] * 8] * 8]] * 2 + [[[[0.0] * 7] * 8]], "ragged"),
+        ([[[True] * 8] * 8], "only numbers"),
+        ([[["a"] * 8] * 8], "only numbers"),
+        ([], "[1, 8, 8]"),
+    ],
+)
+def test_bad_inputs_are_a_422_at_inputs(api: TestClient, job: dict, inputs: list, says: str) -> None:
+    response = api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": inputs})
+    assert response.status_code == 422, response.text
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == ["body", "inputs"]
+    assert says in detail["msg"]
+
+
+def test_predict_limits(api: TestClient, job: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = validation_split()
+    monkeypatch.setattr(settings, "max_predict_samples", 4)
+    response = api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": x[:5].tolist()})
+    assert response.status_code == 422 and "1 to 4" in response.json()["detail"][0]["msg"]
+    monkeypatch.setattr(settings, "max_predict_numel", 100)
+    response = api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": x[:2].tolist()})
+    assert response.status_code == 422 and "100" in response.json()["detail"][0]["msg"]
+
+
+def test_an_unfinished_job_is_409_and_a_cancelled_one_404(api: TestClient, job: dict) -> None:
+    body = digits_job(DIGITS_CNN, epochs=100, batch_size=1, device="cpu")
+    job_id = api.post("/v1/jobs", json=body).json()["id"]
+    for path in ("weights", "export", "predict"):
+        method = api.post if path == "predict" else api.get
+        extra = {"json": {"inputs": [1]}} if path == "predict" else {}
+        response = method(f"/v1/jobs/{job_id}/{path}", **extra)
+        assert response.status_code == 409, response.text
+        assert "once it has succeeded" in response.json()["detail"]
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 202
+    deadline = time.monotonic() + 30
+    while api.get(f"/v1/jobs/{job_id}").json()["status"] not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.1)
+    response = api.get(f"/v1/jobs/{job_id}/weights")
+    assert response.status_code == 404 and "cancelled" in response.json()["detail"]
+    assert api.get(f"/v1/jobs/{job_id}").json()["weights"] is None
+    assert api.get("/v1/jobs/nope/weights").status_code == 404
+
+
+def test_a_job_whose_weights_would_be_too_big_is_refused_up_front(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "max_artifact_bytes", 1000)
+    response = api.post("/v1/jobs", json=digits_job(DIGITS_CNN, device="cpu"))
+    assert response.status_code == 422
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == ["body", "model"] and "weights" in detail["msg"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/jobs/x/weights"),
+        ("GET", "/v1/jobs/x/export?format=onnx"),
+        ("POST", "/v1/jobs/x/predict"),
+        ("POST", "/v1/models/export"),
+    ],
+)
+def test_a_key_is_required_when_keys_are_set(method: str, path: str) -> None:
+    client = TestClient(APILockMiddleware(app, api_keys=["k"]))
+    assert client.request(method, path, json={"inputs": [1]}).status_code == 401
+    assert client.request(method, path, json={"inputs": [1]}, headers={"X-API-Key": "k"}).status_code != 401
+
+
+def test_predict_on_token_ids_and_on_a_regression(api: TestClient) -> None:
+    """Token ids are checked against the job's vocabulary; a regression job answers no classes."""
+    tokens = {
+        "model": {
+            "layers": [
+                {"type": "Embedding", "num_embeddings": 20, "embedding_dim": 4},
+                {"type": "Flatten"},
+                {"type": "Linear", "out_features": 3},
+            ]
+        },
+        "dataset": {
+            "name": "synthetic",
+            "shape": [5],
+            "dtype": "int64",
+            "vocab_size": 20,
+            "num_classes": 3,
+            "samples": 64,
+        },
+        "loss": {"type": "CrossEntropyLoss"},
+        "optimizer": {"type": "SGD", "lr": 0.1},
+        "epochs": 1,
+        "batch_size": 16,
+        "device": "cpu",
+    }
+    regression = {
+        **tokens,
+        "model": {"layers": [{"type": "Linear", "out_features": 2}]},
+        "dataset": {"name": "synthetic", "shape": [3], "task": "regression", "targets": 2, "samples": 64},
+        "loss": {"type": "MSELoss"},
+    }
+    ids = []
+    for body in (tokens, regression):
+        result = api.post("/v1/train", json=body).json()
+        assert result["status"] == "succeeded", result
+        ids.append(result["id"])
+    token_job, regression_job = ids
+
+    answer = api.post(
+        f"/v1/jobs/{token_job}/predict", json={"inputs": [[1, 2, 3, 4, 19], [0, 0, 0, 0, 0]]}
+    ).json()
+    assert answer["output_shape"] == [2, 3] and len(answer["predictions"]) == 2
+    for bad, says in (([[1, 2, 3, 4, 20]], "0..19"), ([[1, 2, 3, 4, 1.5]], "integer token ids")):
+        response = api.post(f"/v1/jobs/{token_job}/predict", json={"inputs": bad})
+        assert response.status_code == 422 and says in response.json()["detail"][0]["msg"], response.text
+
+    answer = api.post(f"/v1/jobs/{regression_job}/predict", json={"inputs": [0.5, -1.0, 2.0]}).json()
+    assert answer["output_shape"] == [2] and len(answer["outputs"]) == 2
+    assert answer["predictions"] is None and answer["probabilities"] is None
