@@ -55,7 +55,6 @@ JOB_LIMITS = {
 CONFIG = schemathesis.Config.from_dict(
     {
         "seed": 20261127,
-        "suppress-health-check": ["too_slow"],
         # Generous: a busy 2-core CI box takes seconds for the first meta trace; a hang still fails.
         "request-timeout": 60,
         # Generating bodies of the recursive ~60-type model union is slow on a loaded 2-core box
