@@ -44,6 +44,8 @@ def test_booleans_still_fill_boolean_fields_and_whole_floats_fill_ints(client):
         "in_features": 4,
         "out_features": 3,
         "bias": False,
+        "name": None,
+        "tie_weight": None,
     }
 
 

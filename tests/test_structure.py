@@ -146,9 +146,9 @@ def test_tiny_tied_causal_gpt_learns() -> None:
         "progress_every": 1000,
         "threads": 1,
     }
-    events = list(train(payload))
+    events = [event.model_dump() for event in train(payload)]
     assert events[-1]["kind"] == "done", events[-1]
-    history = [e for e in events if e["kind"] == "epoch"]
+    history = [e["entry"] for e in events if e["kind"] == "epoch"]
     assert history[-1]["val_loss"] < 0.5 * history[0]["val_loss"], history
     assert history[-1]["val_accuracy"] > 0.5, history  # chance is 1/16
 
