@@ -16,7 +16,7 @@ MAX_COPIES = 4096
 
 if TYPE_CHECKING:  # resolved by layers.model once every layer type is registered
     from layers.codegen import CodeWriter
-    from layers.model import AnyLayer
+    from layers.model import Branch, Layers
 
 
 class Residual(nn.Module):
@@ -75,7 +75,7 @@ class SequentialSpec(ContainerSpec):
     """Runs its layers one after the other (nn.Sequential)."""
 
     type: Literal["Sequential"] = "Sequential"
-    layers: list[AnyLayer] = Field(min_length=1)
+    layers: Layers
 
     def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
         return [(("layers",), "", self.layers)]
@@ -94,9 +94,9 @@ class ResidualSpec(ContainerSpec):
     """Adds a skip connection: layers(x) + shortcut(x), shortcut = identity when omitted."""
 
     type: Literal["Residual"] = "Residual"
-    layers: list[AnyLayer] = Field(min_length=1, description="the body")
-    shortcut: list[AnyLayer] | None = Field(
-        None, min_length=1, description="layers on the skip path (e.g. a 1x1 conv); identity when omitted"
+    layers: Layers = Field(description="the body")
+    shortcut: Layers | None = Field(
+        None, description="layers on the skip path (e.g. a 1x1 conv); identity when omitted"
     )
 
     def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
@@ -135,7 +135,7 @@ class ConcatSpec(ContainerSpec):
     """Runs parallel branches on the same input and concatenates their outputs along `dim`."""
 
     type: Literal["Concat"] = "Concat"
-    branches: list[list[AnyLayer]] = Field(min_length=1, description="each branch is a list of layers")
+    branches: list[Branch] = Field(min_length=1, description="each branch is a list of layers")
     dim: Dim = Field(1, description="dimension to concatenate along (1: channels/features)")
 
     def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
@@ -178,7 +178,7 @@ class MultiplySpec(ContainerSpec):
     """Element-wise product of parallel branches (broadcast as torch does); an empty branch is the input."""
 
     type: Literal["Multiply"] = "Multiply"
-    branches: list[list[AnyLayer]] = Field(
+    branches: list[Branch] = Field(
         min_length=1, description="each branch is a list of layers; [] passes the input through"
     )
 
@@ -212,7 +212,7 @@ class RepeatSpec(ContainerSpec):
     copies: ClassVar[bool] = True
     type: Literal["Repeat"] = "Repeat"
     times: int = Field(ge=1, le=MAX_COPIES, description="how many copies of the block")
-    layers: list[AnyLayer] = Field(min_length=1, description="the block; it must keep its input's shape")
+    layers: Layers = Field(description="the block; it must keep its input's shape")
 
     def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
         return [(("layers",), str(copy), self.layers) for copy in range(self.times)]

@@ -7,9 +7,12 @@ import line in ``layers/__init__.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated
 
+from annotated_types import MinLen
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from typing_extensions import TypeAliasType
 
 from layers import containers  # noqa: F401  (registers the containers before the union)
 from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec
@@ -17,11 +20,19 @@ from layers.build import Builder
 from layers.errors import LimitError, Loc
 from layers.spec import union_of
 
-AnyLayer = union_of(LAYER_SPECS)
+# Named aliases, so the OpenAPI document holds the union once (``#/components/schemas/AnyLayer``)
+# and every list of layers is a ``$ref`` to ``Layers`` or ``Branch``. Swagger UI and ReDoc expand
+# a recursive schema until a ``$ref`` repeats on the path; inlined, the ~70-way union was repeated
+# in each of the 5 containers and the docs unfolded every chain of distinct containers (the page
+# hung). ReDoc also drops the discriminated union's own ref from that path, so the cut has to come
+# from the list: a container inside a container is shown once, then as "recursive".
+AnyLayer = TypeAliasType("AnyLayer", union_of(LAYER_SPECS))
+Layers = TypeAliasType("Layers", Annotated[list[AnyLayer], MinLen(1)])
+Branch = TypeAliasType("Branch", list[AnyLayer])  # may be empty: the input itself (Multiply)
 
 for _spec in LAYER_SPECS.values():  # containers hold AnyLayer, defined only now
     if issubclass(_spec, ContainerSpec):
-        _spec.model_rebuild(_types_namespace={"AnyLayer": AnyLayer})
+        _spec.model_rebuild(_types_namespace={"AnyLayer": AnyLayer, "Layers": Layers, "Branch": Branch})
 
 
 def _children(loc: Loc, depth: int, spec: ContainerSpec) -> Iterator[tuple[Loc, int, LayerSpec]]:
@@ -35,7 +46,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    layers: list[AnyLayer] = Field(min_length=1, description="the layers, applied in order")
+    layers: Layers = Field(description="the layers, applied in order")
 
     def walk(self) -> Iterator[tuple[Loc, int, LayerSpec]]:
         """Every layer node as ``(loc, depth, spec)``, in forward (pre-)order, without recursion.
