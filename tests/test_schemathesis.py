@@ -161,9 +161,10 @@ def refusals_point_into_the_request(ctx: CheckContext, response: Response, case:
         assert error["msg"] and loc[0] == "body", error
         # The export may also refuse the whole model (its weights past MB_MAX_ARTIFACT_BYTES, for ONNX).
         whole_model = case.operation.label == EXPORT and loc == ["body", "model"]
-        # The summary's optional `training.optimizer` is a union on `type` like a layer: schema-valid
-        # data may leave `type` out (each variant has a default), which the discriminator needs.
-        optimizer = case.operation.label == SUMMARY and loc[1:3] == ["training", "optimizer"]
+        # The optional `training.optimizer` (summary and export) is a union on `type` like a layer:
+        # schema-valid data may leave `type` out (each variant has a default), which the
+        # discriminator needs.
+        optimizer = case.operation.label in (SUMMARY, EXPORT) and loc[1:3] == ["training", "optimizer"]
         if (
             case.operation.label in (SUMMARY, EXPORT)
             and loc != ["body", "input_shape"]
