@@ -108,6 +108,21 @@ def test_summary_documents_its_errors(openapi: dict) -> None:
     assert {"200", "413", "422"} <= set(responses)
 
 
+def test_job_links_point_at_job_operations(openapi: dict) -> None:
+    """The links of the job routes (followed by clients and schemathesis' stateful phase) name
+    operations that exist and take the ``job_id`` they pass."""
+    found = 0
+    for operations in openapi["paths"].values():
+        for operation in operations.values():
+            for response in operation["responses"].values():
+                for link in response.get("links", {}).values():
+                    path, method = link["operationRef"].removeprefix("#/paths/").rsplit("/", 1)
+                    target = openapi["paths"][path.replace("~1", "/").replace("~0", "~")][method]
+                    assert {p["name"] for p in target["parameters"]} >= set(link["parameters"]) == {"job_id"}
+                    found += 1
+    assert found >= 10
+
+
 def test_catalog_lists_every_registered_type(client) -> None:
     body = client.get("/v1/layers").json()
     assert body["count"] == len(body["data"]) == len(LAYER_SPECS)

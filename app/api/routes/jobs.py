@@ -41,6 +41,23 @@ UNAVAILABLE: dict[int | str, dict[str, Any]] = {503: ERRORS[503]}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no such job"}, **UNAVAILABLE}
 
 
+def _links(job_id: str, **operations: str) -> dict[str, Any]:
+    """OpenAPI links to the operations on one job (``{name: "METHOD /v1/jobs/{job_id}..."}``),
+    its id from the runtime expression ``job_id``: clients and stateful fuzzers follow them."""
+    links = {}
+    for name, operation in operations.items():
+        method, path = operation.split(" ")
+        ref = "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method.lower()
+        links[name] = {"operationRef": ref, "parameters": {"job_id": job_id}}
+    return links
+
+
+READ, CANCEL, DELETE = "GET /v1/jobs/{job_id}", "POST /v1/jobs/{job_id}/cancel", "DELETE /v1/jobs/{job_id}"
+NEW_JOB_LINKS = _links("$response.body#/id", ReadJob=READ, CancelJob=CANCEL, DeleteJob=DELETE)
+SAME_JOB_LINKS = _links("$request.path.job_id", ReadJob=READ, DeleteJob=DELETE)
+LISTED_JOB_LINKS = _links("$response.body#/data/0/id", ReadJob=READ, CancelJob=CANCEL, DeleteJob=DELETE)
+
+
 def get_engine(request: Request) -> JobEngine:
     engine = getattr(request.app.state, "jobs", None)
     if engine is None:
@@ -80,7 +97,7 @@ async def _submit(job: JobCreate, engine: JobEngine, caller: Caller, http: Reque
         raise HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
 
 
-@router.post("/jobs", status_code=202, responses=ERRORS)
+@router.post("/jobs", status_code=202, responses={**ERRORS, 202: {"links": NEW_JOB_LINKS}})
 async def create_job(
     job: JobBody, engine: EngineDep, caller: CallerDep, http: Request, response: Response
 ) -> JobPublic:
@@ -90,7 +107,7 @@ async def create_job(
     return JobPublic.model_validate(submitted)
 
 
-@router.get("/jobs", responses=UNAVAILABLE)
+@router.get("/jobs", responses={**UNAVAILABLE, 200: {"links": LISTED_JOB_LINKS}})  # links: the newest
 def list_jobs(
     engine: EngineDep,
     caller: CallerDep,
@@ -111,7 +128,7 @@ def read_job(job: JobDep) -> JobPublic:
 @router.post(
     "/jobs/{job_id}/cancel",
     status_code=202,
-    responses={**NOT_FOUND, 409: {"description": "the job already finished"}},
+    responses={**NOT_FOUND, 202: {"links": SAME_JOB_LINKS}, 409: {"description": "the job already finished"}},
 )
 def cancel_job(job: JobDep, engine: EngineDep) -> JobPublic:
     """Cancel a queued or running job: 202 with the job, now `cancelled` (its worker is being
@@ -127,7 +144,11 @@ def cancel_job(job: JobDep, engine: EngineDep) -> JobPublic:
 @router.delete(
     "/jobs/{job_id}",
     status_code=204,
-    responses={**NOT_FOUND, 409: {"description": "the job is still queued or running: cancel it first"}},
+    responses={
+        **NOT_FOUND,
+        204: {"links": SAME_JOB_LINKS},  # each must now answer 404
+        409: {"description": "the job is still queued or running: cancel it first"},
+    },
 )
 def delete_job(job: JobDep, engine: EngineDep) -> Response:
     """Delete a finished job with everything stored with it (its request, events and files)."""
@@ -179,7 +200,11 @@ async def job_events(
 
 @router.post(
     "/train",
-    responses={**ERRORS, 202: {"description": "still running after the wait; poll /v1/jobs/{id}"}},
+    responses={
+        **ERRORS,
+        200: {"links": NEW_JOB_LINKS},
+        202: {"description": "still running after the wait; poll /v1/jobs/{id}", "links": NEW_JOB_LINKS},
+    },
 )
 async def train_and_wait(
     job: JobBody, engine: EngineDep, caller: CallerDep, http: Request, response: Response
