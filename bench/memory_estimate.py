@@ -3,7 +3,7 @@
     .venv/bin/python bench/memory_estimate.py --part accuracy   # the zoo, real CPU runs (~1 min)
     .venv/bin/python bench/memory_estimate.py --part timing     # 7B transformer, ResNet-50 (~1 min)
     .venv/bin/python bench/memory_estimate.py --part plain      # the summary without training
-    (cd ../main && .venv/bin/python ../wt/10/bench/memory_estimate.py --part plain)   # before
+    # before: run it from another checkout (git worktree add /tmp/before <commit>); see bench/README.md
 
 accuracy: each model trains for real on the CPU at the given batch; the truth is the peak that
 ``MemTracker`` (torch.distributed._tools.mem_tracker) sees over a steady-state step (Adam, its
