@@ -93,7 +93,7 @@ def onnx_file(traced: TracedModel, input_dtype: InputDType, module: nn.Module | 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
                 module = traced.spec.build().to(traced.param_dtype)
-        module.eval()  # nn.Module.eval(): inference mode for dropout and batch norm
+        module.eval()  # safe: nn.Module.eval(), inference mode for dropout and batch norm
         try:
             return to_onnx(module, example, traced)
         except SpecError as e:

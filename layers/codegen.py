@@ -398,7 +398,7 @@ def python_source(
         'if __name__ == "__main__":\n'
         "    model = build_model()\n"
         "    print(model)\n"
-        "    model.eval()  # nn.Module.eval(): inference mode for dropout and batch norm\n"
+        "    model.eval()  # safe: nn.Module.eval(), inference mode for dropout and batch norm\n"
         "    with torch.no_grad():\n"
         f"        output = model({example})\n"
         '    print("input", list(INPUT_SHAPE), "-> output", list(output.shape))',

@@ -95,7 +95,7 @@ def load_weights(path: Path) -> tuple[ModelSpec, torch.nn.Module]:
     spec = ModelSpec.model_validate_json(read_metadata(path)["spec"])
     model = spec.build()
     load_model(model, path, strict=True)
-    return spec, model.eval()  # nn.Module.eval(): inference mode for dropout and batch norm
+    return spec, model.eval()  # safe: nn.Module.eval(), inference mode for dropout and batch norm
 
 
 def job_dir(job_id: str) -> Path:
