@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from pydantic import TypeAdapter, ValidationError
+from safetensors.torch import load
 from sklearn.datasets import load_digits
 from torch import nn
 
@@ -289,5 +290,7 @@ def test_a_run_stopped_after_an_epoch_resumes_from_its_checkpoint_with_the_same_
     # The checkpointed epochs are reported again (the store keeps each once), then the rest.
     assert epochs(resumed) == epochs(straight)
     assert resumed[-1]["metrics"] == straight[-1]["metrics"]
+    resumed_weights, straight_weights = (load(e[-1]["weights"]) for e in (resumed, straight))
+    torch.testing.assert_close(resumed_weights, straight_weights, rtol=0, atol=0)  # the same trained model
     assert (tmp_path / "job" / "checkpoint" / "LATEST").read_text() == "epoch-00004"
     assert [d.name for d in (tmp_path / "job" / "checkpoint").iterdir() if d.is_dir()] == ["epoch-00004"]

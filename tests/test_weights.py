@@ -1,5 +1,6 @@
-"""The weights file a worker writes: safetensors with the module's state_dict keys, tied weights
-stored once, written atomically with its sidecar, and loaded back strictly."""
+"""The weights a worker serializes and the API writes: safetensors with the module's state_dict
+keys, tied weights stored once, written atomically with its sidecar only when the bytes are those
+announced, and loaded back strictly."""
 
 from __future__ import annotations
 
@@ -7,12 +8,21 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_model
 from torch import nn
 
-from app.jobs.weights import SIDECAR_FILE, WEIGHTS_FILE, load_weights, save_weights, weights_info
+from app.jobs.weights import (
+    SIDECAR_FILE,
+    WEIGHTS_FILE,
+    load_weights,
+    remove_weights,
+    serialize_weights,
+    weights_info,
+    write_weights,
+)
 from layers import ModelSpec
 from layers.trace import trace_model
 
@@ -29,6 +39,13 @@ def trained(seed: int = 0) -> tuple[ModelSpec, nn.Module]:
     spec = trace_model(ModelSpec.model_validate(SPEC), (2, 4)).spec
     torch.manual_seed(seed)
     return spec, spec.build()
+
+
+def save_weights(model: nn.Module, spec: ModelSpec, job_id: str, directory: Path) -> dict:
+    """What a job does: the worker serializes, the API writes (in two chunks, as through Ray)."""
+    data = serialize_weights(model, spec, job_id)
+    half = len(data) // 2
+    return write_weights(directory, [data[:half], data[half:]], len(data), hashlib.sha256(data).hexdigest())
 
 
 def test_the_file_round_trips_strictly_with_its_sidecar(tmp_path: Path) -> None:
@@ -56,6 +73,22 @@ def test_no_sidecar_means_no_weights(tmp_path: Path) -> None:
     save_weights(model, spec, "job1", tmp_path)
     (tmp_path / WEIGHTS_FILE).unlink()
     assert weights_info(tmp_path) is None
+    remove_weights(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered", "longer"])
+def test_bytes_that_are_not_those_announced_leave_nothing_behind(tmp_path: Path, damage: str) -> None:
+    spec, model = trained()
+    data = serialize_weights(model, spec, "job1")
+    sent = {
+        "truncated": data[:-1],
+        "altered": data[:-1] + bytes([data[-1] ^ 1]),
+        "longer": data + b" ",
+    }[damage]
+    with pytest.raises(ValueError, match="the weights arrived damaged"):
+        write_weights(tmp_path, [sent], len(data), hashlib.sha256(data).hexdigest())
+    assert list(tmp_path.iterdir()) == []  # neither the file, nor a temporary, nor a sidecar
 
 
 def test_tied_weights_are_stored_once_and_load_strictly(tmp_path: Path) -> None:

@@ -5,6 +5,10 @@ own events to the store, so a job outlives the API process that started it, and 
 serves, follows (from the store) and cancels (by actor name) any job. Ray restarts an actor
 whose process died (``MB_MAX_RESTARTS``); it resumes from its last checkpoint.
 
+A successful run's result (metrics, the weights' bytes) comes back through Ray: the submitting
+process watches for it, every process's reaper polls for it (``app.jobs.collect``), and the
+process that stores it finishes the job.
+
 A reaper in every API process fails, with a clear reason, a job that is active but should not
 be: its actor is gone (its node died, Ray was restarted, it died too often), it ran past its
 time limit plus a grace period, or it waited longer than ``MB_MAX_QUEUE_SECONDS`` for a worker.
@@ -26,9 +30,10 @@ from fastapi import FastAPI
 
 from app.core.config import settings
 from app.jobs import ray_runtime
+from app.jobs.collect import Collector
 from app.jobs.plan import JobPlan
 from app.jobs.store import JobStore, StoreUnavailable
-from app.jobs.worker import JobActor
+from app.jobs.worker import MAX_CONCURRENCY, JobActor
 from layers.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class JobEngine:
 
     def __init__(self, store: JobStore) -> None:
         self.store = store  # not touched here: the API starts even with the database down
+        self.collector = Collector(store)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -100,6 +106,7 @@ class JobEngine:
             except Exception as e:  # the row must not hold a slot for a job that never started
                 self._forget(job_id)
                 raise BackendDown(f"could not start the job on Ray: {type(e).__name__}: {e}") from e
+        self.collector.watch(job_id)
         return queued
 
     def _check_room(self) -> None:
@@ -117,6 +124,7 @@ class JobEngine:
             num_gpus=num_gpus,
             max_restarts=settings.max_restarts,
             memory=payload.get("memory_allowance_bytes"),  # the allowance the worker holds it to
+            max_concurrency=MAX_CONCURRENCY,
         )
 
     def _forget(self, job_id: str) -> None:
@@ -143,6 +151,7 @@ class JobEngine:
     def close(self) -> None:
         """Stop this process's reaper. Jobs keep running: they belong to Ray, not to this process."""
         self._stop.set()
+        self.collector.close()
         if self._reaper is not None:
             self._reaper.join(timeout=2 * REAP_EVERY_S)
         self.store.close()
@@ -157,13 +166,16 @@ class JobEngine:
                 log.exception("the job reaper failed; it tries again")
 
     def reap(self, now: float | None = None) -> list[str]:
-        """Fail every active job that should not be; the ids this process failed."""
+        """Collect every running job whose run has succeeded, and fail every active job that should
+        not be; the ids this process failed."""
         now = time.time() if now is None else now
         ray_up = ray_runtime.started() and ray_runtime.alive()
         failed, waiting = [], {}
         for job in self.store.active():
             name = ray_runtime.actor_name(job["id"])
             state = ray_runtime.actor_state(name) if ray_up else "UNKNOWN"
+            if state == "ALIVE" and job["status"] == "running" and self.collector.poll(job["id"]):
+                continue  # it succeeded: a run that ends after its limit, but before the reaper, counts
             if state in WAITING:
                 waiting[job["id"]] = self._waiting_since.get(job["id"], now)
             reason = verdict(job, state, waiting.get(job["id"]), now)

@@ -4,7 +4,7 @@ The loop (``app.jobs.train``) yields them; the job's actor (``app.jobs.worker``)
 the store. Events, in order: ``started`` (device, node; on a resumed run the epochs the
 checkpoint holds, whose ``epoch`` events are then sent again: the store keeps each epoch once),
 ``progress`` every N steps, ``epoch`` after each epoch's validation,
-then ``done`` (final metrics) or ``failed`` (a clear reason).
+then ``done`` (final metrics and the trained weights' bytes) or ``failed`` (a clear reason).
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ class Done(Event):
     kind: Literal["done"] = "done"
     metrics: dict[str, float | None]
     duration_s: float
-    memory: dict[str, Any] | None = None  # measured memory (stream C's guard fills it in)
+    memory: dict[str, Any] | None = None  # measured memory (app.jobs.measure)
+    weights: bytes = Field(b"", repr=False)  # a safetensors file (app.jobs.weights.serialize_weights)
 
 
 class Failed(Event):

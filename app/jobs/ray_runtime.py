@@ -295,11 +295,19 @@ def actor_name(job_id: str) -> str:
 
 
 def start_actor(
-    actor_class: Any, name: str, args: tuple, *, num_gpus: int, max_restarts: int, memory: int | None = None
+    actor_class: Any,
+    name: str,
+    args: tuple,
+    *,
+    num_gpus: int,
+    max_restarts: int,
+    memory: int | None = None,
+    max_concurrency: int = 1,
 ) -> None:
     """Start a detached, named actor: it outlives this process, and any API process finds it by name.
 
-    ``memory``: bytes Ray reserves for it (placed only where that much is free).
+    ``memory``: bytes Ray reserves for it (placed only where that much is free);
+    ``max_concurrency``: its method calls served at once (each in a thread of its own).
     """
     import ray
 
@@ -314,16 +322,26 @@ def start_actor(
         num_cpus=1,
         num_gpus=num_gpus,
         memory=memory,
+        max_concurrency=max_concurrency,
     ).remote(*args)
+
+
+def find_actor(name: str) -> Any | None:
+    """A handle on a named actor, or None when there is none."""
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
 
 
 def kill_actor(name: str) -> bool:
     """Kill a named actor for good (no restart); False when there is none."""
     import ray
 
-    try:
-        handle = ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
+    handle = find_actor(name)
+    if handle is None:
         return False
     ray.kill(handle, no_restart=True)
     return True
@@ -336,12 +354,10 @@ def actor_state(name: str) -> str | None:
     Ray's public state API needs the dashboard, which the embedded Ray does not run; this reads
     the same table from the control store (``ray._private.state``).
     """
-    import ray
     from ray._private import state
 
-    try:
-        handle = ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
+    handle = find_actor(name)
+    if handle is None:
         return None
     info = state.actors(handle._actor_id.hex())
     return None if not info or info["State"] == "DEAD" else info["State"]

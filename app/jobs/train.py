@@ -33,7 +33,7 @@ from app.jobs.events import (
 )
 from app.jobs.measure import JobMemory
 from app.jobs.memory_guard import MemoryGuard
-from app.jobs.weights import save_weights
+from app.jobs.weights import serialize_weights
 from layers import ModelSpec
 from layers.losses import AnyLoss, LossSpec
 from layers.optimizers import AnyOptimizer
@@ -59,9 +59,7 @@ class TrainPayload(BaseModel):
     memory_estimate_bytes: int | None = None  # the plan's estimate, reported beside the measurement
     memory_allowance_bytes: int | None = None  # the worker fails the job past it (app.jobs.memory_guard)
     job_id: str = ""  # set by the engine at submit
-    artifact_dir: str | None = (
-        None  # settings.data_dir/jobs/<id>: checkpoints, final weights; None: none kept
-    )
+    artifact_dir: str | None = None  # settings.data_dir/jobs/<id>: checkpoints; None: none kept
 
 
 def pick_device(requested: str) -> torch.device:
@@ -202,14 +200,13 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: dict) 
             )
         progress = Progress(epoch=epoch, step=step, steps_total=steps_total, loss=loss.item())
         yield EpochEvent(entry=entry, progress=progress)
-    # At the end of a successful run, before ``Done``: the final weights go to
-    # ``artifact_dir/model.safetensors`` (app.jobs.weights); measured memory goes into ``Done.memory``.
+    # ``Done`` carries the final weights' bytes (the API stores them) and the measured memory.
     last = history[-1]
     metrics = {"train_loss": last.train_loss, "val_loss": last.val_loss, "val_accuracy": last.val_accuracy}
-    if job.artifact_dir is not None:
-        save_weights(model, job.model, job.job_id, Path(job.artifact_dir))
+    measured = memory.result()  # before the weights' bytes are made: they are not the training's
+    weights = serialize_weights(model, job.model, job.job_id)
     duration = spent_before + time.monotonic() - started
-    yield Done(metrics=metrics, duration_s=duration, memory=memory.result())
+    yield Done(metrics=metrics, duration_s=duration, memory=measured, weights=weights)
 
 
 def _rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:

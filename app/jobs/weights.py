@@ -1,11 +1,13 @@
 """A finished job's trained weights: one safetensors file per job, never pickle.
 
-The worker writes ``<artifact_dir>/model.safetensors`` (keys: the service module's state_dict
-keys, tied weights stored once by ``safetensors.torch.save_model``) and then a small
-``model.json`` sidecar with its size and sha256, each atomically (a temporary file in the same
-directory, then ``os.replace``): a reader sees the whole file or none. The sidecar is what the
-API reads to say a job has weights, so no store column is needed. Metadata: the inferred
-spec's canonical JSON, the torch version and the job id.
+The worker serializes them (``serialize_weights``: keys are the service module's state_dict
+keys, tied weights stored once by ``safetensors.torch.save_model``; metadata: the inferred spec's
+canonical JSON, the torch version and the job id) and sends the bytes back through Ray
+(``app.jobs.collect``). The API writes them to ``MB_DATA_DIR/jobs/<id>/model.safetensors``
+(``write_weights``) and then a small ``model.json`` sidecar with their size and sha256, each
+atomically (a temporary file in the same directory, then ``os.replace``): a reader sees the
+whole file or none. The sidecar is what the API reads to say a job has weights, so no store
+column is needed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from app.core.config import settings
 from layers import ModelSpec
 
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
-CHUNK = 1 << 20
 
 
 def canonical_json(spec: ModelSpec) -> str:
@@ -50,16 +50,8 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def save_weights(model: torch.nn.Module, spec: ModelSpec, job_id: str, directory: Path) -> dict[str, Any]:
-    """Write the model's weights (moved to the CPU) and the sidecar; the sidecar's content."""
+def serialize_weights(model: torch.nn.Module, spec: ModelSpec, job_id: str) -> bytes:
+    """The model's weights (moved to the CPU) as a safetensors file's bytes."""
     model.to("cpu")
     metadata = {
         "format": "pt",
@@ -67,11 +59,42 @@ def save_weights(model: torch.nn.Module, spec: ModelSpec, job_id: str, directory
         "torch_version": torch.__version__,
         "job_id": job_id,
     }
-    weights = directory / WEIGHTS_FILE
-    _atomic_write(weights, lambda tmp: save_model(model, tmp, metadata=metadata))
-    info = {"file": WEIGHTS_FILE, "size_bytes": weights.stat().st_size, "sha256": sha256_of(weights)}
+    with tempfile.TemporaryDirectory(prefix="mb-weights-") as tmp:  # save_model writes only to a path
+        path = Path(tmp) / WEIGHTS_FILE
+        save_model(model, str(path), metadata=metadata)
+        return path.read_bytes()
+
+
+def write_weights(directory: Path, chunks: Iterable[bytes], size_bytes: int, sha256: str) -> dict[str, Any]:
+    """Write a weights file from its chunks, then the sidecar; the sidecar's content.
+
+    ``ValueError`` when the bytes are not the ``size_bytes`` and ``sha256`` announced (nothing is
+    left behind); the file is replaced only once it is whole and checked.
+    """
+
+    def write(tmp: str) -> None:
+        digest, written = hashlib.sha256(), 0
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                digest.update(chunk)
+                written += len(chunk)
+        if (written, digest.hexdigest()) != (size_bytes, sha256):
+            raise ValueError(
+                f"the weights arrived damaged: {written} bytes with sha256 {digest.hexdigest()}, "
+                f"announced {size_bytes} bytes with sha256 {sha256}"
+            )
+
+    _atomic_write(directory / WEIGHTS_FILE, write)
+    info = {"file": WEIGHTS_FILE, "size_bytes": size_bytes, "sha256": sha256}
     _atomic_write(directory / SIDECAR_FILE, lambda tmp: Path(tmp).write_text(json.dumps(info)))
     return info
+
+
+def remove_weights(directory: Path) -> None:
+    """Delete a job's weights (the sidecar first, so no reader is told of a missing file)."""
+    for name in (SIDECAR_FILE, WEIGHTS_FILE):
+        (directory / name).unlink(missing_ok=True)
 
 
 def weights_info(directory: Path) -> dict[str, Any] | None:
@@ -96,8 +119,3 @@ def load_weights(path: Path) -> tuple[ModelSpec, torch.nn.Module]:
     model = spec.build()
     load_model(model, path, strict=True)
     return spec, model.eval()  # safe: nn.Module.eval(), inference mode for dropout and batch norm
-
-
-def job_dir(job_id: str) -> Path:
-    """A job's artifact directory, absolute (a Ray worker does not share the API's working directory)."""
-    return (settings.data_dir / "jobs" / job_id).resolve()

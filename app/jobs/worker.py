@@ -1,18 +1,27 @@
-"""A job's Ray actor: trains, writes the job's events to the store itself, then ends itself.
+"""A job's Ray actor: trains, writes the job's events to the store itself, and hands its result
+(final metrics and the trained weights' bytes) to the API through Ray.
 
 The actor is detached and named (``ray_runtime.actor_name``), so it lives on when the API that
-started it dies, and any API process can find it (to cancel it) by name. Training runs in a
-thread started by the constructor: when Ray restarts the actor after its process died
-(``max_restarts``), it runs the constructor again, and the loop resumes from the job's last
-checkpoint. The actor opens its own store from the plain values it is given (a worker's
-environment need not hold the API's settings).
+started it dies, and any API process can find it (to cancel it, or to collect its result) by
+name. Training runs in a thread started by the constructor: when Ray restarts the actor after
+its process died (``max_restarts``), it runs the constructor again, and the loop resumes from the
+job's last checkpoint. The actor opens its own store from the plain values it is given (a
+worker's environment need not hold the API's settings).
+
+A run that succeeds does not finish its job: the job stays ``running`` until an API process has
+fetched the weights (``result``, then ``chunk`` by chunk: the worker may be on another machine)
+and stored them under its ``MB_DATA_DIR`` (``app.jobs.collect``), which then finishes the job and
+ends the actor. A failed or refused run ends the actor at once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +31,9 @@ from app.jobs.train import node_info, train
 
 log = logging.getLogger(__name__)
 STORE_RETRY_S = 60.0  # a worker waits longer than a request for a database that blips
+CHUNK_BYTES = 64 << 20  # the weights travel in pieces of this size: neither side holds two copies
+CLAIM_S = 60.0  # an API process fetching the weights has them to itself while it keeps asking
+MAX_CONCURRENCY = 8  # calls served at once: an API's blocking ``result`` must not hold up the others
 
 
 class JobActor:
@@ -33,37 +45,81 @@ class JobActor:
         context = ray.get_runtime_context()
         self.restarted = context.was_current_actor_reconstructed
         node = node_info(context.get_node_id(), ray.util.get_node_ip_address())
+        self._weights = b""
+        self._result: dict[str, Any] | None = None
+        self._ready = threading.Event()
+        self._claim: tuple[str, float] | None = None  # (API process, when it last asked)
+        self._claim_lock = threading.Lock()
         args = (job_id, payload, data_dir, database_url, node, self.restarted)
-        threading.Thread(target=_run_then_exit, args=args, name=f"job-{job_id[:8]}", daemon=True).start()
+        threading.Thread(target=self._run, args=args, name=f"job-{job_id[:8]}", daemon=True).start()
 
     def ping(self) -> bool:
         return True
 
+    def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:
+        """The successful run's result once there is one (waiting up to ``wait_s``), without the
+        weights' bytes: metrics, duration, memory, and the weights' size, sha256 and chunk count.
+        None while training, or while another API process (``claimant``) is fetching it."""
+        if not self._ready.wait(max(0.0, wait_s)):
+            return None
+        with self._claim_lock:
+            now = time.monotonic()
+            if self._claim and self._claim[0] != claimant and now - self._claim[1] < CLAIM_S:
+                return None
+            self._claim = (claimant, now)
+        return self._result
 
-def _run_then_exit(*args: Any) -> None:
+    def chunk(self, claimant: str, index: int) -> bytes:
+        """Piece ``index`` of the weights' bytes (asking again keeps ``claimant``'s claim)."""
+        with self._claim_lock:
+            self._claim = (claimant, time.monotonic())
+        return self._weights[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+
+    def _run(self, *args: Any) -> None:
+        try:
+            done = run(*args)
+        except Exception:  # run() failed the job if the store let it; else the reapers do, once it is gone
+            log.exception("job actor failed")
+            done = None
+        if done is None:
+            _end_self()
+            return
+        self._weights = done.weights
+        self._result = {
+            "metrics": done.metrics,
+            "duration_s": done.duration_s,
+            "memory": done.memory,
+            "size_bytes": len(done.weights),
+            "sha256": hashlib.sha256(done.weights).hexdigest(),
+            "chunks": math.ceil(len(done.weights) / CHUNK_BYTES),
+        }
+        self._ready.set()  # an API process collects it, then ends this actor
+
+
+def _end_self() -> None:
+    """End this actor for good (Ray would otherwise keep it, or restart it)."""
     import ray
 
     try:
-        run(*args)
-    except Exception:  # run() failed the job if the store let it; else the reapers do, once the actor is gone
-        log.exception("job actor failed")
-    finally:  # done: end this actor for good (Ray would otherwise keep it, or restart it)
-        try:
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
-        except Exception:  # never linger holding a CPU: a restart finds the job over and ends
-            log.exception("job actor could not end itself")
-            os._exit(1)
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+    except Exception:  # never linger holding a CPU: a restart finds the job over and ends
+        log.exception("job actor could not end itself")
+        os._exit(1)
 
 
 def run(
     job_id: str, payload: dict, data_dir: str, database_url: str | None, node: dict, restarted: bool
-) -> None:
-    """Train ``payload``, writing each event of job ``job_id`` to the store."""
+) -> Done | None:
+    """Train ``payload``, writing each event of job ``job_id`` to the store; the ``Done`` event of a
+    successful run (the job is still ``running``: the API finishes it), else None."""
     store = JobStore(Path(data_dir), database_url, retry_seconds=STORE_RETRY_S, migrate=False)
     try:
         for event in train(payload, node):
+            if isinstance(event, Done):
+                return event
             if not record(store, job_id, event, restarted):
-                return
+                return None
+        return None
     except Exception as e:
         first_line = (str(e).strip().splitlines() or [""])[0]
         store.finish(
@@ -75,7 +131,8 @@ def run(
 
 
 def record(store: JobStore, job_id: str, event: WorkerEvent, restarted: bool) -> bool:
-    """Write one event; False when the job is over (finished, or cancelled meanwhile)."""
+    """Write one event (all but ``Done``, which goes to the API); False when the job is over
+    (finished, or cancelled meanwhile)."""
     match event:
         case Started():
             if store.mark_running(job_id, event.device, event.node):  # queued -> running
@@ -93,10 +150,6 @@ def record(store: JobStore, job_id: str, event: WorkerEvent, restarted: bool) ->
         case EpochEvent():  # idempotent per epoch: a resumed run reports its checkpoint's again
             store.record_epoch(job_id, event.entry.model_dump(), event.progress.model_dump())
             return True
-        case Done():
-            store.finish(
-                job_id, "succeeded", metrics=event.metrics, duration_s=event.duration_s, memory=event.memory
-            )
         case Failed():
             store.finish(job_id, "failed", event.error)
     return False

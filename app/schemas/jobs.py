@@ -9,7 +9,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from app.core.config import settings
 from app.jobs.datasets import AnyDataset
-from app.jobs.weights import job_dir, weights_info
+from app.jobs.retention import job_dir
+from app.jobs.weights import weights_info
 from layers import ModelSpec
 from layers.losses import AnyLoss
 from layers.optimizers import AnyOptimizer

@@ -13,8 +13,9 @@ from fastapi.responses import FileResponse
 from app.api.deps import GUARD_RESPONSES, guard
 from app.api.routes.jobs import JobDep
 from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
+from app.jobs.retention import job_dir
 from app.jobs.trained import MODELS, POOL, predict
-from app.jobs.weights import WEIGHTS_FILE, job_dir, load_weights, read_metadata, weights_info
+from app.jobs.weights import WEIGHTS_FILE, load_weights, read_metadata, weights_info
 from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest, PredictResponse
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
