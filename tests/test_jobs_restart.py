@@ -129,6 +129,9 @@ def test_a_job_outlives_the_api_killed_mid_job(tmp_path: Path, data: Path, serve
     assert [h["epoch"] for h in done["history"]] == [1, 2, 3, 4, 5]
     assert [name for _, name in before + after].count("epoch") == 5
     assert done["restarts"] == 0
+    # The API that died was waiting for the weights: the second one collected them.
+    weights = second.api.get(f"/v1/jobs/{job_id}/weights")
+    assert weights.status_code == 200 and len(weights.content) == done["weights"]["size_bytes"]
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint(data: Path, servers: list) -> None:

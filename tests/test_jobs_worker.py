@@ -4,14 +4,18 @@ and a successful run leaves its job running (the API finishes it once it has the
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from app.jobs.events import EpochEntry, EpochEvent, Failed, Progress, Started
+from app.jobs import worker
+from app.jobs.events import Done, EpochEntry, EpochEvent, Failed, Progress, Started
 from app.jobs.store import JobStore
-from app.jobs.worker import record
+from app.jobs.worker import Handoff, record
 
 NODE = {"node_id": "n", "ip": "127.0.0.1", "hostname": "h", "pid": 1}
 
@@ -61,3 +65,28 @@ def test_a_failure_finishes_the_job_with_its_reason(store: JobStore) -> None:
     record(store, "j", Started(device="cpu", node=NODE), restarted=False)
     assert not record(store, "j", Failed(error="the loss diverged"), restarted=False)
     assert store.get("j")["error"] == "the loss diverged"
+
+
+def test_the_handoff_gives_the_result_to_one_api_process_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "CHUNK_BYTES", 7)
+    monkeypatch.setattr(worker, "CLAIM_S", 0.2)
+    handoff = Handoff()
+    assert handoff.result("api-a", 0) is None  # still training
+    weights = bytes(range(20))
+    metrics = {"train_loss": 0.1, "val_loss": 0.2, "val_accuracy": 0.9}
+    threading.Timer(0.05, handoff.publish, [Done(metrics=metrics, duration_s=1.5, weights=weights)]).start()
+    result = handoff.result("api-a", 5)  # waits for the run's end
+    assert result == {
+        "metrics": metrics,
+        "duration_s": 1.5,
+        "memory": None,
+        "size_bytes": 20,
+        "sha256": hashlib.sha256(weights).hexdigest(),
+        "chunks": 3,
+    }
+    assert handoff.result("api-b", 0) is None  # api-a is fetching it
+    assert b"".join(handoff.chunk("api-a", i) for i in range(result["chunks"])) == weights
+    assert handoff.result("api-a", 0) == result
+    time.sleep(0.25)  # api-a died mid-fetch: its claim lapses
+    assert handoff.result("api-b", 0) == result
+    assert handoff.result("api-a", 0) is None

@@ -10,6 +10,8 @@ that joins later runs the next job.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -189,9 +191,17 @@ def test_jobs_run_on_the_worker_node(cluster: Cluster) -> None:
     job = cluster.run(mlp_job(epochs=3))
     assert job["status"] == "succeeded", job["error"]
     assert job["node"]["ip"] == WORKER_IP  # the head has no CPUs: the job ran on the worker
-    # The job's actor ended with its job (it kills itself once the store has the result).
+    # The job's actor ended with its job (the API ends it once it has stored the result).
     assert job["node"]["pid"] not in descendants(cluster.procs["worker"].pid)
     assert len(job["history"]) == 3 and job["metrics"]["val_accuracy"] > 0.8
+    # Its weights came back from the worker node through Ray, into the API's MB_DATA_DIR.
+    response = cluster.api.get(job["weights"]["url"])
+    assert response.status_code == 200
+    assert hashlib.sha256(response.content).hexdigest() == job["weights"]["sha256"]
+    stored = cluster.tmp / "data" / "jobs" / job["id"] / "model.safetensors"
+    assert stored.read_bytes() == response.content
+    header_size = int.from_bytes(response.content[:8], "little")  # safetensors: u64 size, JSON header
+    assert json.loads(response.content[8 : 8 + header_size])["__metadata__"]["job_id"] == job["id"]
 
 
 def test_killing_the_only_worker_node_mid_job_fails_the_job_and_the_api_carries_on(cluster: Cluster) -> None:

@@ -27,7 +27,9 @@ from sklearn.datasets import load_digits
 
 from app.core.config import settings
 from app.core.security import APILock
-from app.examples import DIGITS_CNN, digits_job
+from app.examples import DIGITS_CNN, DIGITS_MLP, digits_job
+from app.jobs.retention import job_dir
+from app.jobs.weights import WEIGHTS_FILE
 from app.main import app
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -244,6 +246,21 @@ def test_an_unfinished_job_is_409_and_a_cancelled_one_404(api: TestClient, job: 
     assert response.status_code == 404 and "cancelled" in response.json()["detail"]
     assert api.get(f"/v1/jobs/{job_id}").json()["weights"] is None
     assert api.get("/v1/jobs/nope/weights").status_code == 404
+
+
+def test_weights_the_api_cannot_store_fail_the_job_with_the_reason(api: TestClient) -> None:
+    """The run succeeds on the worker, but the API cannot write its weights (here the file's
+    place is taken by a directory): the job fails, saying so, and keeps no half-written file."""
+    job_id = api.post("/v1/jobs", json=digits_job(DIGITS_MLP, epochs=1, device="cpu")).json()["id"]
+    (job_dir(job_id) / WEIGHTS_FILE).mkdir(parents=True)
+    deadline = time.monotonic() + 120
+    while (done := api.get(f"/v1/jobs/{job_id}").json())["status"] not in TERMINAL:
+        assert time.monotonic() < deadline, done
+        time.sleep(0.2)
+    assert done["status"] == "failed" and done["weights"] is None
+    assert done["error"].startswith("the trained weights could not be stored under MB_DATA_DIR: "), done
+    assert "IsADirectoryError" in done["error"]
+    assert [p.name for p in job_dir(job_id).iterdir() if p.name != "checkpoint"] == [WEIGHTS_FILE]
 
 
 def test_a_job_whose_weights_would_be_too_big_is_refused_up_front(

@@ -36,54 +36,18 @@ CLAIM_S = 60.0  # an API process fetching the weights has them to itself while i
 MAX_CONCURRENCY = 8  # calls served at once: an API's blocking ``result`` must not hold up the others
 
 
-class JobActor:
-    """One job's worker process (see the module docstring)."""
+class Handoff:
+    """A successful run's result, held for the API: to one API process at a time (a claim that
+    lapses ``CLAIM_S`` after its holder last asked, should that process die mid-fetch)."""
 
-    def __init__(self, job_id: str, payload: dict, data_dir: str, database_url: str | None) -> None:
-        import ray
-
-        context = ray.get_runtime_context()
-        self.restarted = context.was_current_actor_reconstructed
-        node = node_info(context.get_node_id(), ray.util.get_node_ip_address())
+    def __init__(self) -> None:
         self._weights = b""
         self._result: dict[str, Any] | None = None
         self._ready = threading.Event()
         self._claim: tuple[str, float] | None = None  # (API process, when it last asked)
-        self._claim_lock = threading.Lock()
-        args = (job_id, payload, data_dir, database_url, node, self.restarted)
-        threading.Thread(target=self._run, args=args, name=f"job-{job_id[:8]}", daemon=True).start()
+        self._lock = threading.Lock()
 
-    def ping(self) -> bool:
-        return True
-
-    def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:
-        """The successful run's result once there is one (waiting up to ``wait_s``), without the
-        weights' bytes: metrics, duration, memory, and the weights' size, sha256 and chunk count.
-        None while training, or while another API process (``claimant``) is fetching it."""
-        if not self._ready.wait(max(0.0, wait_s)):
-            return None
-        with self._claim_lock:
-            now = time.monotonic()
-            if self._claim and self._claim[0] != claimant and now - self._claim[1] < CLAIM_S:
-                return None
-            self._claim = (claimant, now)
-        return self._result
-
-    def chunk(self, claimant: str, index: int) -> bytes:
-        """Piece ``index`` of the weights' bytes (asking again keeps ``claimant``'s claim)."""
-        with self._claim_lock:
-            self._claim = (claimant, time.monotonic())
-        return self._weights[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
-
-    def _run(self, *args: Any) -> None:
-        try:
-            done = run(*args)
-        except Exception:  # run() failed the job if the store let it; else the reapers do, once it is gone
-            log.exception("job actor failed")
-            done = None
-        if done is None:
-            _end_self()
-            return
+    def publish(self, done: Done) -> None:
         self._weights = done.weights
         self._result = {
             "metrics": done.metrics,
@@ -93,7 +57,60 @@ class JobActor:
             "sha256": hashlib.sha256(done.weights).hexdigest(),
             "chunks": math.ceil(len(done.weights) / CHUNK_BYTES),
         }
-        self._ready.set()  # an API process collects it, then ends this actor
+        self._ready.set()
+
+    def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:
+        """The result without the weights' bytes (metrics, duration, memory, the weights' size,
+        sha256 and chunk count), once there is one (waiting up to ``wait_s``); None before, or
+        while another API process holds the claim."""
+        if not self._ready.wait(max(0.0, wait_s)):
+            return None
+        with self._lock:
+            now = time.monotonic()
+            if self._claim and self._claim[0] != claimant and now - self._claim[1] < CLAIM_S:
+                return None
+            self._claim = (claimant, now)
+        return self._result
+
+    def chunk(self, claimant: str, index: int) -> bytes:
+        """Piece ``index`` of the weights' bytes (asking again keeps ``claimant``'s claim)."""
+        with self._lock:
+            self._claim = (claimant, time.monotonic())
+        return self._weights[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+
+
+class JobActor:
+    """One job's worker process (see the module docstring)."""
+
+    def __init__(self, job_id: str, payload: dict, data_dir: str, database_url: str | None) -> None:
+        import ray
+
+        context = ray.get_runtime_context()
+        self.restarted = context.was_current_actor_reconstructed
+        node = node_info(context.get_node_id(), ray.util.get_node_ip_address())
+        self.handoff = Handoff()
+        args = (job_id, payload, data_dir, database_url, node, self.restarted)
+        threading.Thread(target=self._run, args=args, name=f"job-{job_id[:8]}", daemon=True).start()
+
+    def ping(self) -> bool:
+        return True
+
+    def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:
+        return self.handoff.result(claimant, wait_s)
+
+    def chunk(self, claimant: str, index: int) -> bytes:
+        return self.handoff.chunk(claimant, index)
+
+    def _run(self, *args: Any) -> None:
+        try:
+            done = run(*args)
+        except Exception:  # run() failed the job if the store let it; else the reapers do, once it is gone
+            log.exception("job actor failed")
+            done = None
+        if done is None:
+            _end_self()
+        else:
+            self.handoff.publish(done)  # an API process collects it, then ends this actor
 
 
 def _end_self() -> None:
