@@ -130,7 +130,7 @@ def test_worker_reserves_nvidia_gpus(compose: dict) -> None:
 
 
 def test_workers_share_the_api_data_volume(compose: dict) -> None:
-    """A worker writes a job's weights under the API's MB_DATA_DIR (jobs/<id>/model.safetensors)."""
+    """A worker writes a job's checkpoints under the API's MB_DATA_DIR (jobs/<id>/checkpoint/)."""
     data_dir = compose["services"]["api"]["environment"]["MB_DATA_DIR"]
     for name in ("api", "worker", "worker-cpu"):
         # docker-compose v1 normalises a volume to "source:target:mode", v2 to a mapping

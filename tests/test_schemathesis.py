@@ -11,13 +11,8 @@ Every built-in check of schemathesis is on (its default: all of them), so the ru
 (``ignored_auth``, ``missing_required_header`` for ``X-API-Key``) test the real lock: without the
 key every ``/v1`` operation must answer 401.
 
-The stateful phase (``TestJobWorkflow``: a few short scenarios, see ``STATEFUL_*``) is written
-and passes here, but it is skipped: which operations its scenarios reach depends on timing (how far
-the seeded jobs got), and two clean-clone CI runs each met a different false positive of a check:
-``predict`` with inputs of another shape (now configured), then ``Last-Event-ID: null`` (schemathesis
-sends an absent optional header as the string "null", which the strict header pattern refuses).
-Turn it on once the header's schema no longer offers null. When on, it follows the OpenAPI
-links the job routes declare (``POST /v1/jobs`` and ``/v1/train`` to read,
+The stateful phase (``TestJobWorkflow``: a few short scenarios, see ``STATEFUL_*``) follows the
+OpenAPI links the job routes declare (``POST /v1/jobs`` and ``/v1/train`` to read,
 cancel and delete that job; ``GET /v1/jobs`` to the newest listed; cancel and delete to the same
 job again), so ``use_after_free`` (a deleted job answers 404) and ``ensure_resource_availability``
 (a created job can be read) check real sequences. Two real jobs are queued at the start (a fuzzed
@@ -51,7 +46,6 @@ Configured, not silenced:
 
 from __future__ import annotations
 
-import unittest
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,9 +235,7 @@ class JobWorkflow(schema.as_state_machine()):
         )
 
 
-TestJobWorkflow = unittest.skip(
-    "timing-dependent false positives of schemathesis checks in CI (see the module docstring)"
-)(JobWorkflow.TestCase)
+TestJobWorkflow = JobWorkflow.TestCase
 TestJobWorkflow.settings = hypothesis.settings(
     TestJobWorkflow.settings, max_examples=STATEFUL_SCENARIOS, stateful_step_count=STATEFUL_STEPS
 )

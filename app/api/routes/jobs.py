@@ -165,9 +165,9 @@ async def job_events(
     job: JobDep,
     engine: EngineDep,
     last_event_id: Annotated[
-        str | None,
+        str,  # noqa: RUF013 (not `str | None`: a header is absent or a string; the schema offers no null)
         Header(alias="Last-Event-ID", pattern=LAST_EVENT_ID, description="resume after this event id"),
-    ] = None,
+    ] = None,  # absent
 ) -> AsyncIterator[ServerSentEvent]:
     """Live progress as Server-Sent Events: `progress` (step, epoch, loss) every N steps, `epoch`
     after each epoch, then one `done` event carrying the finished job."""
