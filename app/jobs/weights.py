@@ -79,6 +79,7 @@ def write_weights(directory: Path, chunks: Iterable[bytes], size_bytes: int, sha
                 f.write(chunk)
                 digest.update(chunk)
                 written += len(chunk)
+                del chunk  # before the next one arrives: one chunk in memory at a time
         if (written, digest.hexdigest()) != (size_bytes, sha256):
             raise ValueError(
                 f"the weights arrived damaged: {written} bytes with sha256 {digest.hexdigest()}, "
