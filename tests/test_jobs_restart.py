@@ -6,6 +6,8 @@
 - The worker killed with SIGKILL mid-job: Ray restarts the job's actor, which resumes from its
   last checkpoint; each epoch is in the history once, the final metrics equal an uninterrupted
   run's (CPU, fixed seed), and the job reports ``restarts: 1``.
+- A run that ends while no API runs: its actor holds the weights (the job stays running), and
+  killed then, it resumes from its last checkpoint; the next API collects them.
 - ``uvicorn --workers 2``: one of the two processes starts the embedded Ray, the other joins it.
 - Ray's control store killed: the API stays up and ``/readyz`` says Ray is down.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from servers import clean_env, start_server, wait_for
 from app.examples import DIGITS_MLP, digits_job
 from app.jobs import ray_runtime
 from app.jobs.plan import plan_job
+from app.jobs.store import JobStore
 from app.jobs.train import train
 from app.schemas.jobs import JobCreate
 
@@ -171,6 +175,35 @@ def test_two_uvicorn_workers_share_one_embedded_ray(tmp_path: Path, servers: lis
         assert done["status"] == "succeeded", done["error"]
     finally:
         ray_runtime.stop_embedded(data_dir)
+
+
+def test_weights_waiting_for_an_api_survive_their_worker_killed(
+    tmp_path: Path, data: Path, servers: list
+) -> None:
+    """No API runs when the run ends: the job stays running, its actor holding the weights. The
+    worker is then killed: Ray restarts it, it resumes from the last checkpoint (the final epoch)
+    and holds the weights again; an API started later collects them and the job succeeds."""
+    server = servers[1]
+    job_id = server.api.post("/v1/jobs", json=job(epochs=2)).json()["id"]
+    server.wait(job_id, "the job to start", lambda j: j["status"] != "queued")
+    server.kill()
+    store = JobStore(data)
+    try:
+        ended = wait_for("the run to end", lambda: (j := store.get(job_id))["history"][1:] and j, 180)
+        time.sleep(1)  # its weights are made and held
+        assert store.get(job_id)["status"] == "running"  # nobody has collected them
+        os.kill(ended["node"]["pid"], signal.SIGKILL)
+        wait_for("the restarted worker", lambda: store.get(job_id)["restarts"] == 1, 180)
+    finally:
+        store.close()
+
+    servers.append(server)  # (dead) kept for the fixture's teardown; servers[1] is the new API
+    servers[1] = Server(data, tmp_path / "third.log")
+    done = servers[1].wait(job_id, "the job to end", lambda j: j["status"] in TERMINAL)
+    assert done["status"] == "succeeded", done["error"]
+    assert done["restarts"] == 1 and [h["epoch"] for h in done["history"]] == [1, 2]
+    weights = servers[1].api.get(f"/v1/jobs/{job_id}/weights")
+    assert weights.status_code == 200 and len(weights.content) == done["weights"]["size_bytes"]
 
 
 def test_readyz_reports_ray_down_when_its_control_store_dies(data: Path, servers: list) -> None:
