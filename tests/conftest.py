@@ -1,4 +1,4 @@
-"""Shared fixtures: an in-process client for the app (no network, no server)."""
+"""Shared fixtures: in-process clients for the app (no network, no server)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from app.core.config import settings
 from app.jobs import ray_runtime
 from app.main import app
 
@@ -16,6 +17,18 @@ def client() -> TestClient:
     """The app without its lifespan (no job store, no Ray): the analysis endpoints need neither.
     Tests of training jobs enter their own ``with TestClient(app)`` to run the lifespan."""
     return TestClient(app)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The app with its lifespan (job store, reaper, embedded Ray) on a data directory of the
+    test module's own."""
+    data_dir, settings.data_dir = settings.data_dir, tmp_path_factory.mktemp("jobs")
+    try:
+        with TestClient(app) as client:
+            yield client
+    finally:
+        settings.data_dir = data_dir
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -27,16 +27,6 @@ def job(model: dict = DIGITS_MLP, **extra: object) -> dict:
 
 
 LONG = job(epochs=100, batch_size=1)  # ~140k steps: minutes, unless stopped
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    data_dir, settings.data_dir = settings.data_dir, tmp_path_factory.mktemp("jobs")
-    try:
-        with TestClient(app) as client:
-            yield client
-    finally:
-        settings.data_dir = data_dir
 
 
 def wait(api: TestClient, job_id: str, done: Callable[[dict], bool], timeout_s: float = 180) -> dict:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,16 +32,6 @@ from app.jobs.weights import WEIGHTS_FILE
 from app.main import app
 
 TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    data_dir, settings.data_dir = settings.data_dir, tmp_path_factory.mktemp("jobs")
-    try:
-        with TestClient(app) as client:
-            yield client
-    finally:
-        settings.data_dir = data_dir
 
 
 @pytest.fixture(scope="module")
