@@ -1,5 +1,5 @@
-"""A traced model as a downloadable file: Python code (``layers.codegen``) or ONNX
-(``layers.onnx_export``), and the HTTP attachment that carries it.
+"""A traced model as a downloadable file: Python code (``layers.export.codegen``) or ONNX
+(``layers.export.onnx_export``), and the HTTP attachment that carries it.
 
 Code needs only the meta trace. ONNX runs a real model on an example input, so the model's
 weights are held to ``MB_MAX_ARTIFACT_BYTES``, the example to ``MB_MAX_PREDICT_NUMEL`` numbers,
@@ -17,10 +17,10 @@ from torch import nn
 
 from app.core.config import settings
 from layers import ModelSpec
-from layers.codegen import python_source
-from layers.errors import LimitError, SpecError
-from layers.onnx_export import EXPORTER, to_onnx
-from layers.trace import DTYPES, InputDType, TracedModel, trace_model
+from layers.analysis.trace import DTYPES, InputDType, TracedModel, trace_model
+from layers.export.codegen import python_source
+from layers.export.onnx_export import EXPORTER, to_onnx
+from layers.language.errors import LimitError, SpecError
 
 _EXPORT_SLOTS = threading.BoundedSemaphore(settings.max_concurrent_exports)
 PYTHON_TYPE = "text/x-python"

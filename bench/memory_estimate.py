@@ -8,7 +8,7 @@
 accuracy: each model trains for real on the CPU at the given batch; the truth is the peak that
 ``MemTracker`` (torch.distributed._tools.mem_tracker) sees over a steady-state step (Adam, its
 state made by a first step), and the bytes ``saved_tensors_hooks`` sees autograd keep. Against it:
-- ours: ``training_peak_bytes`` of ``layers.memory`` on meta (device "cpu"), and ``activations``;
+- ours: ``training_peak_bytes`` of ``layers.analysis.memory`` on meta (device "cpu"), and ``activations``;
 - torchinfo 1.8's "Estimated Total Size" (input + "forward/backward pass size" + parameters);
 - the "4 x weights" rule of ``accelerate estimate-memory`` for Adam (weights, gradients, 2 states).
 
@@ -37,9 +37,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 from summary_vs_torchinfo import resnet50, transformer_7b  # noqa: E402
 
 from layers import ModelSpec  # noqa: E402
-from layers.optimizers import AdamSpec  # noqa: E402
-from layers.summary import summarize  # noqa: E402
-from layers.trace import trace_model  # noqa: E402
+from layers.analysis.summary import summarize  # noqa: E402
+from layers.analysis.trace import trace_model  # noqa: E402
+from layers.training.optimizers import AdamSpec  # noqa: E402
 
 MIB = 1 << 20
 CONV64 = {"type": "Conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}
@@ -137,7 +137,7 @@ def torchinfo_total(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def accuracy() -> None:
-    from layers.memory import estimate_memory
+    from layers.analysis.memory import estimate_memory
 
     torch.set_num_threads(1)
     print(

@@ -1,13 +1,19 @@
-"""The layer registry and the JSON spec language. No web code lives here.
+"""The layer catalogue and the JSON spec language. No web code lives here.
 
-Importing a module below registers its spec classes; the order is the catalog's order.
+- ``layers.language``: the spec language (base classes and registry, fields, errors, the model
+  spec, containers, the walk).
+- ``layers.catalog``: the layer types; importing a module there registers its spec classes, and
+  the order below is the catalog's order.
+- ``layers.analysis``: what is read from a model on the meta device (trace, summary, memory, fit).
+- ``layers.export``: a model as Python code or ONNX.
+- ``layers.training``: losses and optimizers.
 """
 
-from layers import (  # noqa: F401  (imported to register their layer types)
-    activation,
-    attention,
-    causal_attention,
-    containers,
+# The catalog's order: the containers come after the attention layers.
+# isort: off
+from layers.catalog import activation, attention, causal_attention  # noqa: F401  (registers them)
+from layers.language import containers  # noqa: F401
+from layers.catalog import (  # noqa: F401
     conv,
     custom,
     dropout,
@@ -20,9 +26,11 @@ from layers import (  # noqa: F401  (imported to register their layer types)
     resample,
     swiglu,
 )
-from layers.base import LAYER_SPECS, ContainerSpec, LayerSpec
-from layers.errors import LimitError, ShapeError, SpecError
-from layers.model import AnyLayer, ModelSpec
+
+# isort: on
+from layers.language.base import LAYER_SPECS, ContainerSpec, LayerSpec
+from layers.language.errors import LimitError, ShapeError, SpecError
+from layers.language.model import AnyLayer, ModelSpec
 
 __all__ = [
     "LAYER_SPECS",

@@ -58,9 +58,9 @@ def memory_table() -> None:
     from memory_estimate import ZOO
 
     from layers import ModelSpec
-    from layers.memory import estimate_memory
-    from layers.optimizers import AdamSpec
-    from layers.trace import trace_model
+    from layers.analysis.memory import estimate_memory
+    from layers.analysis.trace import trace_model
+    from layers.training.optimizers import AdamSpec
 
     device = torch.device("cuda")
     print("| model (batch) | estimate (cuda) | max_memory_allocated | estimate / measured | within 10% |")

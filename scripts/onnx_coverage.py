@@ -20,7 +20,7 @@ from test_registry import SAMPLES, real_input  # noqa: E402
 
 from app.exports import onnx_file  # noqa: E402
 from layers import ModelSpec, SpecError  # noqa: E402
-from layers.trace import trace_model  # noqa: E402
+from layers.analysis.trace import trace_model  # noqa: E402
 
 
 def main() -> None:

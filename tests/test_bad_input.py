@@ -14,8 +14,8 @@ from torch import nn
 from torch_modules import CausalSelfAttention, Concat, Permute, PositionalEmbedding, Residual, Select
 
 from app.core.config import settings
-from layers.losses import AnyLoss
-from layers.optimizers import AnyOptimizer
+from layers.training.losses import AnyLoss
+from layers.training.optimizers import AnyOptimizer
 
 URL = "/v1/models/summary"
 LAYERS = ["body", "model", "layers"]

@@ -13,7 +13,7 @@ from torch import nn
 from torch_modules import CausalSelfAttention, Residual, SwiGLU, flop_count
 
 from layers import ModelSpec
-from layers.trace import trace_model
+from layers.analysis.trace import trace_model
 
 CAUSAL_LAYERS = {
     "encoder_post_norm": {

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from layers.onnx_export import OPSET
+from layers.export.onnx_export import OPSET
 
 MODELS = {
     "cnn": (

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from app.jobs.engine import JobEngine
 from app.jobs.store import JobStore
 from app.main import app
-from layers.linear import LinearSpec
+from layers.catalog.linear import LinearSpec
 
 SUMMARY = "/v1/models/summary"
 LONE_SURROGATE = "\\ud800"  # a JSON escape: valid JSON, but no UTF-8 can encode it

@@ -1,4 +1,4 @@
-"""Training memory traced on meta (layers/memory.py) against PyTorch itself on real CPU tensors.
+"""Training memory traced on meta (layers/analysis/memory.py) against PyTorch itself on real CPU tensors.
 
 - ``activations``: the bytes ``saved_tensors_hooks`` sees autograd keep on a real forward, each
   storage once, parameters and buffers apart: within 2% (in practice equal) for a zoo;
@@ -19,16 +19,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from app.core.config import settings
 from layers import ModelSpec, recurrent
-from layers.fit import largest_batch
-from layers.memory import (
+from layers.analysis.fit import largest_batch
+from layers.analysis.memory import (
     estimate_memory,
     kept_by_recurrent,
     optimizer_state_bytes,
     saved_on_real,
     storage_bytes,
 )
-from layers.optimizers import OPTIMIZER_SPECS, AdamSpec, OptimizerSpec
-from layers.trace import trace_model
+from layers.analysis.trace import trace_model
+from layers.training.optimizers import OPTIMIZER_SPECS, AdamSpec, OptimizerSpec
 
 CONV = {"type": "Conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1, "bias": False}
 ZOO = {
@@ -77,7 +77,7 @@ ZOO = {
         (4, 20, 32),
     ),
 }
-LOSS = "pow(2).mean()"  # the stand-in loss of layers.memory, applied to real runs alike
+LOSS = "pow(2).mean()"  # the stand-in loss of layers.analysis.memory, applied to real runs alike
 
 
 def traced_and_real(name: str) -> tuple:

@@ -19,7 +19,7 @@ from app.jobs.plan import plan_job
 from app.jobs.store import JobStore
 from app.jobs.train import train
 from app.schemas.jobs import JobCreate, JobPublic
-from layers.errors import LimitError
+from layers.language.errors import LimitError
 
 MIB = 1 << 20
 

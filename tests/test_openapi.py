@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from layers import LAYER_SPECS
-from layers.base import SpatialSpec
+from layers.language.base import SpatialSpec
 
 # The endpoints of the core (issue 2); each must be usable from Swagger UI's "Try it out" unchanged.
 CORE_OPERATIONS = [

@@ -17,7 +17,7 @@ from torch import nn
 from torch_modules import LSTM, Residual, count_params, flop_count, last_step, output_shapes
 
 from layers import ModelSpec
-from layers.trace import trace_model
+from layers.analysis.trace import trace_model
 
 URL = "/v1/models/summary"
 

@@ -33,7 +33,7 @@ from app.examples import GPT2_SMALL as GPT2_SMALL_EXAMPLE
 from app.examples import TINY_LLAMA
 from app.examples import VIT_B_16 as VIT_B_16_EXAMPLE
 from layers import ModelSpec
-from layers.trace import trace_model
+from layers.analysis.trace import trace_model
 
 URL = "/v1/models/summary"
 

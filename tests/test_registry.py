@@ -47,7 +47,7 @@ from torch_modules import (
 )
 
 from layers import LAYER_SPECS, ModelSpec
-from layers.trace import DTYPES, trace_model
+from layers.analysis.trace import DTYPES, trace_model
 
 
 @dataclass

@@ -11,7 +11,7 @@ from torch_modules import Multiply, MyLinear, Residual, count_params
 
 from app.jobs.train import train
 from layers import ModelSpec
-from layers.trace import trace_model
+from layers.analysis.trace import trace_model
 
 URL = "/v1/models/summary"
 LAYERS = ["body", "model", "layers"]

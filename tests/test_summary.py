@@ -13,8 +13,8 @@ from torch_modules import ConvBlock, MyConv2d, MyLinear, Residual, count_params,
 
 from app.examples import SEED_MODEL, SUMMARY_EXAMPLES
 from layers import ModelSpec
-from layers.summary import summarize
-from layers.trace import trace_model
+from layers.analysis.summary import summarize
+from layers.analysis.trace import trace_model
 
 URL = "/v1/models/summary"
 

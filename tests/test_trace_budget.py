@@ -20,7 +20,7 @@ from app.jobs.store import JobStore
 from app.main import app
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
-from layers.summary import summarize
+from layers.analysis.summary import summarize
 
 # One meta bmm per output feature inside a single aten::_trilinear: about 50 s of CPU unbounded.
 HUGE_BILINEAR = {"layers": [{"type": "Bilinear", "out_features": 1048570}]}

@@ -16,10 +16,10 @@ from app.examples import DIGITS_MLP
 from app.jobs.datasets import AnyDataset, DigitsDataset, InlineDataset, SyntheticDataset
 from app.jobs.train import train
 from layers import ModelSpec
-from layers.errors import SpecError
-from layers.losses import LOSS_SPECS, AnyLoss, Targets
-from layers.optimizers import OPTIMIZER_SPECS, AnyOptimizer
-from layers.trace import trace_model
+from layers.analysis.trace import trace_model
+from layers.language.errors import SpecError
+from layers.training.losses import LOSS_SPECS, AnyLoss, Targets
+from layers.training.optimizers import OPTIMIZER_SPECS, AnyOptimizer
 
 LOSS = TypeAdapter(AnyLoss)
 OPTIMIZER = TypeAdapter(AnyOptimizer)

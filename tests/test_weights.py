@@ -24,7 +24,7 @@ from app.jobs.weights import (
     write_weights,
 )
 from layers import ModelSpec
-from layers.trace import trace_model
+from layers.analysis.trace import trace_model
 
 SPEC = {
     "layers": [

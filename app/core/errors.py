@@ -19,7 +19,7 @@ from starlette.routing import compile_path
 from starlette.types import Send
 
 from app.jobs.store import StoreUnavailable
-from layers.errors import SpecError
+from layers.language.errors import SpecError
 
 STORE_RETRY_AFTER_S = 5
 

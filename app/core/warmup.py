@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from app.examples import SUMMARY_EXAMPLES
 from layers import ModelSpec
-from layers.summary import summarize
+from layers.analysis.summary import summarize
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 60  # one example traces in well under this, even on a loaded machine

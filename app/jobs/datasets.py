@@ -17,10 +17,10 @@ import torch
 from pydantic import ConfigDict, Field
 
 from app.core.config import settings
-from layers.base import Shape
-from layers.errors import SpecError
-from layers.losses import Targets
-from layers.spec import SpecModel
+from layers.language.base import Shape
+from layers.language.errors import SpecError
+from layers.language.spec import SpecModel
+from layers.training.losses import Targets
 
 ValFraction = Annotated[float, Field(gt=0, lt=1, description="share of the samples held out for validation")]
 MAX_CLASSES = 10_000  # classes of a classification dataset (synthetic num_classes too)

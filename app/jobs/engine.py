@@ -34,7 +34,7 @@ from app.jobs.collect import Collector
 from app.jobs.plan import JobPlan
 from app.jobs.store import JobStore, StoreUnavailable
 from app.jobs.worker import MAX_CONCURRENCY, JobActor
-from layers.errors import SpecError
+from layers.language.errors import SpecError
 
 log = logging.getLogger(__name__)
 KILL_GRACE_S = 5.0  # past its limit a job gets this long to stop by itself before it is reaped

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from layers.memory import optimizer_state_bytes, storage_bytes
+from layers.analysis.memory import optimizer_state_bytes, storage_bytes
 
 
 class JobMemory:

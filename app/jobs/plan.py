@@ -2,7 +2,7 @@
 
 The model is traced on the meta device at the training batch size against the dataset's
 sample shape; the loss is checked against the model's output and the dataset's targets; the
-run's memory (the training step's peak from ``layers.memory``, plus the dataset on the device)
+run's memory (the training step's peak from ``layers.analysis.memory``, plus the dataset on the device)
 is estimated and held against the limits. Every refusal is a ``SpecError`` whose ``loc`` is
 relative to the body.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from app.core.config import settings
 from app.schemas.jobs import JobCreate
-from layers.base import ContainerSpec
-from layers.errors import LimitError, ShapeError, SpecError
-from layers.summary import summarize
+from layers.analysis.summary import summarize
+from layers.language.base import ContainerSpec
+from layers.language.errors import LimitError, ShapeError, SpecError
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class JobPlan:
 def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPlan:
     """Check ``job`` against its dataset and the limits; raise ``SpecError`` at the offending field.
 
-    Once ``cancelled`` is set the model's trace stops (``layers.budget.TraceCancelled``)."""
+    Once ``cancelled`` is set the model's trace stops (``layers.analysis.budget.TraceCancelled``)."""
     try:
         job.model.check_limits(settings.max_layers, settings.max_nesting)
     except SpecError as e:

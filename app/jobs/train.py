@@ -35,8 +35,8 @@ from app.jobs.measure import JobMemory
 from app.jobs.memory_guard import MemoryGuard
 from app.jobs.weights import serialize_weights
 from layers import ModelSpec
-from layers.losses import AnyLoss, LossSpec
-from layers.optimizers import AnyOptimizer
+from layers.training.losses import AnyLoss, LossSpec
+from layers.training.optimizers import AnyOptimizer
 
 
 class TrainPayload(BaseModel):

@@ -25,9 +25,9 @@ from app.jobs.datasets import DatasetInfo
 from app.jobs.weights import load_weights
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
-from layers.base import shape_str
-from layers.errors import LimitError, ShapeError
-from layers.losses import LossSpec
+from layers.language.base import shape_str
+from layers.language.errors import LimitError, ShapeError
+from layers.training.losses import LossSpec
 
 POOL = ThreadPoolExecutor(max_workers=settings.predict_threads, thread_name_prefix="predict")
 INPUTS = ("inputs",)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.schemas.summary import SummaryRequest
-from layers.spec import SpecModel
+from layers.language.spec import SpecModel
 
 ExportFormat = Literal["pytorch", "onnx"]
 FORMAT_DESCRIPTION = (

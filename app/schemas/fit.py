@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from layers.memory import MemoryBreakdown
+from layers.analysis.memory import MemoryBreakdown
 
 
 class BatchProbe(BaseModel):

@@ -12,9 +12,9 @@ from app.jobs.datasets import AnyDataset
 from app.jobs.retention import job_dir
 from app.jobs.weights import weights_info
 from layers import ModelSpec
-from layers.losses import AnyLoss
-from layers.optimizers import AnyOptimizer
-from layers.spec import SpecModel
+from layers.language.spec import SpecModel
+from layers.training.losses import AnyLoss
+from layers.training.optimizers import AnyOptimizer
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -90,7 +90,9 @@ class JobPublic(BaseModel):
     duration_s: float | None = Field(description="training wall time, from worker start to finish")
     error: str | None
     restarts: int = Field(0, description="times the job's worker died and was restarted from its checkpoint")
-    memory_estimate_bytes: int = Field(description="the training step's peak (layers.memory) plus the data")
+    memory_estimate_bytes: int = Field(
+        description="the training step's peak (layers.analysis.memory) plus the data"
+    )
     memory: JobMemory | None = Field(None, description="estimate against measurement, once the job succeeded")
     created_at: datetime
     started_at: datetime | None

@@ -1,5 +1,5 @@
 """Request schemas of ``POST /v1/models/summary`` and ``/fit``; the summary response is
-``layers.summary.ModelSummary``."""
+``layers.analysis.summary.ModelSummary``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from pydantic import Field, field_validator
 
 from app.core.config import settings
 from layers import ModelSpec
-from layers.memory import Device
-from layers.optimizers import AnyOptimizer
-from layers.spec import SpecModel
-from layers.trace import InputDType
+from layers.analysis.memory import Device
+from layers.analysis.trace import InputDType
+from layers.language.spec import SpecModel
+from layers.training.optimizers import AnyOptimizer
 
 InputDim = Annotated[int, Field(gt=0, le=settings.max_input_dim)]
 InputShape = Annotated[

@@ -21,7 +21,7 @@ from app.jobs.plan import JobPlan, plan_job
 from app.jobs.retention import remove_job_files
 from app.jobs.store import TERMINAL, StoreUnavailable
 from app.schemas.jobs import JobCreate, JobPublic, JobsPublic
-from layers.budget import TraceCancelled
+from layers.analysis.budget import TraceCancelled
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES)
 

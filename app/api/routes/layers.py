@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import GUARD_RESPONSES, guard
 from layers import LAYER_SPECS
-from layers.spec import closest_name
+from layers.language.spec import closest_name
 
 router = APIRouter(
     prefix="/v1/layers", tags=["layers"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES

@@ -16,12 +16,12 @@ from app.core.traces import run_trace
 from app.examples import FIT_EXAMPLES, SUMMARY_EXAMPLES
 from app.schemas.fit import BatchProbe, FitResult
 from app.schemas.summary import FitRequest, SummaryRequest
-from layers.budget import TraceCancelled
-from layers.errors import LimitError, SpecError
-from layers.fit import largest_batch
-from layers.memory import estimate_memory
-from layers.summary import ModelSummary, summarize
-from layers.trace import trace_model
+from layers.analysis.budget import TraceCancelled
+from layers.analysis.fit import largest_batch
+from layers.analysis.memory import estimate_memory
+from layers.analysis.summary import ModelSummary, summarize
+from layers.analysis.trace import trace_model
+from layers.language.errors import LimitError, SpecError
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES

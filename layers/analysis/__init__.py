@@ -1,0 +1,1 @@
+"""Analyses of a model on the meta device: trace, summary, memory, fit, the trace budget."""

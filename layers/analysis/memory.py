@@ -1,0 +1,612 @@
+"""Training and inference memory of a traced model, measured with torch's own machinery on meta.
+
+Three passes over the traced model's meta module, nothing allocated:
+
+- **saved**: one forward under ``saved_tensors_hooks``; each storage autograd keeps for backward
+  is counted once (parameters and buffers apart), and attributed to the layer that saved it.
+  This is exact against real CPU tensors (tests/test_memory.py), where ``MemTracker`` under
+  ``FakeTensorMode`` reports a different quantity (activations at the peak, inside backward).
+- **training**: two training steps (forward, a stand-in loss, backward, optimizer step,
+  ``zero_grad``) under a dispatch mode that keeps the live bytes of every storage (freed when
+  torch frees it) and their peak. Two steps, because the optimizer state appears in the first.
+  ``MemTracker`` measures the same peak, but took 32 s for a 7B transformer where this takes a
+  few (bench/memory_estimate.py).
+- **inference**: one forward under ``no_grad`` in the same mode.
+
+Recurrent kernels are opaque: CPU runs oneDNN for LSTM, whose workspace is invisible on meta
+(its meta kernel returns an empty one). A recurrent layer is therefore measured on a small real
+CPU instance of itself (same sizes, batch up to 32, 8 and 16 steps) and scaled linearly in steps
+and batch; in the meta passes it is replaced by an autograd function that keeps exactly that
+many bytes for backward.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from layers.analysis.trace import TracedModel
+from layers.catalog import recurrent
+from layers.language.errors import LimitError, Loc
+from layers.training.optimizers import OptimizerSpec
+
+Device = Literal["cuda", "cpu"]
+# A recurrent layer is measured for real at up to this batch and at these step counts.
+MEASURE_BATCH = 32
+MEASURE_STEPS = (8, 16)
+# Above this many bytes of weights a real measurement would cost too much: the meta decomposition
+# is scaled instead, and the estimate says so.
+MEASURE_MAX_PARAM_BYTES = 64 << 20
+
+
+class MemoryBreakdown(BaseModel):
+    parameters: int
+    buffers: int
+    gradients: int = Field(description="one gradient per trainable parameter")
+    optimizer_state: int = Field(description="what the optimizer keeps after its first step")
+    activations: int = Field(description="bytes autograd holds for backward when the forward ends")
+    temporary: int = Field(
+        description="the rest of the peak: the loss, gradients in flight, kernels' scratch; negative "
+        "when the peak comes where not all of the above coexist (in the optimizer step, once "
+        "activations are freed)"
+    )
+
+
+class TrainingMemory(BaseModel):
+    training_peak_bytes: int = Field(
+        description="peak of live memory over a training step (forward, loss, backward, optimizer step) "
+        "once the optimizer state exists"
+    )
+    peak_phase: Literal["forward", "backward", "optimizer step"]
+    breakdown: MemoryBreakdown
+    inference_peak_bytes: int = Field(description="peak of a forward under no_grad")
+    optimizer: str
+    device: Device = Field(description="the optimizer implementation counted: CUDA's foreach or CPU's loop")
+    notes: list[str] = Field(description="how layers torch cannot see into were measured")
+
+
+@dataclass
+class MemoryEstimate:
+    memory: TrainingMemory
+    saved_by_path: dict[str, int]
+    backward_flops: int
+
+
+def estimate_memory(
+    traced: TracedModel,
+    optimizer: OptimizerSpec,
+    device: Device = "cuda",
+    batch_size: int | None = None,
+    deadline: float | None = None,
+    budget_s: float | None = None,
+    inference: bool = True,
+) -> MemoryEstimate:
+    """Training memory of ``traced`` with ``optimizer``, at its input shape or at ``batch_size``.
+
+    ``deadline`` is a ``time.thread_time()`` past which a ``LimitError`` naming the layer running
+    then stops it. ``inference=False`` skips the inference pass (``inference_peak_bytes`` is 0).
+    """
+    shape = (batch_size or traced.input_shape[0], *traced.input_shape[1:])
+    module = traced.module
+    clock = _Clock(deadline, budget_s)
+    clock.where = (traced.layers[0].loc, traced.layers[0].path)  # until the first layer runs
+    paths = {id(node.module): (node.loc, node.path) for node in traced.layers if node.module is not None}
+    params = list(module.parameters())
+    buffers = list(module.buffers())
+    try:
+        with _recurrent_measured(module) as (notes, recurrent_flops):
+            step = _training_pass(module, shape, traced, optimizer, device, paths, clock)
+            inference = _inference_pass(module, shape, traced, device, clock) if inference else 0
+    finally:
+        for p in params:
+            p.grad = None
+    parameters, buffer_bytes, peak = storage_bytes(params), storage_bytes(buffers), step["peak"]
+    named = parameters + buffer_bytes + step["gradients"] + step["optimizer_state"] + step["saved"]
+    breakdown = MemoryBreakdown(
+        parameters=parameters,
+        buffers=buffer_bytes,
+        gradients=step["gradients"],
+        optimizer_state=step["optimizer_state"],
+        activations=step["saved"],
+        temporary=peak - named,
+    )
+    memory = TrainingMemory(
+        training_peak_bytes=peak,
+        peak_phase=step["phase"],
+        breakdown=breakdown,
+        inference_peak_bytes=inference,
+        optimizer=optimizer.type,
+        device=device,
+        notes=notes,
+    )
+    return MemoryEstimate(
+        memory=memory,
+        saved_by_path=_subtree_sums(traced, step["own"]),
+        backward_flops=step["flops"] + sum(recurrent_flops.values()),
+    )
+
+
+def storage_bytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the tensors' storages, each counted once (views and shared tensors share one)."""
+    storages = {t.untyped_storage()._cdata: t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+class _Clock:
+    """The time budget: past ``deadline`` (``time.thread_time()``), a ``LimitError`` at the layer."""
+
+    def __init__(self, deadline: float | None, budget_s: float | None) -> None:
+        self.deadline, self.budget_s = deadline, budget_s
+        self.where: tuple[Loc, str] = ((), "")  # the spec loc and module path running now
+
+    def check(self) -> None:
+        if self.deadline is not None and time.thread_time() > self.deadline:
+            loc, path = self.where
+            raise LimitError(
+                loc,
+                f"tracing the model and estimating its training memory took more than "
+                f"{self.budget_s:g} s of CPU time; it stopped at module path '{path}'. Use fewer or "
+                "smaller layers, or a smaller input",
+                {"limit_s": self.budget_s, "path": path},
+            )
+
+
+def _input(shape: tuple[int, ...], traced: TracedModel) -> torch.Tensor:
+    return torch.empty(shape, dtype=traced.input_dtype, device="meta")
+
+
+@contextmanager
+def _module_stack(module: nn.Module, paths: dict[int, tuple[Loc, str]], clock: _Clock) -> Iterator[list[str]]:
+    """A stack of the module paths running now; each module entered checks the time budget."""
+    stack: list[str] = [""]
+    handles = []
+
+    def enter(mod: nn.Module, args: Any) -> None:
+        clock.where = paths.get(id(mod), clock.where)
+        stack.append(clock.where[1])
+        clock.check()
+
+    def leave(mod: nn.Module, args: Any, out: Any) -> None:
+        stack.pop()
+
+    for sub in module.modules():
+        if id(sub) in paths:
+            handles.append(sub.register_forward_pre_hook(enter))
+            handles.append(sub.register_forward_hook(leave))
+    try:
+        yield stack
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _subtree_sums(traced: TracedModel, own: dict[str, int]) -> dict[str, int]:
+    sums: dict[str, int] = {}
+    for node in reversed(traced.layers):  # pre-order reversed: children before their parents
+        sums[node.path] = own.get(node.path, 0) + sum(sums[c.path] for c in node.children)
+    return sums
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Live bytes of every storage an operator returns, until torch frees it, and their peak."""
+
+    def __init__(self, clock: _Clock) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self.phase = "forward"
+        self.peaks: dict[str, int] = {}  # phase -> the running peak when that phase last raised it
+        self.clock = clock
+        self._tracked: dict[int, weakref.ref] = {}
+        # FLOPs by FlopCounterMode's own formulas, counted here: FlopCounterMode itself, nested,
+        # keeps tensors alive for its module tracking and would inflate the peak it runs under.
+        self.count_flops = False
+        self.flops = 0
+
+    def track(self, tensors: list[torch.Tensor]) -> None:
+        for t in tensors:
+            self._add(t)
+        self._mark()
+
+    def _add(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = storage._cdata
+        if key in self._tracked:
+            return
+        nbytes = storage.nbytes()
+        self.live += nbytes
+        self._tracked[key] = weakref.ref(storage, lambda _, k=key, n=nbytes: self._free(k, n))
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self._tracked.pop(key, None)
+
+    def _mark(self) -> None:
+        if self.live > self.peak:
+            self.peak = self.live
+            self.peaks[self.phase] = self.live
+
+    def phase_at(self, peak: int) -> str:
+        """The phase in which the live bytes first reached ``peak``."""
+        return next(phase for phase, value in self.peaks.items() if value == peak)
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.clock.check()
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.count_flops and func._overloadpacket in flop_registry:
+            self.flops += flop_registry[func._overloadpacket](*args, **kwargs, out_val=out)
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "meta":
+                self._add(t)
+        self._mark()
+        return out
+
+
+def _training_pass(
+    module: nn.Module,
+    shape: tuple[int, ...],
+    traced: TracedModel,
+    spec: OptimizerSpec,
+    device: Device,
+    paths: dict[int, tuple[Loc, str]],
+    clock: _Clock,
+) -> dict[str, Any]:
+    """The training step's peak live bytes on meta, what it saved for backward, FLOPs and sizes."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = spec.build(params)
+    for group in optimizer.param_groups:
+        # What the optimizer picks on that device: CUDA's foreach kernels (a parameter-sized
+        # temporary per state op), the CPU's per-parameter loop.
+        group["foreach"] = device == "cuda"
+    excluded = {t.untyped_storage()._cdata for t in (*module.parameters(), *module.buffers())}
+    saved: dict[int, int] = {}
+    own: dict[str, int] = {}
+    tracker = _LiveBytes(clock)
+    x = _input(shape, traced)
+    with tracker:
+        tracker.track([*module.parameters(), *module.buffers(), x])
+        with _module_stack(module, paths, clock) as stack:
+
+            def pack(t: torch.Tensor) -> torch.Tensor:
+                # Every saved tensor stays alive until backward, so its storage key stays unique.
+                key = t.untyped_storage()._cdata
+                if key not in excluded and key not in saved:
+                    saved[key] = t.untyped_storage().nbytes()
+                    own[stack[-1]] = own.get(stack[-1], 0) + saved[key]
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _DeviceAttention(device):
+                out = module(x)
+        # A stand-in loss: like a real one it keeps and returns output-sized tensors.
+        loss = out.float().pow(2).mean() if out.requires_grad else None
+        del out
+        if loss is not None:
+            tracker.phase = "backward"
+            tracker.count_flops = True
+            loss.backward()
+            tracker.count_flops = False
+            del loss
+        grads = storage_bytes([p.grad for p in params if p.grad is not None])
+        before_step = tracker.peak
+        tracker.phase = "optimizer step"
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    state = optimizer_state_bytes(optimizer)
+    # This was the first step: the optimizer made its state in it. In every later step that
+    # state is live through forward and backward too (it never changes size), so their peak is
+    # this step's forward-and-backward peak plus the state; the optimizer step itself is alike
+    # in every step (the state is made before its kernels run).
+    peak, phase = before_step + state, tracker.phase_at(before_step)
+    if tracker.peak > peak:
+        peak, phase = tracker.peak, "optimizer step"
+    return {
+        "peak": peak,
+        "phase": phase,
+        "saved": sum(saved.values()),
+        "own": own,
+        "flops": tracker.flops,
+        "gradients": grads,
+        "optimizer_state": state,
+    }
+
+
+def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [v for s in optimizer.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors (Adam's step counters included)."""
+    return storage_bytes(_state_tensors(optimizer))
+
+
+def _inference_pass(
+    module: nn.Module, shape: tuple[int, ...], traced: TracedModel, device: Device, clock: _Clock
+) -> int:
+    tracker = _LiveBytes(clock)
+    x = _input(shape, traced)
+    with torch.no_grad(), tracker, _DeviceAttention(device):
+        tracker.track([*module.parameters(), *module.buffers(), x])
+        module(x)
+    return tracker.peak
+
+
+# --- attention: the kernel the device would run ------------------------------------------------
+
+SDP_FLASH = 1  # torch._fused_sdp_choice's answer for flash attention (0 is the math path)
+
+
+class _DeviceAttention(TorchFunctionMode):
+    """Runs ``scaled_dot_product_attention`` on meta as the target device would.
+
+    On meta torch takes the math path, which keeps the whole attention matrix for backward; a
+    CPU or GPU runs a fused kernel where it can, which keeps only the output and a log-sum-exp.
+    The CPU's choice is asked of torch itself (``torch._fused_sdp_choice`` on tiny real tensors
+    of the same dtype, heads, mask, dropout and causality); on CUDA, flash attention for half
+    precision without a mask, else memory-efficient attention. Only calls made directly (as
+    ``CausalSelfAttention`` does) are seen: ``nn.MultiheadAttention`` goes through
+    ``F.multi_head_attention_forward``, inside which a function mode is not active.
+    """
+
+    def __init__(self, device: Device) -> None:
+        super().__init__()
+        self.device = device
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and args and args[0].is_meta:
+            return _fused_attention(self.device, *args, **kwargs)
+        return func(*args, **kwargs)
+
+
+def _fused_attention(
+    device: Device,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    args = (query, key, value, attn_mask, dropout_p, is_causal)
+    if device == "cpu":
+        if _cpu_choice(*args, scale, enable_gqa) != SDP_FLASH:
+            return F.scaled_dot_product_attention(*args, scale=scale, enable_gqa=enable_gqa)
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # takes fewer k/v heads
+        return flash(query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
+    key, value = _repeat_kv(query, key, value, enable_gqa)
+    if query.dtype in (torch.float16, torch.bfloat16) and attn_mask is None:
+        flash = torch.ops.aten._scaled_dot_product_flash_attention
+        return flash(query, key, value, dropout_p, is_causal, scale=scale)[0]
+    efficient = torch.ops.aten._scaled_dot_product_efficient_attention
+    return efficient(query, key, value, attn_mask, True, dropout_p, is_causal, scale=scale)[0]
+
+
+def _repeat_kv(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, gqa: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if not gqa or key.shape[-3] == query.shape[-3]:
+        return key, value
+    repeats = query.shape[-3] // key.shape[-3]
+    return key.repeat_interleave(repeats, -3), value.repeat_interleave(repeats, -3)
+
+
+def _cpu_choice(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+    gqa: bool,
+) -> int:
+    def tiny(t: torch.Tensor) -> torch.Tensor:
+        shape = [1] * (t.dim() - 3) + [t.shape[-3], 2, t.shape[-1]]
+        return torch.zeros(shape, dtype=t.dtype)
+
+    small_mask = None if mask is None else torch.zeros([1] * (mask.dim() - 2) + [2, 2], dtype=mask.dtype)
+    return torch._fused_sdp_choice(
+        tiny(query), tiny(key), tiny(value), small_mask, dropout_p, is_causal, scale=scale, enable_gqa=gqa
+    )
+
+
+# --- recurrent layers: measured on a small real instance, scaled ---------------------------------
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """What a recurrent layer keeps for backward at one (batch, steps)."""
+
+    input: bool  # the input tensor itself
+    output: bool  # the returned output itself
+    internal: int  # bytes of everything else (workspace, gate values, states, copies)
+
+
+def saved_on_real(module: nn.Module, x: torch.Tensor) -> tuple[_Kept, torch.Tensor]:
+    """What ``module(x)`` keeps for backward, measured with hooks on real tensors."""
+    excluded = {t.untyped_storage()._cdata for t in module.parameters()}
+    seen: dict[int, tuple[int, torch.Tensor]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage()._cdata
+        if key not in excluded and key not in seen:
+            seen[key] = (t.untyped_storage().nbytes(), t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x)
+    in_key, out_key = x.untyped_storage()._cdata, out.untyped_storage()._cdata
+    out_bytes = out.numel() * out.element_size()
+    kept_input = in_key in seen
+    kept_output = out_key in seen and seen[out_key][0] == out_bytes
+    internal = sum(n for k, (n, _) in seen.items() if not (k == in_key or (k == out_key and kept_output)))
+    return _Kept(kept_input, kept_output, internal), out
+
+
+@lru_cache(maxsize=256)
+def _measure(kind: str, config: tuple, dtype: torch.dtype, batch: int, steps: int, real: bool) -> _Kept:
+    """``_Kept`` of a recurrent layer ``config`` at ``batch`` x ``steps``, on the CPU or on meta."""
+    module_class, args = _RECURRENT[kind], dict(config)
+    output = args.pop("output")
+    device = "cpu" if real else "meta"
+    with torch.device(device):
+        module = module_class(**args).to(dtype)
+    module.output = output
+    time_dim = 1 if args["batch_first"] else 0
+    shape = [batch, steps, args["input_size"]] if time_dim else [steps, batch, args["input_size"]]
+    x = torch.randn(shape, dtype=dtype) if real else torch.empty(shape, dtype=dtype, device="meta")
+    kept, _ = saved_on_real(module, x)
+    return kept
+
+
+_RECURRENT: dict[str, type[nn.Module]] = {"LSTM": recurrent.LSTM, "GRU": recurrent.GRU, "RNN": recurrent.RNN}
+
+
+def recurrent_config(module: nn.RNNBase) -> tuple:
+    keys = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional"]
+    config = {k: getattr(module, k) for k in keys}
+    if module.mode == "LSTM":
+        config["proj_size"] = module.proj_size
+    if module.mode in ("RNN_TANH", "RNN_RELU"):
+        config["nonlinearity"] = module.nonlinearity
+    config["output"] = getattr(module, "output", "sequence")
+    return tuple(sorted(config.items()))
+
+
+def kept_by_recurrent(module: nn.RNNBase, batch: int, steps: int) -> tuple[_Kept, str]:
+    """What ``module`` keeps for backward at ``batch`` x ``steps``, and how that was found.
+
+    Measured on the CPU at ``min(batch, 32)`` and the exact step count when it is 16 or fewer,
+    else at 8 and 16 steps and extrapolated linearly; scaled linearly in batch. Kernels hide
+    their workspace (oneDNN's LSTM) and pad it, so this is a measurement, not a formula.
+    """
+    kind = type(module).__name__
+    config = recurrent_config(module)
+    dtype = next(module.parameters()).dtype
+    real = sum(p.numel() * p.element_size() for p in module.parameters()) <= MEASURE_MAX_PARAM_BYTES
+    b = min(batch, MEASURE_BATCH)
+    if steps <= MEASURE_STEPS[1]:
+        kept = _measure(kind, config, dtype, b, steps, real)
+        internal = kept.internal
+        at = f"{steps} steps"
+    else:
+        t0, t1 = MEASURE_STEPS
+        k0, k1 = _measure(kind, config, dtype, b, t0, real), _measure(kind, config, dtype, b, t1, real)
+        kept = k1
+        internal = k1.internal + (k1.internal - k0.internal) * (steps - t1) / (t1 - t0)
+        at = f"{t0} and {t1} steps, extrapolated linearly to {steps}"
+    internal = math.ceil(internal * batch / b)
+    where = (
+        "a real CPU instance"
+        if real
+        else "meta (too large to measure for real: the CPU kernel may keep more)"
+    )
+    how = f"{kind} ({module.mode}): measured on {where} at batch {b} and {at}, scaled to batch {batch}"
+    return _Kept(kept.input, kept.output, internal), how
+
+
+class _Recurrent(torch.autograd.Function):
+    """Stands in for a recurrent layer in the meta passes: its output, and ``internal`` bytes kept."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, shape: tuple, kept: _Kept, *params: torch.Tensor) -> torch.Tensor:
+        out = x.new_empty(shape, dtype=params[0].dtype)
+        internal = x.new_empty((kept.internal,), dtype=torch.uint8)
+        ctx.save_for_backward(x if kept.input else None, out if kept.output else None, internal)
+        ctx.shapes = [x.shape, *(p.shape for p in params)]
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+        x_shape, *param_shapes = ctx.shapes
+        needs = ctx.needs_input_grad
+        grad_x = grad.new_empty(x_shape) if needs[0] else None
+        grads = [grad.new_empty(s) if need else None for s, need in zip(param_shapes, needs[3:], strict=True)]
+        return (grad_x, None, None, *grads)
+
+
+@contextmanager
+def _recurrent_measured(module: nn.Module) -> Iterator[tuple[list[str], dict[int, int]]]:
+    """Replace each recurrent layer's forward by its measured stand-in while the passes run.
+
+    Yields the notes saying how each was measured and each one's backward FLOPs (by module id).
+    """
+    notes: list[str] = []
+    flops: dict[int, int] = {}
+    replaced = [sub for sub in module.modules() if isinstance(sub, nn.RNNBase)]
+    # Layers that skip work on meta to trace faster (shape-neutral, no counted FLOPs) do it here,
+    # since what that work keeps for backward counts.
+    complete = [sub for sub in module.modules() if hasattr(sub, "rotate_on_meta")]
+    try:
+        for sub in replaced:
+            sub.forward = _stand_in(sub, notes, flops)
+        for sub in complete:
+            sub.rotate_on_meta = True
+        yield notes, flops
+    finally:
+        for sub in replaced:
+            sub.__dict__.pop("forward", None)
+        for sub in complete:
+            sub.__dict__.pop("rotate_on_meta", None)
+
+
+def _output_shape(module: nn.RNNBase, x: torch.Tensor) -> tuple[int, ...]:
+    directions = 2 if module.bidirectional else 1
+    features = (getattr(module, "proj_size", 0) or module.hidden_size) * directions
+    shape = [*x.shape[:-1], features]
+    if getattr(module, "output", "sequence") == "last":
+        del shape[1 if module.batch_first and x.dim() == 3 else 0]
+    return tuple(shape)
+
+
+def _stand_in(
+    module: nn.RNNBase, notes: list[str], flops: dict[int, int]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    params = [p for p in module.parameters()]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        shape = _output_shape(module, x)
+        if not torch.is_grad_enabled():
+            return x.new_empty(shape, dtype=params[0].dtype)
+        time_dim = 1 if module.batch_first and x.dim() == 3 else 0
+        steps = x.shape[time_dim]
+        batch = x.shape[1 - time_dim] if x.dim() == 3 else 1
+        if id(module) not in flops:
+            flops[id(module)] = _one_step_backward_flops(module, x.narrow(time_dim, 0, 1)) * steps
+        kept, how = kept_by_recurrent(module, batch, steps)
+        if how not in notes:
+            notes.append(how)
+        return _Recurrent.apply(x, shape, kept, *params)
+
+    return forward
+
+
+def _one_step_backward_flops(module: nn.RNNBase, one: torch.Tensor) -> int:
+    """Backward FLOPs of one step on meta (the cost is linear in steps, as the trace counts it)."""
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    # Own (identity) hooks, innermost, so the outer pass does not count this step as saved.
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        out = type(module).forward(module, one.detach())
+        if not trainable or not out.requires_grad:
+            return 0
+        with FlopCounterMode(display=False) as counter:
+            torch.autograd.grad(out, trainable, torch.empty_like(out))
+    return counter.get_total_flops()

@@ -1,0 +1,1 @@
+"""The layer catalogue: one file per family of layer types."""

@@ -1,0 +1,1 @@
+"""Exports of a model: Python code and ONNX."""

@@ -1,0 +1,1 @@
+"""The spec language: base classes and the closed registry, fields, errors, the model spec, containers."""

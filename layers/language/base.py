@@ -1,0 +1,226 @@
+"""The spec base classes and the closed registry every layer type is entered into.
+
+A spec class is the single source of truth for a layer type: its ``type`` literal is the
+registry key and the OpenAPI discriminator, its fields are the form a frontend renders,
+and it builds its module. Subclassing ``LayerSpec`` with a literal ``type`` registers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+
+import torch
+from pydantic import Field, GetJsonSchemaHandler, ValidationInfo, field_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from layers.language.errors import Loc, ShapeError
+from layers.language.spec import TypedSpec
+
+if TYPE_CHECKING:
+    from layers.export.codegen import CodeWriter
+
+Shape = tuple[int, ...]
+
+# Sizes a layer may be given. Generous (a 1M vocabulary, a 1M-wide linear) because on the
+# meta device size costs nothing; the API bounds input shapes separately.
+MAX_SIZE = 1 << 20
+Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
+OptionalSize = Annotated[int | None, Field(gt=0, le=MAX_SIZE)]
+Dim = Annotated[int, Field(ge=-8, le=8, description="tensor dimension; negative counts from the end")]
+# A layer's name, for other layers to refer to (``tie_weight``): an identifier, unique in the model.
+# The length bound is inside the pattern: a fuzzer generating from the schema then never draws a
+# long name only to throw it away (with a separate maxLength, schemathesis ran 2.5x slower).
+Name = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+TieWeight = Annotated[
+    Name | None,
+    Field(
+        description="the `name` of an earlier Embedding, Linear or MyLinear whose weight (same shape: "
+        "[out_features, in_features] = [num_embeddings, embedding_dim]) this layer shares, one tensor"
+    ),
+]
+
+LAYER_SPECS: dict[str, type[LayerSpec]] = {}
+
+
+class LayerSpec(TypedSpec):
+    """Base of every layer spec: strict (see ``SpecModel``) and immutable."""
+
+    category: ClassVar[str] = "other"
+    # Whether the layer runs on an integer tensor (token ids). Meta kernels do not check dtypes
+    # (a meta Linear takes int64), so the trace refuses integer inputs where torch would.
+    integer_input: ClassVar[bool] = False
+    registry: ClassVar[dict[str, Any]] = LAYER_SPECS
+    # The parameter another layer's ``tie_weight`` may share (module-relative, e.g. ``weight``);
+    # None: this layer cannot be tied to.
+    tieable_weight: ClassVar[str | None] = None
+
+    name: Name | None = Field(None, description="a name other layers can refer to (`tie_weight`)")
+
+    @classmethod
+    def description(cls) -> str:
+        """The first line of the class docstring: the catalog's one-line description."""
+        return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+    def infer(self, shape: Shape) -> Self:
+        """Fill sizes left out of the spec from the input shape, and check the given ones.
+
+        Returns a spec with every size set; raises ``ShapeError`` (with a field ``loc``
+        relative to this layer) when the input cannot fit.
+        """
+        return self
+
+    def build(self) -> nn.Module:
+        """Construct the module. Called on an inferred spec, under a device context."""
+        raise NotImplementedError
+
+    def code(self, writer: CodeWriter) -> Any:
+        """This layer's module as an expression of the exported Python file (``layers.export.codegen``).
+
+        The default calls the built module's class with the spec fields its ``__init__`` takes
+        (a container's child sequences by their field names); override where a spec does not
+        map onto its module's arguments one to one.
+        """
+        return writer.default(self)
+
+    def weight_tie(self) -> str | None:
+        """The name of the layer whose ``tieable_weight`` this layer's weight is (``tie_weight``)."""
+        return None
+
+    def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Run the built module on a meta tensor: its output and its forward FLOPs."""
+        if not (x.is_floating_point() or self.integer_input):
+            raise ShapeError(
+                (),
+                f"expected a floating-point input, got {str(x.dtype).removeprefix('torch.')}; "
+                "integer inputs (token ids) go into an Embedding",
+                {"expected": "floating point", "got": str(x.dtype).removeprefix("torch.")},
+            )
+        with FlopCounterMode(display=False) as counter:
+            out = module(x)
+        return out, counter.get_total_flops()
+
+
+class ShapePreservingSpec(LayerSpec):
+    """A layer whose output has its input's shape and dtype and no FLOPs that torch counts
+    (activations, norms, dropout): its trace skips the meta kernels, which cost milliseconds
+    each (a meta BatchNorm2d runs a Python decomposition), and returns the input's shape.
+
+    Integer inputs take the full trace, which refuses them unless the layer takes integers.
+    """
+
+    def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        if not x.is_floating_point():
+            return super().trace(module, x)
+        return x, 0
+
+
+class SpatialSpec(LayerSpec):
+    """A layer over ``spatial_dims`` dimensions (convolutions, pools) whose ``per_dim_fields``
+    take one int or a list of exactly one int per dimension, as torch's real kernels require
+    (meta kernels accept a 3-long kernel for a Conv2d). Validated here and stated in the JSON
+    schema (``minItems`` = ``maxItems``), for every subclass, with its own ``spatial_dims``."""
+
+    spatial_dims: ClassVar[int] = 2
+    per_dim_fields: ClassVar[tuple[str, ...]] = ()
+
+    @field_validator("*")
+    @classmethod
+    def _one_per_spatial_dim(cls, value: Any, info: ValidationInfo) -> Any:
+        if (
+            info.field_name in cls.per_dim_fields
+            and isinstance(value, list)
+            and len(value) != cls.spatial_dims
+        ):
+            raise ValueError(f"expected one int or a list of {cls.spatial_dims}, got a list of {len(value)}")
+        return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        properties = handler.resolve_ref_schema(json_schema).get("properties", {})
+        for name in cls.per_dim_fields:
+            field = properties.get(name, {})
+            for branch in [field, *field.get("anyOf", [])]:
+                if branch.get("type") == "array":
+                    branch["minItems"] = branch["maxItems"] = cls.spatial_dims
+        return json_schema
+
+
+class ContainerSpec(LayerSpec):
+    """A layer made of child layer sequences (``Sequential``, ``Residual``, ``Concat``)."""
+
+    category: ClassVar[str] = "container"
+    # Every sequence is a copy of the first (same specs, same input, its own parameters), so a
+    # trace runs the first and builds the others (``Repeat``).
+    copies: ClassVar[bool] = False
+
+    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
+        """The child sequences as ``(spec loc, module path prefix, specs)``."""
+        raise NotImplementedError
+
+    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
+        """A copy with the child sequences replaced (by their inferred versions)."""
+        raise NotImplementedError
+
+    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
+        """The container module around its already-built child sequences."""
+        raise NotImplementedError
+
+    def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """What the container's forward returns, given its input and each sequence's output.
+
+        Called on meta tensors while tracing; raises ``ShapeError`` when outputs cannot combine.
+        """
+        raise NotImplementedError
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def infer_size(given: int | None, shape: Shape, dim: int, field: str, what: str = "size") -> int:
+    """The size of ``shape[dim]``, checked against ``given`` when the spec sets it."""
+    if not -len(shape) <= dim < len(shape):
+        raise ShapeError(
+            (field,),
+            f"expected an input with a dimension {dim} to read {field} from, got shape {shape_str(shape)}",
+            {"expected_rank_at_least": abs(dim) + (dim >= 0), "got": list(shape)},
+        )
+    actual = shape[dim]
+    if given is not None and given != actual:
+        raise ShapeError(
+            (field,),
+            f"expected input {what} {given} ({field}) at dimension {dim}, got {actual} "
+            f"(input shape {shape_str(shape)})",
+            {"expected": given, "got": actual, "input_shape": list(shape)},
+        )
+    return actual
+
+
+def expect_dim(shape: Shape, dim: int, field: str = "dim") -> None:
+    """Raise ``ShapeError`` unless ``dim`` indexes a dimension of the input."""
+    if not -len(shape) <= dim < len(shape):
+        raise ShapeError(
+            (field,),
+            f"{field} {dim} is out of range for an input of shape {shape_str(shape)} "
+            f"(expected -{len(shape)} to {len(shape) - 1})",
+            {"expected": [-len(shape), len(shape) - 1], "got": dim},
+        )
+
+
+def expect_rank(shape: Shape, ranks: Sequence[int], layer: str) -> None:
+    """Raise ``ShapeError`` unless the input has one of the accepted ranks."""
+    if len(shape) not in ranks:
+        accepted = " or ".join(str(r) for r in ranks)
+        raise ShapeError(
+            (),
+            f"{layer} expects a {accepted}-dimensional input, got shape {shape_str(shape)} "
+            f"({len(shape)} dimensions)",
+            {"expected_rank": list(ranks), "got": list(shape)},
+        )
