@@ -133,7 +133,7 @@ def main() -> None:
                     warm[checkout].append(run(checkout, CASES[name], way, args.warm)["warm"])
             medians = {c: statistics.median(v) for c, v in warm.items()}
             cells = " | ".join(f"{medians[c]:.3f} s" for c in checkouts)
-            ratios = " | ".join(f"{medians[ROOT] / medians[c]:.2f}×" for c in args.before)
+            ratios = " | ".join(f"{medians[ROOT] / medians[c]:.2f}x" for c in args.before)
             print(f"| {name} | {way} | {cells} | {ratios} |", flush=True)
     print(f"# {time.time() - started:.0f} s, load at the end {os.getloadavg()}")
 
