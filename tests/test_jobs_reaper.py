@@ -14,6 +14,7 @@ from app.core.config import settings
 from app.examples import DIGITS_MLP, digits_job
 from app.jobs import engine as engine_module
 from app.jobs import ray_runtime
+from app.jobs.domain import Job, JobStatus
 from app.jobs.engine import KILL_GRACE_S, START_GRACE_S, BackendDown, JobEngine, verdict
 from app.jobs.plan import plan_job
 from app.jobs.store import JobStore
@@ -24,9 +25,18 @@ NOW = 1_800_000_000.0
 BODY = digits_job(DIGITS_MLP, epochs=1, device="cpu")
 
 
-def row(status: str = "running", age_s: float = 60, ran_s: float | None = 50, **request: object) -> dict:
+def row(
+    status: str = "running", age_s: float = 60, ran_s: float | None = 50, time_limit_s: float | None = None
+) -> Job:
     started = None if ran_s is None else NOW - ran_s
-    return {"id": "j", "status": status, "created_at": NOW - age_s, "started_at": started, "request": request}
+    return Job(
+        id="j",
+        status=status,
+        created_at=NOW - age_s,
+        started_at=started,
+        time_limit_s=time_limit_s,
+        memory_estimate_bytes=1,
+    )
 
 
 def test_an_active_job_within_its_limits_is_left_alone() -> None:
@@ -83,7 +93,7 @@ def test_of_several_reapers_one_acts(
     assert JobEngine(first).reap(later) == ["late", "fresh"]
     assert JobEngine(second).reap(later) == []
     job = second.get("late")
-    assert job["status"] == "failed" and "MB_MAX_QUEUE_SECONDS" in job["error"]
+    assert job.status == JobStatus.FAILED and "MB_MAX_QUEUE_SECONDS" in job.error
     assert JobEngine(second).reap(time.time()) == []  # nothing active is left
 
 
@@ -97,9 +107,9 @@ def test_a_job_ray_refuses_to_start_leaves_no_row_and_no_slot(
 
     monkeypatch.setattr(JobEngine, "check_device", lambda self, device: 0)
     monkeypatch.setattr(ray_runtime, "start_actor", refuse)
-    plan = plan_job(JobCreate.model_validate(BODY))
+    job = JobCreate.model_validate(BODY)
     with pytest.raises(BackendDown, match="GCS went away"):
-        JobEngine(store).submit(BODY, plan, "cpu")
+        JobEngine(store).submit(job, plan_job(job))
     assert store.count_active() == 0
     assert store.list(0, 10) == ([], 0)
 
