@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,7 +19,13 @@ from app.jobs.train import train
 from layers import ModelSpec
 from layers.analysis.trace import trace_model
 from layers.language.errors import SpecError
-from layers.training.datasets import AnyDataset, DigitsDataset, InlineDataset, SyntheticDataset
+from layers.training.datasets import (
+    AnyDataset,
+    DigitsDataset,
+    InlineDataset,
+    SyntheticDataset,
+    bounded_datasets,
+)
 from layers.training.losses import LOSS_SPECS, AnyLoss, Targets
 from layers.training.optimizers import OPTIMIZER_SPECS, AnyOptimizer
 
@@ -176,6 +183,28 @@ def test_inline_data_is_checked() -> None:
         with pytest.raises(SpecError) as e:
             InlineDataset(**bad).describe(True, settings)
         assert e.value.loc[:2] == ("dataset", field), bad
+
+
+def test_the_service_bounds_dataset_sizes_by_the_limits_it_passes() -> None:
+    limits = SimpleNamespace(max_dataset_samples=4, max_dataset_numel=12, max_input_rank=3)
+    bounded = TypeAdapter(bounded_datasets(limits))
+    synthetic = {"name": "synthetic", "shape": [3]}
+    for dataset, loc in [
+        ({**synthetic, "samples": 5}, ("samples",)),
+        ({"name": "inline", "x": [[0.0]] * 5, "y": [0] * 4}, ("x",)),
+        ({"name": "inline", "x": [[0.0]] * 4, "y": [0] * 5}, ("y",)),
+    ]:
+        DATASET.validate_python(dataset)  # the spec language alone has no such limit
+        with pytest.raises(ValidationError) as e:
+            bounded.validate_python(dataset)
+        assert e.value.errors()[0]["loc"][1:] == loc, dataset
+    with pytest.raises(SpecError) as e:  # limits checked on the data itself, as the API describes it
+        bounded.validate_python({**synthetic, "samples": 4, "shape": [4]}).describe(True, limits)
+    assert e.value.loc == ("dataset", "samples") and e.value.ctx == {"limit": 12, "got": 16}
+    schema = bounded.json_schema()["$defs"]
+    assert schema["SyntheticDataset"]["properties"]["samples"]["maximum"] == 4
+    assert schema["InlineDataset"]["properties"]["x"]["maxItems"] == 4
+    assert schema["SyntheticDataset"]["description"] == SyntheticDataset.model_json_schema()["description"]
 
 
 def payload(model: dict, dataset: dict, loss: dict, **extra: object) -> dict:

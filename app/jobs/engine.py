@@ -148,6 +148,13 @@ class JobEngine:
         self._kill(job_id)
         return True
 
+    def _kill(self, job_id: str) -> None:
+        try:
+            ray_runtime.ensure_ray()
+            ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
+        except Exception:  # the job is already finished in the store; its writes are refused
+            log.exception("could not kill the actor of job %s", job_id)
+
     # Reads and deletes: the routes' way to the store.
 
     def job(self, job_id: str, *, with_request: bool = True, owner: str | None = None) -> Job | None:
@@ -172,13 +179,6 @@ class JobEngine:
         """The store's database in words, once it answered; ``StoreUnavailable`` when it does not."""
         self.store.ping()
         return self.store.database
-
-    def _kill(self, job_id: str) -> None:
-        try:
-            ray_runtime.ensure_ray()
-            ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
-        except Exception:  # the job is already finished in the store; its writes are refused
-            log.exception("could not kill the actor of job %s", job_id)
 
     def close(self) -> None:
         """Stop this process's reaper. Jobs keep running: they belong to Ray, not to this process."""
