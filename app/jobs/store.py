@@ -4,7 +4,8 @@ SQLite under the data directory by default (WAL, a busy timeout: several process
 share it), or PostgreSQL named by ``MB_DATABASE_URL`` (any number of API replicas and training
 actors share it). Each process, each store, opens its own connection pool; no Python lock is held
 while the database waits. The schema is migrated with Alembic (``app/jobs/migrations``) when a
-store first connects, so a data directory from an earlier release is upgraded in place.
+store first connects, so a data directory from an earlier release is upgraded in place. Reads
+return the job domain's ``Job`` (``app.jobs.domain``); writes take its models.
 
 Every call retries a busy or lost database with backoff for ``retry_seconds``, then raises
 ``StoreUnavailable`` naming the database (a 503 on a route). Status changes out of ``queued`` /
