@@ -16,6 +16,7 @@ from fastapi import Response
 from torch import nn
 
 from app.core.config import settings
+from app.core.spec_limits import check_model
 from layers import ModelSpec
 from layers.analysis.trace import DTYPES, InputDType, TracedModel, trace_model
 from layers.export.codegen import python_source
@@ -29,8 +30,8 @@ ONNX_TYPE = "application/octet-stream"
 
 def trace(spec: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType) -> TracedModel:
     """The spec traced on meta within the service's limits; ``SpecError`` at ``model``."""
+    check_model(spec)
     try:
-        spec.check_limits(settings.max_layers, settings.max_nesting)
         return trace_model(spec, input_shape, input_dtype, settings.max_trace_seconds)
     except SpecError as e:
         raise e.under("model") from e

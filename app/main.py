@@ -15,13 +15,12 @@ from app.core.limits import BodyLimitMiddleware
 from app.core.security import APILock
 from app.core.warmup import warming_up
 from app.jobs.engine import jobs_lifespan
-from app.jobs.retention import pruning
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     with warming_up():
-        async with jobs_lifespan(app), pruning(app.state.jobs.store):  # the job store, Ray, retention
+        async with jobs_lifespan(app):  # the job store, its reaper and retention, Ray
             yield
 
 

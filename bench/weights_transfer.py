@@ -32,11 +32,13 @@ import torch  # noqa: E402
 from app.core.config import settings  # noqa: E402
 from app.jobs import ray_runtime  # noqa: E402
 from app.jobs.collect import Collector  # noqa: E402
+from app.jobs.domain import JobStatus, Metrics, NodeInfo  # noqa: E402
 from app.jobs.events import Done  # noqa: E402
 from app.jobs.store import JobStore  # noqa: E402
 from app.jobs.worker import CHUNK_BYTES, Handoff  # noqa: E402
 
-NODE = {"node_id": "", "ip": "127.0.0.1", "hostname": "bench", "pid": 0}
+NODE = NodeInfo(node_id="", ip="127.0.0.1", hostname="bench", pid=0)
+METRICS = Metrics(train_loss=0.0, val_loss=0.0, val_accuracy=None)
 
 
 class FinishedJob:
@@ -44,7 +46,7 @@ class FinishedJob:
 
     def __init__(self, size: int) -> None:
         self.handoff = Handoff()
-        self.handoff.publish(Done(metrics={"val_loss": 0.0}, duration_s=1.0, weights=os.urandom(size)))
+        self.handoff.publish(Done(metrics=METRICS, duration_s=1.0, weights=os.urandom(size)))
 
     def result(self, claimant: str, wait_s: float) -> dict | None:
         return self.handoff.result(claimant, wait_s)
@@ -93,7 +95,7 @@ def main() -> None:
             heap_peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             stored = settings.data_dir / "jobs" / job_id / "model.safetensors"
-            assert stored.stat().st_size == mib << 20 and store.get(job_id)["status"] == "succeeded"
+            assert stored.stat().st_size == mib << 20 and store.get(job_id).status == JobStatus.SUCCEEDED
             print(
                 f"{mib:>5} MiB: stored and succeeded in {seconds:6.2f} s ({mib / seconds:6.0f} MiB/s); "
                 f"the API side's heap peaked at {heap_peak / 2**20:.0f} MiB"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.jobs.domain import JobStatus, Progress
 from app.jobs.engine import JobEngine
 from app.jobs.store import JobStore
 from app.main import app
@@ -77,9 +78,9 @@ def test_inline_values_that_do_not_fit_are_refused_at_the_element(
 def test_last_event_id_is_parsed_strictly(api: TestClient) -> None:
     store: JobStore = app.state.jobs.store
     store.create("j1", {}, 1)
-    store.record_progress("j1", {"epoch": 1, "step": 1, "steps_total": 2, "loss": 1.0})
-    store.record_progress("j1", {"epoch": 1, "step": 2, "steps_total": 2, "loss": 0.5})
-    store.finish("j1", "cancelled", "cancelled by request")
+    store.record_progress("j1", Progress(epoch=1, step=1, steps_total=2, loss=1.0))
+    store.record_progress("j1", Progress(epoch=1, step=2, steps_total=2, loss=0.5))
+    store.finish("j1", JobStatus.CANCELLED, "cancelled by request")
     for bad in ("99999999999999999999", "\xb2", "-1", "1 ", "٣"):  # too big, raw byte, sign, space, Arabic 3
         response = api.get("/v1/jobs/j1/events", headers={"Last-Event-ID": bad.encode("latin-1", "replace")})
         assert response.status_code == 422, (bad, response.text)

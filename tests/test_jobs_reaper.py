@@ -14,9 +14,12 @@ from app.core.config import settings
 from app.examples import DIGITS_MLP, digits_job
 from app.jobs import engine as engine_module
 from app.jobs import ray_runtime
+from app.jobs.domain import Job, JobStatus
 from app.jobs.engine import KILL_GRACE_S, START_GRACE_S, BackendDown, JobEngine, verdict
 from app.jobs.plan import plan_job
+from app.jobs.retention import job_dir
 from app.jobs.store import JobStore
+from app.jobs.train import TrainPayload, node_info
 from app.main import app
 from app.schemas.jobs import JobCreate
 
@@ -24,9 +27,18 @@ NOW = 1_800_000_000.0
 BODY = digits_job(DIGITS_MLP, epochs=1, device="cpu")
 
 
-def row(status: str = "running", age_s: float = 60, ran_s: float | None = 50, **request: object) -> dict:
+def row(
+    status: str = "running", age_s: float = 60, ran_s: float | None = 50, time_limit_s: float | None = None
+) -> Job:
     started = None if ran_s is None else NOW - ran_s
-    return {"id": "j", "status": status, "created_at": NOW - age_s, "started_at": started, "request": request}
+    return Job(
+        id="j",
+        status=status,
+        created_at=NOW - age_s,
+        started_at=started,
+        time_limit_s=time_limit_s,
+        memory_estimate_bytes=1,
+    )
 
 
 def test_an_active_job_within_its_limits_is_left_alone() -> None:
@@ -83,8 +95,33 @@ def test_of_several_reapers_one_acts(
     assert JobEngine(first).reap(later) == ["late", "fresh"]
     assert JobEngine(second).reap(later) == []
     job = second.get("late")
-    assert job["status"] == "failed" and "MB_MAX_QUEUE_SECONDS" in job["error"]
+    assert job.status == JobStatus.FAILED and "MB_MAX_QUEUE_SECONDS" in job.error
     assert JobEngine(second).reap(time.time()) == []  # nothing active is left
+
+
+def test_a_jobs_own_time_limit_is_kept_in_its_row_for_the_reaper(
+    stores: tuple[JobStore, JobStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine stores the job's own limit beside its request and sends the worker the payload
+    the plan built; the reaper reads the limit from its column (it reads no request)."""
+    store, _ = stores
+    started = []
+    monkeypatch.setattr(JobEngine, "check_device", lambda self, device: 0)
+    monkeypatch.setattr(ray_runtime, "start_actor", lambda *args, **options: started.append((args, options)))
+    monkeypatch.setattr(ray_runtime, "find_actor", lambda name: None)  # no actor to collect from
+    monkeypatch.setattr(ray_runtime, "started", lambda: False)
+    job = JobCreate.model_validate({**BODY, "time_limit_s": 5})
+    plan = plan_job(job)
+    queued = JobEngine(store).submit(job, plan)
+    (_, _, (job_id, payload, _, _)), options = started[0]
+    assert job_id == queued.id and queued.time_limit_s == 5 and queued.request["time_limit_s"] == 5
+    sent = TrainPayload.model_validate(payload)  # as the worker reads it
+    assert (sent.job_id, sent.time_limit_s, sent.artifact_dir) == (job_id, 5, str(job_dir(job_id)))
+    assert options["memory"] == payload["memory_allowance_bytes"] == plan.payload.memory_allowance_bytes
+    store.mark_running(job_id, "cpu", node_info())
+    assert JobEngine(store).reap(time.time() + 5 + KILL_GRACE_S - 1) == []
+    assert JobEngine(store).reap(time.time() + 5 + KILL_GRACE_S + 1) == [job_id]
+    assert store.get(job_id).error == "timed out: the job ran past its 5 s limit and was killed"
 
 
 def test_a_job_ray_refuses_to_start_leaves_no_row_and_no_slot(
@@ -97,9 +134,9 @@ def test_a_job_ray_refuses_to_start_leaves_no_row_and_no_slot(
 
     monkeypatch.setattr(JobEngine, "check_device", lambda self, device: 0)
     monkeypatch.setattr(ray_runtime, "start_actor", refuse)
-    plan = plan_job(JobCreate.model_validate(BODY))
+    job = JobCreate.model_validate(BODY)
     with pytest.raises(BackendDown, match="GCS went away"):
-        JobEngine(store).submit(BODY, plan, "cpu")
+        JobEngine(store).submit(job, plan_job(job))
     assert store.count_active() == 0
     assert store.list(0, 10) == ([], 0)
 

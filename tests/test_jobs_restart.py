@@ -27,6 +27,7 @@ from servers import clean_env, start_server, wait_for
 
 from app.examples import DIGITS_MLP, digits_job
 from app.jobs import ray_runtime
+from app.jobs.domain import JobStatus
 from app.jobs.plan import plan_job
 from app.jobs.store import JobStore
 from app.jobs.train import train
@@ -158,7 +159,7 @@ def test_a_killed_worker_resumes_from_its_checkpoint(data: Path, servers: list) 
     # The same run uninterrupted, in this process (one torch thread, as the worker): the same end.
     straight = list(train(plan_job(JobCreate.model_validate(body)).payload))
     assert straight[-1].kind == "done"
-    assert done["metrics"] == straight[-1].metrics
+    assert done["metrics"] == straight[-1].metrics.model_dump()
     assert done["history"] == [e.entry.model_dump() for e in straight if e.kind == "epoch"]
 
 
@@ -189,11 +190,11 @@ def test_weights_waiting_for_an_api_survive_their_worker_killed(
     server.kill()
     store = JobStore(data)
     try:
-        ended = wait_for("the run to end", lambda: (j := store.get(job_id))["history"][1:] and j, 180)
+        ended = wait_for("the run to end", lambda: (j := store.get(job_id)).history[1:] and j, 180)
         time.sleep(1)  # its weights are made and held
-        assert store.get(job_id)["status"] == "running"  # nobody has collected them
-        os.kill(ended["node"]["pid"], signal.SIGKILL)
-        wait_for("the restarted worker", lambda: store.get(job_id)["restarts"] == 1, 180)
+        assert store.get(job_id).status == JobStatus.RUNNING  # nobody has collected them
+        os.kill(ended.node.pid, signal.SIGKILL)
+        wait_for("the restarted worker", lambda: store.get(job_id).restarts == 1, 180)
     finally:
         store.close()
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from app.jobs import worker
-from app.jobs.events import Done, EpochEntry, EpochEvent, Failed, Progress, Started
+from app.jobs.domain import EpochResult, JobStatus, Progress
+from app.jobs.events import Done, EpochEvent, Failed, Started
 from app.jobs.store import JobStore
 from app.jobs.worker import Handoff, record
 
@@ -29,7 +30,7 @@ def store(tmp_path: Path) -> Iterator[JobStore]:
 
 
 def epoch(n: int) -> EpochEvent:
-    entry = EpochEntry(epoch=n, step=10 * n, train_loss=1 / n, val_loss=1 / n, val_accuracy=None)
+    entry = EpochResult(epoch=n, step=10 * n, train_loss=1 / n, val_loss=1 / n, val_accuracy=None)
     return EpochEvent(entry=entry, progress=Progress(epoch=n, step=10 * n, steps_total=30, loss=1 / n))
 
 
@@ -42,29 +43,29 @@ def test_a_run_then_a_restart_that_reports_its_checkpoint_again(store: JobStore)
     for n in (1, 2, 3):
         assert record(store, "j", epoch(n), restarted=True)
     job = store.get("j")
-    assert job["status"] == "running" and job["restarts"] == 1 and job["node"] == moved
-    assert [h["epoch"] for h in job["history"]] == [1, 2, 3]
+    assert job.status == JobStatus.RUNNING and job.restarts == 1 and job.node.model_dump() == moved
+    assert [h.epoch for h in job.history] == [1, 2, 3]
     assert [kind for _, kind, _ in store.events_after("j", 0)] == ["epoch"] * 3
 
 
 def test_a_worker_that_died_before_reporting_its_start_is_counted_on_restart(store: JobStore) -> None:
     assert record(store, "j", Started(device="cpu", node=NODE), restarted=True)
     job = store.get("j")
-    assert job["status"] == "running" and job["restarts"] == 1
+    assert job.status == JobStatus.RUNNING and job.restarts == 1
 
 
 def test_a_restart_of_a_finished_job_ends_without_counting(store: JobStore) -> None:
-    assert store.finish("j", "cancelled", "cancelled by request")
+    assert store.finish("j", JobStatus.CANCELLED, "cancelled by request")
     assert not record(store, "j", Started(device="cpu", node=NODE), restarted=False)
     assert not record(store, "j", Started(device="cpu", node=NODE, resumed_from_epoch=2), restarted=True)
     job = store.get("j")
-    assert job["status"] == "cancelled" and job["restarts"] == 0
+    assert job.status == JobStatus.CANCELLED and job.restarts == 0
 
 
 def test_a_failure_finishes_the_job_with_its_reason(store: JobStore) -> None:
     record(store, "j", Started(device="cpu", node=NODE), restarted=False)
     assert not record(store, "j", Failed(error="the loss diverged"), restarted=False)
-    assert store.get("j")["error"] == "the loss diverged"
+    assert store.get("j").error == "the loss diverged"
 
 
 def test_the_handoff_gives_the_result_to_one_api_process_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.core.config import settings
 from app.examples import DIGITS_MLP, digits_job
+from app.jobs.domain import JobMemory, JobStatus, Metrics
 from app.jobs.memory_guard import MemoryAllowanceExceeded, MemoryGuard
 from app.jobs.plan import plan_job
 from app.jobs.store import JobStore
@@ -69,10 +71,14 @@ def test_a_job_that_lies_about_its_size_fails_clearly() -> None:
         ]
     }
     job = JobCreate.model_validate(digits_job(mlp, epochs=1, device="cpu"))
-    job.dataset.load(True)  # imports scikit-learn now: the job should fail on its tensors, not on that
+    job.dataset.load(
+        True, settings
+    )  # imports scikit-learn now: the job should fail on its tensors, not on that
     plan = plan_job(job)
     assert plan.memory_estimate_bytes > 100 * MIB
-    payload = {**plan.payload, "memory_estimate_bytes": MIB, "memory_allowance_bytes": 32 * MIB}
+    payload = plan.payload.model_copy(
+        update={"memory_estimate_bytes": MIB, "memory_allowance_bytes": 32 * MIB}
+    )
     events = list(train(payload))
     assert events[-1].kind == "failed", events[-1]
     assert events[-1].error.startswith("out of memory: the job went over its memory allowance of 32 MiB")
@@ -84,15 +90,13 @@ def test_a_finished_job_reports_its_estimate_beside_its_measurement() -> None:
     done = list(train(plan.payload))[-1]
     assert done.kind == "done", done
     memory = done.memory
-    assert memory["estimated_bytes"] == plan.memory_estimate_bytes
-    assert 0 < memory["measured_peak_bytes"] < plan.memory_estimate_bytes
-    assert "saved_tensors_hooks" in memory["how"]
-    assert plan.memory_allowance_bytes > plan.memory_estimate_bytes
+    assert memory.estimated_bytes == plan.memory_estimate_bytes
+    assert 0 < memory.measured_peak_bytes < plan.memory_estimate_bytes
+    assert "saved_tensors_hooks" in memory.how
+    assert plan.payload.memory_allowance_bytes > plan.memory_estimate_bytes
 
 
 def test_the_planner_refuses_past_the_limit_with_the_breakdown(monkeypatch) -> None:
-    from app.core.config import settings
-
     monkeypatch.setattr(settings, "max_job_memory_bytes", 100_000)
     with pytest.raises(LimitError) as caught:
         plan_job(JobCreate.model_validate(digits_job(DIGITS_MLP, device="cpu")))
@@ -105,10 +109,10 @@ def test_the_planner_refuses_past_the_limit_with_the_breakdown(monkeypatch) -> N
 def test_the_store_keeps_a_finished_jobs_memory(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     store.create("a", {"x": 1}, 123)
-    memory = {"estimated_bytes": 123, "measured_peak_bytes": 100, "how": "test"}
-    metrics = {"train_loss": 1.0, "val_loss": 1.0, "val_accuracy": None}
-    assert store.finish("a", "succeeded", metrics=metrics, memory=memory)
+    memory = JobMemory(estimated_bytes=123, measured_peak_bytes=100, how="test")
+    metrics = Metrics(train_loss=1.0, val_loss=1.0, val_accuracy=None)
+    assert store.finish("a", JobStatus.SUCCEEDED, metrics=metrics, memory=memory)
     job = store.get("a")
-    assert job["memory"] == memory
-    assert JobPublic.model_validate(job).memory.measured_peak_bytes == 100
+    assert job.memory == memory
+    assert JobPublic.of(job).memory.measured_peak_bytes == 100
     store.close()

@@ -45,7 +45,7 @@ def job(api: TestClient) -> dict:
 
 
 def validation_split() -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits validation split as app/jobs/datasets.py makes it (val_fraction 0.2, split_seed 0)."""
+    """The digits validation split as layers/training/datasets.py makes it (val_fraction 0.2, seed 0)."""
     digits = load_digits()
     x = torch.tensor(digits.data, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
     y = torch.tensor(digits.target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,12 +13,19 @@ from safetensors.torch import load
 from sklearn.datasets import load_digits
 from torch import nn
 
+from app.core.config import settings
 from app.examples import DIGITS_MLP
-from app.jobs.datasets import AnyDataset, DigitsDataset, InlineDataset, SyntheticDataset
 from app.jobs.train import train
 from layers import ModelSpec
 from layers.analysis.trace import trace_model
 from layers.language.errors import SpecError
+from layers.training.datasets import (
+    AnyDataset,
+    DigitsDataset,
+    InlineDataset,
+    SyntheticDataset,
+    bounded_datasets,
+)
 from layers.training.losses import LOSS_SPECS, AnyLoss, Targets
 from layers.training.optimizers import OPTIMIZER_SPECS, AnyOptimizer
 
@@ -130,18 +138,18 @@ def test_loss_checks_output_against_targets() -> None:
 
 
 def test_digits_are_sklearns_digits_scaled() -> None:
-    x, y = DigitsDataset().load(True)
+    x, y = DigitsDataset().load(True, settings)
     digits = load_digits()
     assert x.shape == (1797, 1, 8, 8) and x.dtype == torch.float32
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0
     torch.testing.assert_close(x.reshape(1797, 64) * 16, torch.tensor(digits.data, dtype=torch.float32))
     assert y.tolist() == digits.target.tolist()
-    info = DigitsDataset().describe(True)
+    info = DigitsDataset().describe(True, settings)
     assert (info.samples, info.sample_shape, info.targets.num_classes) == (1797, (1, 8, 8), 10)
 
 
 def test_split_is_fixed_by_the_dataset_seed() -> None:
-    x, y = DigitsDataset().load(True)
+    x, y = DigitsDataset().load(True, settings)
     a, b = DigitsDataset().split(x, y), DigitsDataset().split(x, y)
     assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
     assert a[0].shape[0] + a[2].shape[0] == 1797 and a[2].shape[0] == round(1797 * 0.2)
@@ -152,17 +160,19 @@ def test_split_is_fixed_by_the_dataset_seed() -> None:
 @pytest.mark.parametrize("dtype", ["float32", "int64"])
 def test_synthetic_data_has_the_requested_shape_and_is_seeded(dtype: str) -> None:
     spec = SyntheticDataset(shape=[3, 5], samples=64, num_classes=4, dtype=dtype)
-    x, y = spec.load(True)
+    x, y = spec.load(True, settings)
     assert x.shape == (64, 3, 5) and str(x.dtype) == f"torch.{dtype}"
     assert y.shape == (64,) and int(y.min()) >= 0 and int(y.max()) < 4
-    assert torch.equal(spec.load(True)[0], x)
+    assert torch.equal(spec.load(True, settings)[0], x)
     reg = SyntheticDataset(task="regression", shape=[6], samples=32, targets=2, noise=0.1)
-    assert reg.load(False)[1].shape == (32, 2) and reg.describe(False).targets.shape == (2,)
+    assert reg.load(False, settings)[1].shape == (32, 2) and reg.describe(False, settings).targets.shape == (
+        2,
+    )
 
 
 def test_inline_data_is_checked() -> None:
     ok = InlineDataset(x=[[0, 1], [1, 0], [1, 1]], y=[0, 1, 1])
-    info = ok.describe(True)
+    info = ok.describe(True, settings)
     assert (info.samples, info.sample_shape, info.targets.num_classes) == (3, (2,), 2)
     for bad, field in [
         ({"x": [[0, 1], [1]], "y": [0, 1]}, "x"),  # ragged
@@ -171,14 +181,37 @@ def test_inline_data_is_checked() -> None:
         ({"x": [["a", 1], [1, 0]], "y": [0, 1]}, "x"),  # not numbers
     ]:
         with pytest.raises(SpecError) as e:
-            InlineDataset(**bad).describe(True)
+            InlineDataset(**bad).describe(True, settings)
         assert e.value.loc[:2] == ("dataset", field), bad
+
+
+def test_the_service_bounds_dataset_sizes_by_the_limits_it_passes() -> None:
+    limits = SimpleNamespace(max_dataset_samples=4, max_dataset_numel=12, max_input_rank=3)
+    bounded = TypeAdapter(bounded_datasets(limits))
+    synthetic = {"name": "synthetic", "shape": [3]}
+    for dataset, loc in [
+        ({**synthetic, "samples": 5}, ("samples",)),
+        ({"name": "inline", "x": [[0.0]] * 5, "y": [0] * 4}, ("x",)),
+        ({"name": "inline", "x": [[0.0]] * 4, "y": [0] * 5}, ("y",)),
+    ]:
+        DATASET.validate_python(dataset)  # the spec language alone has no such limit
+        with pytest.raises(ValidationError) as e:
+            bounded.validate_python(dataset)
+        assert e.value.errors()[0]["loc"][1:] == loc, dataset
+    with pytest.raises(SpecError) as e:  # limits checked on the data itself, as the API describes it
+        bounded.validate_python({**synthetic, "samples": 4, "shape": [4]}).describe(True, limits)
+    assert e.value.loc == ("dataset", "samples") and e.value.ctx == {"limit": 12, "got": 16}
+    schema = bounded.json_schema()["$defs"]
+    assert schema["SyntheticDataset"]["properties"]["samples"]["maximum"] == 4
+    assert schema["InlineDataset"]["properties"]["x"]["maxItems"] == 4
+    assert schema["SyntheticDataset"]["description"] == SyntheticDataset.model_json_schema()["description"]
 
 
 def payload(model: dict, dataset: dict, loss: dict, **extra: object) -> dict:
     """What the API sends a worker, made the way app.jobs.plan makes it."""
     spec = ModelSpec.model_validate(model)
-    info = DATASET.validate_python(dataset).describe(LOSS.validate_python(loss).task == "classification")
+    classification = LOSS.validate_python(loss).task == "classification"
+    info = DATASET.validate_python(dataset).describe(classification, settings)
     traced = trace_model(spec, (2, *info.sample_shape), info.dtype)
     return {
         "model": traced.spec.model_dump(),

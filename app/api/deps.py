@@ -1,4 +1,5 @@
-"""Dependencies of the routes, as ``Annotated`` aliases: the API lock (key and rate limit)."""
+"""Dependencies of the routes, as ``Annotated`` aliases: the API lock (key and rate limit), the
+job engine (the routes' only way to the jobs) and one job of the caller's."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from app.core.security import API_KEY_HEADER, APILock, Caller
+from app.jobs.domain import Job
+from app.jobs.engine import JobEngine
 
 api_key_header = APIKeyHeader(
     name=API_KEY_HEADER,
@@ -57,3 +60,26 @@ GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "an API key is required (the server has MB_API_KEYS) and none valid was sent"},
     429: {"description": "rate limited (MB_RATE_LIMIT_PER_S); retry after Retry-After seconds"},
 }
+
+
+def get_engine(request: Request) -> JobEngine:
+    engine = getattr(request.app.state, "jobs", None)
+    if engine is None:
+        raise HTTPException(503, "training jobs are not available: the app was started without its lifespan")
+    return engine
+
+
+EngineDep = Annotated[JobEngine, Depends(get_engine)]
+
+
+def get_job(job_id: str, engine: EngineDep, caller: CallerDep) -> Job:
+    """The job, if it exists and ``caller`` may see it: its creator's key, or an admin's.
+    Another key's job is a 404, as if it did not exist (and it is not read: the store filters by
+    owner)."""
+    job = engine.job(job_id, owner=None if caller.admin else caller.owner)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+JobDep = Annotated[Job, Depends(get_job)]

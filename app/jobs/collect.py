@@ -24,8 +24,9 @@ import uuid
 from typing import Any
 
 from app.jobs import ray_runtime
+from app.jobs.domain import ACTIVE, JobMemory, JobStatus, Metrics
 from app.jobs.retention import job_dir
-from app.jobs.store import ACTIVE, JobStore
+from app.jobs.store import JobStore
 from app.jobs.weights import remove_weights, write_weights
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class Collector:
                     self._collect(job_id, handle, result)
                     return
                 job = self.store.get(job_id, with_request=False)
-                if job is None or job["status"] not in ACTIVE:
+                if job is None or job.status not in ACTIVE:
                     return
         except Exception:  # the reapers poll this job from now on
             log.exception("watching job %s failed", job_id)
@@ -110,17 +111,22 @@ class Collector:
             return False
         except (OSError, ValueError) as e:
             reason = f"the trained weights could not be stored under MB_DATA_DIR: {type(e).__name__}: {e}"
-            finished = self.store.finish(job_id, "failed", reason)
+            finished = self.store.finish(job_id, JobStatus.FAILED, reason)
             ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
             return finished
+        memory = None if result["memory"] is None else JobMemory.model_validate(result["memory"])
         finished = self.store.finish(
             job_id,
-            "succeeded",
-            metrics=result["metrics"],
+            JobStatus.SUCCEEDED,
+            metrics=Metrics.model_validate(result["metrics"]),
             duration_s=result["duration_s"],
-            memory=result["memory"],
+            memory=memory,
         )
-        if not finished and (self.store.get(job_id, with_request=False) or {}).get("status") != "succeeded":
+        if not finished and not self._succeeded(job_id):
             remove_weights(directory)  # cancelled meanwhile: nothing to keep
         ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
         return finished
+
+    def _succeeded(self, job_id: str) -> bool:
+        job = self.store.get(job_id, with_request=False)
+        return job is not None and job.status == JobStatus.SUCCEEDED

@@ -24,16 +24,19 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
 from app.core.config import settings
 from app.jobs import ray_runtime
 from app.jobs.collect import Collector
+from app.jobs.domain import TERMINAL, Job, JobStatus
 from app.jobs.plan import JobPlan
+from app.jobs.retention import pruning, remove_job_files
 from app.jobs.store import JobStore, StoreUnavailable
+from app.jobs.train import TrainPayload
 from app.jobs.worker import MAX_CONCURRENCY, JobActor
+from app.schemas.jobs import JobCreate
 from layers.language.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -52,7 +55,8 @@ class BackendDown(Exception):
 
 
 class JobEngine:
-    """Submits and cancels jobs, and runs this process's reaper; owns the job store."""
+    """Submits, reads, cancels and deletes jobs, and runs this process's reaper; owns the job
+    store, which the routes reach only through it."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store  # not touched here: the API starts even with the database down
@@ -89,17 +93,18 @@ class JobEngine:
             )
         return 1 if device == "cuda" or (device == "auto" and gpus >= 1) else 0
 
-    def submit(self, request: dict, plan: JobPlan, device: str, owner: str | None = None) -> dict:
+    def submit(self, job: JobCreate, plan: JobPlan, owner: str | None = None) -> Job:
         """Store and start a job: the job as queued (a fast worker may already run it).
 
         Raises ``SpecError`` (device), ``QueueFull``, ``BackendDown`` or ``StoreUnavailable``.
         """
         self._check_room()  # first: a full queue or a database that is down never touches Ray
-        num_gpus = self.check_device(device)
+        num_gpus = self.check_device(job.device)
         with self._lock:  # per process; several processes may overshoot the limit by one each
             self._check_room()
             job_id = uuid.uuid4().hex
-            self.store.create(job_id, request, plan.memory_estimate_bytes, owner=owner)
+            request, memory = job.model_dump(mode="json"), plan.memory_estimate_bytes
+            self.store.create(job_id, request, memory, owner=owner, time_limit_s=job.time_limit_s)
             queued = self.store.get(job_id)
             try:
                 self._start_actor(job_id, plan.payload, num_gpus)
@@ -113,30 +118,32 @@ class JobEngine:
         if self.store.count_active() >= settings.max_queued_jobs:
             raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
 
-    def _start_actor(self, job_id: str, payload: dict, num_gpus: int) -> None:
+    def _start_actor(self, job_id: str, payload: TrainPayload, num_gpus: int) -> None:
         data_dir = settings.data_dir.resolve()
-        payload = {**payload, "job_id": job_id, "artifact_dir": str(data_dir / "jobs" / job_id)}
+        payload = payload.model_copy(
+            update={"job_id": job_id, "artifact_dir": str(data_dir / "jobs" / job_id)}
+        )
         url = settings.database_url.get_secret_value() if settings.database_url else None
         ray_runtime.start_actor(
             JobActor,
             ray_runtime.actor_name(job_id),
-            (job_id, payload, str(data_dir), url),
+            (job_id, payload.model_dump(mode="json"), str(data_dir), url),
             num_gpus=num_gpus,
             max_restarts=settings.max_restarts,
-            memory=payload.get("memory_allowance_bytes"),  # the allowance the worker holds it to
+            memory=payload.memory_allowance_bytes,  # the allowance the worker holds it to
             max_concurrency=MAX_CONCURRENCY,
         )
 
     def _forget(self, job_id: str) -> None:
         try:
-            self.store.finish(job_id, "failed", "the job could not be started on Ray")
+            self.store.finish(job_id, JobStatus.FAILED, "the job could not be started on Ray")
             self.store.delete(job_id)
         except Exception:  # the store is down too: the reaper fails the row once START_GRACE_S is past
             log.exception("could not remove job %s after Ray refused it", job_id)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued or running job (its actor is killed at once); False when it had finished."""
-        if not self.store.finish(job_id, "cancelled", "cancelled by request"):
+        if not self.store.finish(job_id, JobStatus.CANCELLED, "cancelled by request"):
             return False
         self._kill(job_id)
         return True
@@ -147,6 +154,31 @@ class JobEngine:
             ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
         except Exception:  # the job is already finished in the store; its writes are refused
             log.exception("could not kill the actor of job %s", job_id)
+
+    # Reads and deletes: the routes' way to the store.
+
+    def job(self, job_id: str, *, with_request: bool = True, owner: str | None = None) -> Job | None:
+        """The job (only ``owner``'s, when given: another's is not even read); None when there is none."""
+        return self.store.get(job_id, with_request=with_request, owner=owner)
+
+    def jobs(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[Job], int]:
+        """A page of jobs (of ``owner`` when given), newest first, without requests; and their count."""
+        return self.store.list(offset, limit, owner)
+
+    def events_after(self, job_id: str, seq: int) -> list[tuple[int, str, dict]]:
+        """The job's events after number ``seq``: ``(seq, kind, data)``, oldest first."""
+        return self.store.events_after(job_id, seq)
+
+    def delete(self, job: Job) -> bool:
+        """Delete a finished job with its files and events; False when it was already gone."""
+        assert job.status in TERMINAL
+        remove_job_files(job.id)  # files first: a failure leaves the job listed, to delete again
+        return self.store.delete(job.id)
+
+    def ping(self) -> str:
+        """The store's database in words, once it answered; ``StoreUnavailable`` when it does not."""
+        self.store.ping()
+        return self.store.database
 
     def close(self) -> None:
         """Stop this process's reaper. Jobs keep running: they belong to Ray, not to this process."""
@@ -172,43 +204,42 @@ class JobEngine:
         ray_up = ray_runtime.started() and ray_runtime.alive()
         failed, waiting = [], {}
         for job in self.store.active():
-            name = ray_runtime.actor_name(job["id"])
+            name = ray_runtime.actor_name(job.id)
             state = ray_runtime.actor_state(name) if ray_up else "UNKNOWN"
-            if state == "ALIVE" and job["status"] == "running" and self.collector.poll(job["id"]):
+            if state == "ALIVE" and job.status == JobStatus.RUNNING and self.collector.poll(job.id):
                 continue  # it succeeded: a run that ends after its limit, but before the reaper, counts
             if state in WAITING:
-                waiting[job["id"]] = self._waiting_since.get(job["id"], now)
-            reason = verdict(job, state, waiting.get(job["id"]), now)
-            if reason is not None and self.store.finish(job["id"], "failed", reason):
-                log.warning("job %s failed by the reaper: %s", job["id"], reason)
-                failed.append(job["id"])
+                waiting[job.id] = self._waiting_since.get(job.id, now)
+            reason = verdict(job, state, waiting.get(job.id), now)
+            if reason is not None and self.store.finish(job.id, JobStatus.FAILED, reason):
+                log.warning("job %s failed by the reaper: %s", job.id, reason)
+                failed.append(job.id)
                 if ray_up and state is not None:
                     ray_runtime.kill_actor(name)
         self._waiting_since = waiting
         return failed
 
 
-def verdict(job: dict[str, Any], actor: str | None, waiting_since: float | None, now: float) -> str | None:
+def verdict(job: Job, actor: str | None, waiting_since: float | None, now: float) -> str | None:
     """Why an active ``job`` must fail, or None. ``actor``: its actor's state, None when it has no
     live actor; ``waiting_since``: since when its actor has been waiting for a worker."""
-    limit = (job.get("request") or {}).get("time_limit_s") or settings.max_job_seconds
-    started_at = _seconds(job.get("started_at"))
-    if started_at is not None and now > started_at + limit + KILL_GRACE_S:
+    limit = job.time_limit_s or settings.max_job_seconds
+    if job.started_at is not None and now > job.started_at + limit + KILL_GRACE_S:
         return f"timed out: the job ran past its {limit:g} s limit and was killed"
     if actor is None:
-        if now - _seconds(job["created_at"]) > START_GRACE_S:
+        if now - job.created_at > START_GRACE_S:
             return (
                 "the job's worker is gone: the Ray node running it died, Ray was restarted, or the "
                 f"worker died more than MB_MAX_RESTARTS ({settings.max_restarts}) times"
             )
         return None
-    if job["status"] == "queued" and now - _seconds(job["created_at"]) > settings.max_queue_seconds:
+    if job.status == JobStatus.QUEUED and now - job.created_at > settings.max_queue_seconds:
         return (
             f"no worker took the job within MB_MAX_QUEUE_SECONDS ({settings.max_queue_seconds:g} s): "
             "the cluster had no room for it (busy, or without the CPU or GPU it asks for)"
         )
     if (
-        job["status"] == "running"
+        job.status == JobStatus.RUNNING
         and waiting_since is not None
         and now - waiting_since > settings.max_queue_seconds
     ):
@@ -219,23 +250,17 @@ def verdict(job: dict[str, Any], actor: str | None, waiting_since: float | None,
     return None
 
 
-def _seconds(value: Any) -> float | None:
-    """A store timestamp as epoch seconds (the store may hand out floats or datetimes)."""
-    if value is None or isinstance(value, (int, float)):
-        return value
-    return value.timestamp()
-
-
 @asynccontextmanager
 async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the job store, start this process's reaper and, if eager, start or join Ray."""
+    """Open the job store, start this process's reaper and retention and, if eager, start or join Ray."""
     engine = JobEngine(JobStore.from_settings())
     app.state.jobs = engine
     engine.start_reaper()
     if settings.ray_eager_start:
         threading.Thread(target=_start_quietly, args=(engine,), name="ray-start", daemon=True).start()
     try:
-        yield
+        async with pruning(engine.store):
+            yield
     finally:
         engine.close()
 

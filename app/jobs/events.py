@@ -5,44 +5,26 @@ the store. Events, in order: ``started`` (device, node; on a resumed run the epo
 checkpoint holds, whose ``epoch`` events are then sent again: the store keeps each epoch once),
 ``progress`` every N steps, ``epoch`` after each epoch's validation,
 then ``done`` (final metrics and the trained weights' bytes) or ``failed`` (a clear reason).
+Their contents are the job domain's models (``app.jobs.domain``), which the API shows as they are.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.jobs.domain import EpochResult, JobMemory, Metrics, NodeInfo, Progress
 
 
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Progress(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epoch: int
-    step: int
-    steps_total: int
-    loss: float
-
-
-class EpochEntry(BaseModel):
-    """One line of a job's history."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    epoch: int
-    step: int
-    train_loss: float
-    val_loss: float
-    val_accuracy: float | None
-
-
 class Started(Event):
     kind: Literal["started"] = "started"
     device: str
-    node: dict[str, Any]
+    node: NodeInfo
     resumed_from_epoch: int = Field(0, description="epochs restored from a checkpoint (0: a fresh run)")
 
 
@@ -53,15 +35,15 @@ class ProgressEvent(Event):
 
 class EpochEvent(Event):
     kind: Literal["epoch"] = "epoch"
-    entry: EpochEntry
+    entry: EpochResult
     progress: Progress
 
 
 class Done(Event):
     kind: Literal["done"] = "done"
-    metrics: dict[str, float | None]
+    metrics: Metrics
     duration_s: float
-    memory: dict[str, Any] | None = None  # measured memory (app.jobs.measure)
+    memory: JobMemory | None = None  # measured memory (app.jobs.measure)
     weights: bytes = Field(b"", repr=False)  # a safetensors file (app.jobs.weights.serialize_weights)
 
 
@@ -71,4 +53,3 @@ class Failed(Event):
 
 
 WorkerEvent = Annotated[Started | ProgressEvent | EpochEvent | Done | Failed, Field(discriminator="kind")]
-WORKER_EVENT: TypeAdapter[WorkerEvent] = TypeAdapter(WorkerEvent)

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 
+from app.jobs.domain import JobMemory
 from layers.analysis.memory import optimizer_state_bytes, storage_bytes
 
 
-class JobMemory:
+class MemoryMeter:
     def __init__(self, model: torch.nn.Module, device: torch.device, estimated_bytes: int | None) -> None:
         self.model, self.device, self.estimated = model, device, estimated_bytes
         self.saved = self.parameters = self.gradients = self.optimizer_state = 0
@@ -46,7 +46,7 @@ class JobMemory:
         self.gradients = storage_bytes([p.grad for p in params if p.grad is not None])
         self.optimizer_state = optimizer_state_bytes(optimizer)
 
-    def result(self) -> dict[str, Any]:
+    def result(self) -> JobMemory:
         if self.device.type == "cuda":
             measured = torch.cuda.max_memory_allocated(self.device)
             how = "torch.cuda.max_memory_allocated over the whole run (training and validation)"
@@ -56,4 +56,4 @@ class JobMemory:
                 "CPU: parameters + gradients + optimizer state + bytes saved for backward in the first "
                 "step, measured with saved_tensors_hooks on the real tensors"
             )
-        return {"estimated_bytes": self.estimated, "measured_peak_bytes": measured, "how": how}
+        return JobMemory(estimated_bytes=self.estimated, measured_peak_bytes=measured, how=how)

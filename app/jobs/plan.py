@@ -14,30 +14,56 @@ import threading
 from dataclasses import dataclass
 
 from app.core.config import settings
+from app.core.spec_limits import check_model
+from app.jobs.train import TrainPayload
 from app.schemas.jobs import JobCreate
-from layers.analysis.summary import summarize
+from layers.analysis.summary import ModelSummary, summarize
 from layers.language.base import ContainerSpec
 from layers.language.errors import LimitError, ShapeError, SpecError
+from layers.training.datasets import DatasetInfo
 
 
 @dataclass(frozen=True)
 class JobPlan:
-    payload: dict  # what the worker is sent (see app.jobs.train.TrainPayload)
+    payload: TrainPayload  # what the worker is sent (the engine adds the job's id and directory)
     memory_estimate_bytes: int
-    memory_allowance_bytes: int  # what the worker holds the job to (app.jobs.memory_guard)
-    steps_total: int
 
 
 def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPlan:
     """Check ``job`` against its dataset and the limits; raise ``SpecError`` at the offending field.
 
     Once ``cancelled`` is set the model's trace stops (``layers.analysis.budget.TraceCancelled``)."""
-    try:
-        job.model.check_limits(settings.max_layers, settings.max_nesting)
-    except SpecError as e:
-        raise e.under("model") from e
-    classification = job.loss.task == "classification"
-    info = job.dataset.describe(classification)
+    check_model(job.model)
+    info = job.dataset.describe(job.loss.task == "classification", settings)
+    _check_steps(job, info)
+    summary = _trace(job, info, cancelled)
+    _check_token_ids(job, info.tokens)
+    last = ("model", "layers", len(job.model.layers) - 1)
+    output = tuple(summary.output_shape[1:])
+    job.loss.check(output, info.targets, last)
+    memory = _check_memory(job, summary, info)
+    allowance = math.ceil(memory * settings.job_memory_factor) + settings.job_memory_slack_bytes
+    payload = TrainPayload(
+        model=summary.model,
+        output_shape=list(output),
+        dataset=job.dataset,
+        loss=job.loss,
+        optimizer=job.optimizer,
+        epochs=job.epochs,
+        batch_size=job.batch_size,
+        seed=job.seed,
+        device=job.device,
+        time_limit_s=job.time_limit_s or settings.max_job_seconds,
+        progress_every=settings.progress_every_steps,
+        threads=settings.worker_threads,
+        memory_estimate_bytes=memory,
+        memory_allowance_bytes=allowance,
+    )
+    return JobPlan(payload=payload, memory_estimate_bytes=memory)
+
+
+def _check_steps(job: JobCreate, info: DatasetInfo) -> None:
+    """The run trains on something, within ``MB_MAX_STEPS``."""
     train_samples = job.dataset.train_samples(info.samples)
     if train_samples == 1 and job.batch_size > 1:
         # The loop skips a batch of one sample when batch_size > 1 (BatchNorm cannot train on one),
@@ -58,8 +84,12 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
             f"{settings.max_steps}",
             {"limit": settings.max_steps, "got": steps_total},
         )
+
+
+def _trace(job: JobCreate, info: DatasetInfo, cancelled: threading.Event | None) -> ModelSummary:
+    """The model traced at a training batch of the dataset's samples, with its training memory."""
     try:
-        summary = summarize(
+        return summarize(
             job.model,
             (job.batch_size, *info.sample_shape),
             info.dtype,
@@ -70,11 +100,11 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
         )
     except SpecError as e:
         raise e.under("model") from e
-    _check_token_ids(job, info.tokens)
-    last = ("model", "layers", len(job.model.layers) - 1)
-    output = tuple(summary.output_shape[1:])
-    job.loss.check(output, info.targets, last)
 
+
+def _check_memory(job: JobCreate, summary: ModelSummary, info: DatasetInfo) -> int:
+    """The run's memory estimate, within ``MB_MAX_JOB_MEMORY_BYTES``; its weights within
+    ``MB_MAX_ARTIFACT_BYTES``."""
     # The training step's peak (weights, gradients, optimizer state, activations, temporaries)
     # and the whole dataset, which the worker moves to the device.
     step = summary.memory
@@ -96,29 +126,7 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
             f"{_gib(settings.max_artifact_bytes)}",
             {"limit": settings.max_artifact_bytes, "got": weights},
         )
-    allowance = math.ceil(memory * settings.job_memory_factor) + settings.job_memory_slack_bytes
-    payload = {
-        "model": summary.model,
-        "output_shape": list(output),
-        "dataset": job.dataset.model_dump(),
-        "loss": job.loss.model_dump(),
-        "optimizer": job.optimizer.model_dump(),
-        "epochs": job.epochs,
-        "batch_size": job.batch_size,
-        "seed": job.seed,
-        "device": job.device,
-        "time_limit_s": job.time_limit_s or settings.max_job_seconds,
-        "progress_every": settings.progress_every_steps,
-        "threads": settings.worker_threads,
-        "memory_estimate_bytes": memory,
-        "memory_allowance_bytes": allowance,
-    }
-    return JobPlan(
-        payload=payload,
-        memory_estimate_bytes=memory,
-        memory_allowance_bytes=allowance,
-        steps_total=steps_total,
-    )
+    return memory
 
 
 def _check_token_ids(job: JobCreate, tokens: int | None) -> None:

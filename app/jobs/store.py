@@ -4,7 +4,8 @@ SQLite under the data directory by default (WAL, a busy timeout: several process
 share it), or PostgreSQL named by ``MB_DATABASE_URL`` (any number of API replicas and training
 actors share it). Each process, each store, opens its own connection pool; no Python lock is held
 while the database waits. The schema is migrated with Alembic (``app/jobs/migrations``) when a
-store first connects, so a data directory from an earlier release is upgraded in place.
+store first connects, so a data directory from an earlier release is upgraded in place. Reads
+return the job domain's ``Job`` (``app.jobs.domain``); writes take its models.
 
 Every call retries a busy or lost database with backoff for ``retry_seconds``, then raises
 ``StoreUnavailable`` naming the database (a 503 on a route). Status changes out of ``queued`` /
@@ -30,23 +31,34 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from app.core.config import settings
+from app.jobs.domain import (
+    ACTIVE,
+    TERMINAL,
+    EpochResult,
+    Job,
+    JobMemory,
+    JobStatus,
+    Metrics,
+    NodeInfo,
+    Progress,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-TERMINAL = ("succeeded", "failed", "cancelled")
-ACTIVE = ("queued", "running")
 SQLITE_BUSY_S = 1.0  # one attempt's wait on a SQLite write lock; retries add up to retry_seconds
 CONNECT_TIMEOUT_S = 5
 MIGRATIONS = Path(__file__).with_name("migrations")
 PG_MIGRATION_LOCK = 0x4D42_0001  # pg_advisory_xact_lock key: one replica migrates at a time
 
 Json = sa.JSON(none_as_null=True)  # json on PostgreSQL (keeps key order), text on SQLite
+# Text in the database (the enum's values); a ``JobStatus`` in Python.
+Status = sa.Enum(JobStatus, native_enum=False, values_callable=lambda kind: [s.value for s in kind])
 metadata = sa.MetaData()
 jobs = sa.Table(
     "jobs",
     metadata,
     sa.Column("id", sa.Text, primary_key=True),
-    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("status", Status, nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("started_at", sa.Double),
     sa.Column("finished_at", sa.Double),
@@ -62,6 +74,7 @@ jobs = sa.Table(
     sa.Column("owner", sa.Text),  # sha256 hex of the creating API key, never the key
     sa.Column("restarts", sa.Integer, nullable=False),
     sa.Column("memory", Json),  # {estimated_bytes, measured_peak_bytes, how}
+    sa.Column("time_limit_s", sa.Double),  # the job's own; NULL: the server's MB_MAX_JOB_SECONDS
 )
 events = sa.Table(
     "events",
@@ -209,26 +222,35 @@ class JobStore:
     # Jobs.
 
     def create(
-        self, job_id: str, request: dict, memory_estimate_bytes: int, owner: str | None = None
+        self,
+        job_id: str,
+        request: dict,
+        memory_estimate_bytes: int,
+        owner: str | None = None,
+        time_limit_s: float | None = None,
     ) -> None:
         values = {
             "id": job_id,
-            "status": "queued",
+            "status": JobStatus.QUEUED,
             "created_at": time.time(),
             "request": request,
             "memory_estimate_bytes": memory_estimate_bytes,
             "history": [],
             "owner": owner,
             "restarts": 0,
+            "time_limit_s": time_limit_s,
         }
         self._write(lambda conn: conn.execute(jobs.insert().values(**values)))
 
-    def get(self, job_id: str, with_request: bool = True) -> dict[str, Any] | None:
+    def get(self, job_id: str, *, with_request: bool = True, owner: str | None = None) -> Job | None:
+        """The job, or None when there is none. With ``owner``, only that owner's job: another
+        owner's is not read at all (the database filters it out, so its request is never loaded)."""
         columns = list(jobs.c) if with_request else _WITHOUT_REQUEST
-        row = self._query(lambda conn: conn.execute(sa.select(*columns).where(jobs.c.id == job_id)).first())
+        where = [jobs.c.id == job_id] if owner is None else [jobs.c.id == job_id, jobs.c.owner == owner]
+        row = self._query(lambda conn: conn.execute(sa.select(*columns).where(*where)).first())
         return None if row is None else _decode(row)
 
-    def list(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[dict[str, Any]], int]:
+    def list(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[Job], int]:
         """The most recent jobs first, without their requests, and the number of stored jobs
         (of ``owner`` when given)."""
         where = [] if owner is None else [jobs.c.owner == owner]
@@ -241,7 +263,7 @@ class JobStore:
         )
         count = sa.select(sa.func.count()).select_from(jobs).where(*where)
 
-        def work(conn: Connection) -> tuple[list[dict[str, Any]], int]:
+        def work(conn: Connection) -> tuple[list[Job], int]:
             return [_decode(row) for row in conn.execute(page)], conn.execute(count).scalar_one()
 
         return self._query(work)
@@ -250,9 +272,9 @@ class JobStore:
         statement = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status.in_(ACTIVE))
         return self._query(lambda conn: conn.execute(statement).scalar_one())
 
-    def active(self) -> list[dict[str, Any]]:
-        """Every queued or running job, oldest first, with its request (for a reaper)."""
-        statement = sa.select(*jobs.c).where(jobs.c.status.in_(ACTIVE)).order_by(jobs.c.created_at)
+    def active(self) -> list[Job]:
+        """Every queued or running job, oldest first, without its request (for a reaper)."""
+        statement = sa.select(*_WITHOUT_REQUEST).where(jobs.c.status.in_(ACTIVE)).order_by(jobs.c.created_at)
         return self._query(lambda conn: [_decode(row) for row in conn.execute(statement)])
 
     def finished_before(self, before: float, limit: int = 500) -> list[str]:
@@ -265,19 +287,19 @@ class JobStore:
         )
         return self._query(lambda conn: list(conn.execute(statement).scalars()))
 
-    def mark_running(self, job_id: str, device: str, node: dict) -> bool:
+    def mark_running(self, job_id: str, device: str, node: NodeInfo) -> bool:
         statement = (
             jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status == "queued")
-            .values(status="running", started_at=time.time(), device=device, node=node)
+            .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING, started_at=time.time(), device=device, node=node.model_dump())
         )
         return self._write(lambda conn: conn.execute(statement).rowcount == 1)
 
-    def add_restart(self, job_id: str, node: dict | None = None) -> int:
+    def add_restart(self, job_id: str, node: NodeInfo | None = None) -> int:
         """Count one more restart of the job's worker (now on ``node``, when given); the new count."""
         values: dict[str, Any] = {"restarts": jobs.c.restarts + 1}
         if node is not None:
-            values["node"] = node
+            values["node"] = node.model_dump()
 
         def work(conn: Connection) -> int:
             conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
@@ -285,33 +307,35 @@ class JobStore:
 
         return self._write(work)
 
-    def record_progress(self, job_id: str, progress: dict) -> bool:
+    def record_progress(self, job_id: str, progress: Progress) -> bool:
         """Store the latest progress (and its event); False, and no change, when a report of the
         same or a later ``step`` is already there (a write retried after its commit, or a
         restarted worker replaying steps since its checkpoint): followers see each step once."""
+        data = progress.model_dump()
 
         def work(conn: Connection) -> bool:
             row = _lock_job(conn, job_id)
             if row is None or _repeats(progress, row.progress):
                 return False
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(progress=progress))
-            _add_event(conn, job_id, "progress", progress)
+            conn.execute(jobs.update().where(jobs.c.id == job_id).values(progress=data))
+            _add_event(conn, job_id, "progress", data)
             return True
 
         return self._write(work)
 
-    def record_epoch(self, job_id: str, entry: dict, progress: dict) -> bool:
+    def record_epoch(self, job_id: str, entry: EpochResult, progress: Progress) -> bool:
         """Append an epoch to the history (and its event); False, and no change, when that epoch
         is already there (a restarted worker reporting it again)."""
+        data = entry.model_dump()
 
         def work(conn: Connection) -> bool:
             row = _lock_job(conn, job_id)
             history = None if row is None else row.history
-            if history is None or any(h.get("epoch") == entry.get("epoch") for h in history):
+            if history is None or any(h.get("epoch") == entry.epoch for h in history):
                 return False
             statement = jobs.update().where(jobs.c.id == job_id)
-            conn.execute(statement.values(history=[*history, entry], progress=progress))
-            _add_event(conn, job_id, "epoch", entry)
+            conn.execute(statement.values(history=[*history, data], progress=progress.model_dump()))
+            _add_event(conn, job_id, "epoch", data)
             return True
 
         return self._write(work)
@@ -327,20 +351,20 @@ class JobStore:
     def finish(
         self,
         job_id: str,
-        status: str,
+        status: JobStatus,
         error: str | None = None,
-        metrics: dict | None = None,
+        metrics: Metrics | None = None,
         duration_s: float | None = None,
-        memory: dict | None = None,
+        memory: JobMemory | None = None,
     ) -> bool:
         """Move an active job to ``status``; False (and no change) when it had already finished."""
         assert status in TERMINAL
         now = time.time()
         values: dict[str, Any] = {"status": status, "error": error, "finished_at": now}
         if metrics is not None:
-            values["metrics"] = metrics
+            values["metrics"] = metrics.model_dump()
         if memory is not None:
-            values["memory"] = memory
+            values["memory"] = memory.model_dump()
         values["duration_s"] = (
             duration_s
             if duration_s is not None
@@ -348,15 +372,6 @@ class JobStore:
         )
         statement = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)).values(**values)
         return self._write(lambda conn: conn.execute(statement).rowcount == 1)
-
-    def fail_active(self, reason: str) -> int:
-        """Fail every job left queued or running; how many there were."""
-        statement = (
-            jobs.update()
-            .where(jobs.c.status.in_(ACTIVE))
-            .values(status="failed", error=reason, finished_at=time.time())
-        )
-        return self._write(lambda conn: conn.execute(statement).rowcount)
 
     def delete(self, job_id: str) -> bool:
         """Remove a finished job and its events; False (and no change) when it is missing or active."""
@@ -378,10 +393,10 @@ def _lock_job(conn: Connection, job_id: str) -> sa.Row | None:
     return conn.execute(statement).first()
 
 
-def _repeats(new: dict, last: dict | None) -> bool:
-    """Whether progress ``new`` is at or before the ``last`` stored one (both must have a step)."""
-    step, last_step = new.get("step"), (last or {}).get("step")
-    return isinstance(step, int) and isinstance(last_step, int) and step <= last_step
+def _repeats(new: Progress, last: dict | None) -> bool:
+    """Whether progress ``new`` is at or before the ``last`` stored one."""
+    last_step = (last or {}).get("step")
+    return isinstance(last_step, int) and new.step <= last_step
 
 
 def _add_event(conn: Connection, job_id: str, kind: str, data: dict) -> None:
@@ -389,10 +404,8 @@ def _add_event(conn: Connection, job_id: str, kind: str, data: dict) -> None:
     conn.execute(events.insert().values(job_id=job_id, seq=(last or 0) + 1, kind=kind, data=data))
 
 
-def _decode(row: sa.Row) -> dict[str, Any]:
-    job = dict(row._mapping)
-    job.setdefault("request", None)
-    return job
+def _decode(row: sa.Row) -> Job:
+    return Job.model_validate(dict(row._mapping))
 
 
 def _reason(error: Exception) -> str:

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from app.core.config import settings
-from app.jobs.datasets import DatasetInfo
+from app.jobs.domain import Job
 from app.jobs.weights import load_weights
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
 from layers.language.base import shape_str
 from layers.language.errors import LimitError, ShapeError
+from layers.training.datasets import DatasetInfo
 from layers.training.losses import LossSpec
 
 POOL = ThreadPoolExecutor(max_workers=settings.predict_threads, thread_name_prefix="predict")
@@ -55,16 +56,16 @@ class TrainedModels:
         self._models: OrderedDict[tuple[str, str], TrainedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, job: dict, weights: Path, sha256: str) -> TrainedModel:
-        key = (job["id"], sha256)
+    def get(self, job: Job, weights: Path, sha256: str) -> TrainedModel:
+        key = (job.id, sha256)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        request = JobCreate.model_validate(job["request"])
+        request = JobCreate.model_validate(job.request)
         spec, module = load_weights(weights)
-        data = request.dataset.describe(request.loss.task == "classification")
-        model = TrainedModel(job["id"], sha256, spec, module, request, data)
+        data = request.dataset.describe(request.loss.task == "classification", settings)
+        model = TrainedModel(job.id, sha256, spec, module, request, data)
         with self._lock:
             self._models[key] = model
             while len(self._models) > self.size:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.jobs.domain import JobStatus, NodeInfo
 from app.jobs.events import Done, EpochEvent, Failed, ProgressEvent, Started, WorkerEvent
 from app.jobs.store import JobStore
 from app.jobs.train import node_info, train
@@ -49,10 +50,10 @@ class Handoff:
 
     def publish(self, done: Done) -> None:
         self._weights = done.weights
-        self._result = {
-            "metrics": done.metrics,
+        self._result = {  # plain values: any API process reads them, through Ray
+            "metrics": done.metrics.model_dump(),
             "duration_s": done.duration_s,
-            "memory": done.memory,
+            "memory": None if done.memory is None else done.memory.model_dump(),
             "size_bytes": len(done.weights),
             "sha256": hashlib.sha256(done.weights).hexdigest(),
             "chunks": math.ceil(len(done.weights) / CHUNK_BYTES),
@@ -92,9 +93,6 @@ class JobActor:
         args = (job_id, payload, data_dir, database_url, node, self.restarted)
         threading.Thread(target=self._run, args=args, name=f"job-{job_id[:8]}", daemon=True).start()
 
-    def ping(self) -> bool:
-        return True
-
     def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:
         return self.handoff.result(claimant, wait_s)
 
@@ -125,7 +123,7 @@ def _end_self() -> None:
 
 
 def run(
-    job_id: str, payload: dict, data_dir: str, database_url: str | None, node: dict, restarted: bool
+    job_id: str, payload: dict, data_dir: str, database_url: str | None, node: NodeInfo, restarted: bool
 ) -> Done | None:
     """Train ``payload``, writing each event of job ``job_id`` to the store; the ``Done`` event of a
     successful run (the job is still ``running``: the API finishes it), else None."""
@@ -139,9 +137,8 @@ def run(
         return None
     except Exception as e:
         first_line = (str(e).strip().splitlines() or [""])[0]
-        store.finish(
-            job_id, "failed", f"the worker could not record the job: {type(e).__name__}: {first_line}"
-        )
+        reason = f"the worker could not record the job: {type(e).__name__}: {first_line}"
+        store.finish(job_id, JobStatus.FAILED, reason)
         raise
     finally:
         store.close()
@@ -157,16 +154,16 @@ def record(store: JobStore, job_id: str, event: WorkerEvent, restarted: bool) ->
                     store.add_restart(job_id, event.node)
                 return True
             job = store.get(job_id, with_request=False)
-            if not restarted or job is None or job["status"] != "running":
+            if not restarted or job is None or job.status != JobStatus.RUNNING:
                 return False  # cancelled, reaped or finished meanwhile
             store.add_restart(job_id, event.node)
             return True
         case ProgressEvent():
-            store.record_progress(job_id, event.progress.model_dump())
+            store.record_progress(job_id, event.progress)
             return True
         case EpochEvent():  # idempotent per epoch: a resumed run reports its checkpoint's again
-            store.record_epoch(job_id, event.entry.model_dump(), event.progress.model_dump())
+            store.record_epoch(job_id, event.entry, event.progress)
             return True
         case Failed():
-            store.finish(job_id, "failed", event.error)
+            store.finish(job_id, JobStatus.FAILED, event.error)
     return False

@@ -1,29 +1,34 @@
-"""Schemas of the training-job endpoints: ``JobCreate`` in, ``JobPublic`` / ``JobsPublic`` out."""
+"""Schemas of the training-job endpoints: ``JobCreate`` in, ``JobPublic`` / ``JobsPublic`` out.
+
+The parts of a job shown as they are stored (status, node, history, progress, metrics, memory)
+are the job domain's models (``app.jobs.domain``), shared with the worker that reports them.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from app.core.config import settings
-from app.jobs.datasets import AnyDataset
+from app.jobs.domain import EpochResult, Job, JobMemory, JobStatus, Metrics, NodeInfo, Progress
 from app.jobs.retention import job_dir
 from app.jobs.weights import weights_info
 from layers import ModelSpec
 from layers.language.spec import SpecModel
+from layers.training.datasets import bounded_datasets
 from layers.training.losses import AnyLoss
 from layers.training.optimizers import AnyOptimizer
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobDataset = bounded_datasets(settings)  # every dataset kind, within this server's limits
 
 
 class JobCreate(SpecModel):
     """A short training run: a model, the data, the loss and the optimizer."""
 
     model: ModelSpec
-    dataset: AnyDataset
+    dataset: JobDataset
     loss: AnyLoss
     optimizer: AnyOptimizer
     epochs: int = Field(5, gt=0, le=settings.max_epochs)
@@ -37,40 +42,6 @@ class JobCreate(SpecModel):
     time_limit_s: float | None = Field(
         None, gt=0, le=settings.max_job_seconds, description="wall-time limit, at most the server's"
     )
-
-
-class EpochResult(BaseModel):
-    epoch: int
-    step: int = Field(description="optimizer steps so far")
-    train_loss: float = Field(description="mean training loss over the epoch")
-    val_loss: float
-    val_accuracy: float | None = Field(description="share of correct validation predictions (classification)")
-
-
-class Metrics(BaseModel):
-    train_loss: float
-    val_loss: float
-    val_accuracy: float | None
-
-
-class Progress(BaseModel):
-    epoch: int
-    step: int
-    steps_total: int
-    loss: float = Field(description="training loss of the latest step")
-
-
-class NodeInfo(BaseModel):
-    node_id: str = Field(description="the Ray node the worker ran on")
-    ip: str
-    hostname: str
-    pid: int = Field(description="the worker process")
-
-
-class JobMemory(BaseModel):
-    estimated_bytes: int | None = Field(description="the plan's estimate: training step peak plus data")
-    measured_peak_bytes: int = Field(description="what the run really used (see `how`)")
-    how: str = Field(description="how it was measured on that device")
 
 
 class WeightsPublic(BaseModel):
@@ -102,17 +73,19 @@ class JobPublic(BaseModel):
         None, description="the trained weights of a succeeded job (safetensors); null when there are none"
     )
 
-    @model_validator(mode="before")
     @classmethod
-    def _weights_from_files(cls, data: Any) -> Any:
-        # Read from the job's artifact directory (app/jobs/weights.py), not from a store column.
-        if isinstance(data, dict) and "weights" not in data and data.get("status") == "succeeded":
-            info = weights_info(job_dir(data["id"]))
-            if info is not None:
-                url = f"/v1/jobs/{data['id']}/weights"
-                weights = {"size_bytes": info["size_bytes"], "sha256": info["sha256"], "url": url}
-                data = {**data, "weights": weights}
-        return data
+    def of(cls, job: Job) -> JobPublic:
+        """The job as the API shows it, with its weights when it has them."""
+        return cls.model_validate({**dict(job), "weights": _weights(job)})
+
+
+def _weights(job: Job) -> WeightsPublic | None:
+    # Read from the job's artifact directory (app/jobs/weights.py), not from a store column.
+    info = weights_info(job_dir(job.id)) if job.status == JobStatus.SUCCEEDED else None
+    if info is None:
+        return None
+    url = f"/v1/jobs/{job.id}/weights"
+    return WeightsPublic(size_bytes=info["size_bytes"], sha256=info["sha256"], url=url)
 
 
 class JobsPublic(BaseModel):

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Response
+from fastapi import APIRouter, Body, Response
 
-from app.api.deps import GUARD_RESPONSES, guard
 from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
 from app.schemas.export import ExportRequest
 
-router = APIRouter(
-    prefix="/v1/models", tags=["models"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES
-)
+router = APIRouter(prefix="/models", tags=["models"])
 
 FILES: dict[int | str, dict[str, Any]] = {
     200: {

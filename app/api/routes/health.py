@@ -51,10 +51,10 @@ def store_state(request: Request) -> tuple[str, str | None, str | None]:
     if engine is None:
         return "off", None, None
     try:
-        engine.store.ping()
+        database = engine.ping()
     except StoreUnavailable as e:
         return "down", e.database, e.reason
-    return "up", engine.store.database, None
+    return "up", database, None
 
 
 @router.get("/readyz", responses={503: {"description": "not ready: Ray or the job store is down"}})

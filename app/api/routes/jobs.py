@@ -7,23 +7,23 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.api.deps import GUARD_RESPONSES, CallerDep, guard
+from app.api.deps import CallerDep, EngineDep, JobDep
 from app.core.config import settings
 from app.core.security import Caller
 from app.core.traces import run_trace
 from app.examples import JOB_EXAMPLES
+from app.jobs.domain import TERMINAL, Job
 from app.jobs.engine import BackendDown, JobEngine, QueueFull
 from app.jobs.plan import JobPlan, plan_job
-from app.jobs.retention import remove_job_files
-from app.jobs.store import TERMINAL, StoreUnavailable
+from app.jobs.store import StoreUnavailable
 from app.schemas.jobs import JobCreate, JobPublic, JobsPublic
 from layers.analysis.budget import TraceCancelled
 
-router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES)
+router = APIRouter(tags=["jobs"])
 
 POLL_S = 0.2
 CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, but the access log does
@@ -58,29 +58,7 @@ SAME_JOB_LINKS = _links("$request.path.job_id", ReadJob=READ, DeleteJob=DELETE)
 LISTED_JOB_LINKS = _links("$response.body#/data/0/id", ReadJob=READ, CancelJob=CANCEL, DeleteJob=DELETE)
 
 
-def get_engine(request: Request) -> JobEngine:
-    engine = getattr(request.app.state, "jobs", None)
-    if engine is None:
-        raise HTTPException(503, "training jobs are not available: the app was started without its lifespan")
-    return engine
-
-
-EngineDep = Annotated[JobEngine, Depends(get_engine)]
-
-
-def get_job(job_id: str, engine: EngineDep, caller: CallerDep) -> dict:
-    """The job, if it exists and ``caller`` may see it: its creator's key, or an admin's.
-    Another key's job is a 404, as if it did not exist."""
-    job = engine.store.get(job_id)
-    if job is None or not (caller.admin or job["owner"] == caller.owner):
-        raise HTTPException(404, f"no job {job_id!r}")
-    return job
-
-
-JobDep = Annotated[dict, Depends(get_job)]
-
-
-async def _submit(job: JobCreate, engine: JobEngine, caller: Caller, http: Request) -> dict:
+async def _submit(job: JobCreate, engine: JobEngine, caller: Caller, http: Request) -> Job:
     """Check and queue ``job``: the queued job (a ``SpecError`` is a 422). The plan traces the
     model, so it takes a trace slot like a summary."""
     try:
@@ -88,9 +66,7 @@ async def _submit(job: JobCreate, engine: JobEngine, caller: Caller, http: Reque
     except TraceCancelled as e:
         raise HTTPException(CLIENT_GONE, "the client went away") from e
     try:
-        return await run_in_threadpool(
-            engine.submit, job.model_dump(mode="json"), plan, job.device, caller.owner
-        )
+        return await run_in_threadpool(engine.submit, job, plan, caller.owner)
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
     except BackendDown as e:
@@ -103,8 +79,8 @@ async def create_job(
 ) -> JobPublic:
     """Queue a training run; follow it at /v1/jobs/{id} or /v1/jobs/{id}/events."""
     submitted = await _submit(job, engine, caller, http)
-    response.headers["Location"] = f"/v1/jobs/{submitted['id']}"
-    return JobPublic.model_validate(submitted)
+    response.headers["Location"] = f"/v1/jobs/{submitted.id}"
+    return JobPublic.of(submitted)
 
 
 @router.get("/jobs", responses={**UNAVAILABLE, 200: {"links": LISTED_JOB_LINKS}})  # links: the newest
@@ -115,14 +91,14 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JobsPublic:
     """Recent jobs of the caller's key (an admin's: all), newest first, without their requests."""
-    jobs, count = engine.store.list(offset, limit, owner=None if caller.admin else caller.owner)
-    return JobsPublic(data=[JobPublic.model_validate(job) for job in jobs], count=count)
+    jobs, count = engine.jobs(offset, limit, owner=None if caller.admin else caller.owner)
+    return JobsPublic(data=[JobPublic.of(job) for job in jobs], count=count)
 
 
 @router.get("/jobs/{job_id}", responses=NOT_FOUND)
 def read_job(job: JobDep) -> JobPublic:
     """One job: status, device, per-epoch history, metrics, error."""
-    return JobPublic.model_validate(job)
+    return JobPublic.of(job)
 
 
 @router.post(
@@ -133,12 +109,12 @@ def read_job(job: JobDep) -> JobPublic:
 def cancel_job(job: JobDep, engine: EngineDep) -> JobPublic:
     """Cancel a queued or running job: 202 with the job, now `cancelled` (its worker is being
     stopped). Of several concurrent cancels (from any API process) one wins; the others get 409."""
-    if not engine.cancel(job["id"]):
-        current = engine.store.get(job["id"], with_request=False)
+    if not engine.cancel(job.id):
+        current = engine.job(job.id, with_request=False)
         if current is None:
-            raise HTTPException(404, f"no job {job['id']!r}")
-        raise HTTPException(409, f"job {job['id']} already finished ({current['status']})")
-    return JobPublic.model_validate(engine.store.get(job["id"]))
+            raise HTTPException(404, f"no job {job.id!r}")
+        raise HTTPException(409, f"job {job.id} already finished ({current.status})")
+    return JobPublic.of(engine.job(job.id))
 
 
 @router.delete(
@@ -152,11 +128,10 @@ def cancel_job(job: JobDep, engine: EngineDep) -> JobPublic:
 )
 def delete_job(job: JobDep, engine: EngineDep) -> Response:
     """Delete a finished job with everything stored with it (its request, events and files)."""
-    if job["status"] not in TERMINAL:
-        raise HTTPException(409, f"job {job['id']} is {job['status']}: cancel it first (POST .../cancel)")
-    remove_job_files(job["id"])  # files first: a failure leaves the job listed, to delete again
-    if not engine.store.delete(job["id"]):
-        raise HTTPException(404, f"no job {job['id']!r}")  # another request deleted it meanwhile
+    if job.status not in TERMINAL:
+        raise HTTPException(409, f"job {job.id} is {job.status}: cancel it first (POST .../cancel)")
+    if not engine.delete(job):
+        raise HTTPException(404, f"no job {job.id!r}")  # another request deleted it meanwhile
     return Response(status_code=204)
 
 
@@ -171,17 +146,17 @@ async def job_events(
 ) -> AsyncIterator[ServerSentEvent]:
     """Live progress as Server-Sent Events: `progress` (step, epoch, loss) every N steps, `epoch`
     after each epoch, then one `done` event carrying the finished job."""
-    job_id = job["id"]
+    job_id = job.id
     seq = int(last_event_id) if last_event_id else 0
     while True:
         try:
-            events = await run_in_threadpool(engine.store.events_after, job_id, seq)
-            current = None if events else await run_in_threadpool(engine.store.get, job_id, False)
+            events = await run_in_threadpool(engine.events_after, job_id, seq)
+            current = None if events else await run_in_threadpool(engine.job, job_id, with_request=False)
             late = []
-            if current is not None and current["status"] in TERMINAL:
+            if current is not None and current.status in TERMINAL:
                 # Events written between the last poll and the finish come before the final one.
-                late = await run_in_threadpool(engine.store.events_after, job_id, seq)
-                current = await run_in_threadpool(engine.store.get, job_id)
+                late = await run_in_threadpool(engine.events_after, job_id, seq)
+                current = await run_in_threadpool(engine.job, job_id)
         except StoreUnavailable:  # the store already retried: keep the stream, poll again later
             await asyncio.sleep(RETRY_AFTER_S)
             continue
@@ -191,8 +166,8 @@ async def job_events(
             continue
         if current is None:  # deleted meanwhile
             return
-        if current["status"] in TERMINAL:
-            finished = JobPublic.model_validate(current).model_dump(mode="json")
+        if current.status in TERMINAL:
+            finished = JobPublic.of(current).model_dump(mode="json")
             yield ServerSentEvent(data=finished, event="done")
             return
         await asyncio.sleep(POLL_S)
@@ -212,15 +187,15 @@ async def train_and_wait(
     """Train and wait for the result (at most MB_TRAIN_WAIT_SECONDS; then 202 with the running job)."""
     submitted = await _submit(job, engine, caller, http)
     deadline = time.monotonic() + settings.train_wait_seconds
-    job_id = submitted["id"]
+    job_id = submitted.id
     while True:
-        current = await run_in_threadpool(engine.store.get, job_id)
+        current = await run_in_threadpool(engine.job, job_id)
         if current is None:
             raise HTTPException(404, f"job {job_id} was deleted while it was awaited")
-        if current["status"] in TERMINAL:
-            return JobPublic.model_validate(current)
+        if current.status in TERMINAL:
+            return JobPublic.of(current)
         if time.monotonic() > deadline:
             response.status_code = 202
             response.headers["Location"] = f"/v1/jobs/{job_id}"
-            return JobPublic.model_validate(current)
+            return JobPublic.of(current)
         await asyncio.sleep(POLL_S)

@@ -5,16 +5,13 @@ from __future__ import annotations
 from functools import cache
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path
+from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, Field
 
-from app.api.deps import GUARD_RESPONSES, guard
 from layers import LAYER_SPECS
 from layers.language.spec import closest_name
 
-router = APIRouter(
-    prefix="/v1/layers", tags=["layers"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES
-)
+router = APIRouter(prefix="/layers", tags=["layers"])
 
 
 class LayerType(BaseModel):

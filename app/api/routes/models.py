@@ -7,11 +7,11 @@ import threading
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 
-from app.api.deps import GUARD_RESPONSES, guard
 from app.core.cache import BytesLRU
 from app.core.config import settings
+from app.core.spec_limits import check_model
 from app.core.traces import run_trace
 from app.examples import FIT_EXAMPLES, SUMMARY_EXAMPLES
 from app.schemas.fit import BatchProbe, FitResult
@@ -23,9 +23,7 @@ from layers.analysis.summary import ModelSummary, summarize
 from layers.analysis.trace import trace_model
 from layers.language.errors import LimitError, SpecError
 
-router = APIRouter(
-    prefix="/v1/models", tags=["models"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES
-)
+router = APIRouter(prefix="/models", tags=["models"])
 
 ERRORS = {
     400: {"description": "the body is not text (FastAPI cannot decode it)"},
@@ -59,8 +57,8 @@ async def model_summary(
     request: Annotated[SummaryRequest, Body(openapi_examples=SUMMARY_EXAMPLES)], http: Request
 ) -> Response:
     """Everything PyTorch knows about the model, without allocating it."""
+    check_model(request.model)
     try:
-        request.model.check_limits(settings.max_layers, settings.max_nesting)
         key = request.model_dump_json()
         body = _cache.get(key)
         if body is None:
@@ -78,10 +76,7 @@ async def model_fit(
     request: Annotated[FitRequest, Body(openapi_examples=FIT_EXAMPLES)], http: Request
 ) -> Response | FitResult:
     """Whether a training step fits the device, and the largest batch that does (traced on meta)."""
-    try:
-        request.model.check_limits(settings.max_layers, settings.max_nesting)
-    except SpecError as e:
-        raise e.under("model") from e
+    check_model(request.model)
     try:
         return await run_trace(http, lambda cancelled: _fit(request, cancelled))
     except TraceCancelled:

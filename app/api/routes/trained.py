@@ -10,9 +10,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse
 
-from app.api.deps import GUARD_RESPONSES, guard
-from app.api.routes.jobs import JobDep
+from app.api.deps import JobDep
+from app.core.config import settings
 from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
+from app.jobs.domain import ACTIVE, Job, JobStatus
 from app.jobs.retention import job_dir
 from app.jobs.trained import MODELS, POOL, predict
 from app.jobs.weights import WEIGHTS_FILE, load_weights, read_metadata, weights_info
@@ -20,9 +21,7 @@ from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest,
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
 
-router = APIRouter(
-    prefix="/v1/jobs", tags=["trained models"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES
-)
+router = APIRouter(prefix="/jobs", tags=["trained models"])
 
 NO_WEIGHTS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such job, or it failed or was cancelled and has no weights"},
@@ -32,7 +31,7 @@ NO_WEIGHTS: dict[int | str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class Weights:
-    job: dict
+    job: Job
     path: Path
     sha256: str
     size_bytes: int
@@ -40,11 +39,11 @@ class Weights:
 
 def get_weights(job: JobDep) -> Weights:
     """The weights of a succeeded job; 409 while it runs, 404 when it ended without any."""
-    job_id, status = job["id"], job["status"]
-    if status in ("queued", "running"):
+    job_id, status = job.id, job.status
+    if status in ACTIVE:
         raise HTTPException(409, f"job {job_id} is {status}: its weights exist once it has succeeded")
-    if status != "succeeded":
-        reason = f" ({job['error']})" if job.get("error") else ""
+    if status != JobStatus.SUCCEEDED:
+        reason = f" ({job.error})" if job.error else ""
         raise HTTPException(404, f"job {job_id} {status}{reason}: it has no trained weights")
     directory = job_dir(job_id)
     info = weights_info(directory)
@@ -75,15 +74,15 @@ def download_weights(weights: WeightsDep, request: Request) -> Response:
     return FileResponse(
         weights.path,
         media_type="application/octet-stream",
-        filename=f"{weights.job['id']}.safetensors",
+        filename=f"{weights.job.id}.safetensors",
         headers={"ETag": etag},
     )
 
 
 def _job_input(weights: Weights) -> tuple[tuple[int, ...], str]:
     """The job's traced input: a training batch of its dataset's samples, and their dtype."""
-    request = JobCreate.model_validate(weights.job["request"])
-    info = request.dataset.describe(request.loss.task == "classification")
+    request = JobCreate.model_validate(weights.job.request)
+    info = request.dataset.describe(request.loss.task == "classification", settings)
     return (request.batch_size, *info.sample_shape), info.dtype
 
 
@@ -91,7 +90,7 @@ def _export(weights: Weights, format: ExportFormat) -> Response:
     input_shape, dtype = _job_input(weights)
     spec = ModelSpec.model_validate_json(read_metadata(weights.path)["spec"])  # as it was trained
     traced = trace(spec, input_shape, dtype)
-    job_id = weights.job["id"]
+    job_id = weights.job.id
     if format == "pytorch":
         about = (
             f"The model of Model Builder job {job_id}. Its trained weights: GET /v1/jobs/{job_id}/weights\n"

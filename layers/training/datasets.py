@@ -4,6 +4,11 @@ Each spec can ``describe()`` itself cheaply (sample shape, dtype, targets: what 
 before queueing) and ``load()`` its tensors (what the worker trains on). The train/validation
 split is a fixed permutation from the dataset's own ``split_seed``, so it never depends on the
 job's seed.
+
+The sizes a service allows are its own (``DatasetLimits``: the app passes its settings): they are
+checked by ``describe`` and ``load``, and ``bounded_datasets`` gives the union whose fields carry
+them for parsing and the JSON Schema. A new kind is one class here, entered in ``DATASET_KINDS``
+(overriding ``within`` when the limits bound one of its fields).
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, Self, Union
 
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, create_model
+from pydantic.fields import FieldInfo
 
-from app.core.config import settings
 from layers.language.base import Shape
 from layers.language.errors import SpecError
 from layers.language.spec import SpecModel
@@ -25,6 +30,14 @@ from layers.training.losses import Targets
 ValFraction = Annotated[float, Field(gt=0, lt=1, description="share of the samples held out for validation")]
 MAX_CLASSES = 10_000  # classes of a classification dataset (synthetic num_classes too)
 SplitSeed = Annotated[int, Field(ge=0, lt=2**63, description="seed of the fixed train/validation split")]
+
+
+class DatasetLimits(Protocol):
+    """A service's limits on the data of one job (the app's settings have these fields)."""
+
+    max_dataset_samples: int  # samples of a synthetic or inline dataset
+    max_dataset_numel: int  # numbers in a dataset's inputs, all samples together
+    max_input_rank: int  # dimensions of the inputs, the batch's included
 
 
 @dataclass(frozen=True)
@@ -49,11 +62,16 @@ class _Dataset(SpecModel):
     val_fraction: ValFraction = 0.2
     split_seed: SplitSeed = 0
 
-    def describe(self, classification: bool) -> DatasetInfo:
+    @classmethod
+    def within(cls, limits: DatasetLimits) -> type[Self]:
+        """This kind with ``limits`` on its fields (checked at parsing, shown in the JSON Schema)."""
+        return cls
+
+    def describe(self, classification: bool, limits: DatasetLimits) -> DatasetInfo:
         """Sizes and targets, without generating the data (for a classification loss or not)."""
         raise NotImplementedError
 
-    def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, classification: bool, limits: DatasetLimits) -> tuple[torch.Tensor, torch.Tensor]:
         """All samples as ``(x, y)`` on the CPU: inputs batch-first, targets as the info says."""
         raise NotImplementedError
 
@@ -75,10 +93,10 @@ class DigitsDataset(_Dataset):
 
     name: Literal["digits"] = "digits"
 
-    def describe(self, classification: bool) -> DatasetInfo:
+    def describe(self, classification: bool, limits: DatasetLimits) -> DatasetInfo:
         return DatasetInfo(1797, (1, 8, 8), "float32", Targets(num_classes=10, shape=()))
 
-    def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, classification: bool, limits: DatasetLimits) -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits  # shipped with scikit-learn: no download
 
         digits = load_digits()
@@ -99,7 +117,7 @@ class SyntheticDataset(_Dataset):
     shape: list[Annotated[int, Field(gt=0, le=1 << 20)]] = Field(
         min_length=1, max_length=5, description="shape of one sample, without the batch dimension"
     )
-    samples: int = Field(1024, ge=2, le=settings.max_dataset_samples)
+    samples: int = Field(1024, ge=2)
     num_classes: int = Field(10, ge=2, le=MAX_CLASSES, description="classes, for classification")
     targets: int = Field(1, ge=1, le=10_000, description="values per sample, for regression")
     noise: float = Field(0.0, ge=0, le=100, description="std of Gaussian noise added to regression targets")
@@ -107,14 +125,18 @@ class SyntheticDataset(_Dataset):
     vocab_size: int = Field(100, ge=2, le=1 << 20, description="token ids are drawn below it (int64 inputs)")
     seed: int = Field(0, ge=0, lt=2**63, description="seed of the inputs and the teacher")
 
-    def describe(self, classification: bool) -> DatasetInfo:
+    @classmethod
+    def within(cls, limits: DatasetLimits) -> type[Self]:
+        return _bounded(cls, samples=Field(le=limits.max_dataset_samples))
+
+    def describe(self, classification: bool, limits: DatasetLimits) -> DatasetInfo:
         numel = self.samples * math.prod(self.shape)
-        if numel > settings.max_dataset_numel:
+        if numel > limits.max_dataset_numel:
             raise SpecError(
                 ("dataset", "samples"),
                 f"{self.samples} samples of shape {self.shape} are {numel} numbers; the limit is "
-                f"{settings.max_dataset_numel}",
-                {"limit": settings.max_dataset_numel, "got": numel},
+                f"{limits.max_dataset_numel}",
+                {"limit": limits.max_dataset_numel, "got": numel},
             )
         if self.task == "classification":
             targets = Targets(num_classes=self.num_classes, shape=())
@@ -123,7 +145,7 @@ class SyntheticDataset(_Dataset):
         tokens = self.vocab_size if self.dtype == "int64" else None
         return DatasetInfo(self.samples, tuple(self.shape), self.dtype, targets, tokens)
 
-    def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, classification: bool, limits: DatasetLimits) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed)
         outputs = self.num_classes if self.task == "classification" else self.targets
         features = math.prod(self.shape)
@@ -148,13 +170,16 @@ class InlineDataset(_Dataset):
     """
 
     name: Literal["inline"] = "inline"
-    x: list[Any] = Field(
-        min_length=2, max_length=settings.max_dataset_samples, description="inputs: numbers or nested lists"
-    )
-    y: list[Any] = Field(min_length=2, max_length=settings.max_dataset_samples, description="targets")
+    x: list[Any] = Field(min_length=2, description="inputs: numbers or nested lists")
+    y: list[Any] = Field(min_length=2, description="targets")
     dtype: Literal["float32", "int64"] = Field("float32", description='"int64" for token ids')
 
-    def load(self, classification: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    @classmethod
+    def within(cls, limits: DatasetLimits) -> type[Self]:
+        most = limits.max_dataset_samples
+        return _bounded(cls, x=Field(max_length=most), y=Field(max_length=most))
+
+    def load(self, classification: bool, limits: DatasetLimits) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` and ``y`` as tensors; ``SpecError`` at the field when they are ragged or mismatched."""
         if self.dtype == "int64":
             # Checked as exact doubles first: torch.tensor(..., dtype=int64) truncates 1.5 to 1.
@@ -171,13 +196,13 @@ class InlineDataset(_Dataset):
                 f"y has {y.shape[0]} entries but x has {x.shape[0]} samples",
                 {"x": x.shape[0], "y": y.shape[0]},
             )
-        if x.dim() > settings.max_input_rank:
+        if x.dim() > limits.max_input_rank:
             raise SpecError(
-                ("dataset", "x"), f"x has {x.dim()} dimensions; the limit is {settings.max_input_rank}"
+                ("dataset", "x"), f"x has {x.dim()} dimensions; the limit is {limits.max_input_rank}"
             )
-        if x.numel() > settings.max_dataset_numel:
+        if x.numel() > limits.max_dataset_numel:
             raise SpecError(
-                ("dataset", "x"), f"x has {x.numel()} numbers; the limit is {settings.max_dataset_numel}"
+                ("dataset", "x"), f"x has {x.numel()} numbers; the limit is {limits.max_dataset_numel}"
             )
         if self.dtype == "int64" and bool((x < 0).any()):
             raise SpecError(("dataset", "x"), "token ids must not be negative")
@@ -191,8 +216,8 @@ class InlineDataset(_Dataset):
         _refuse_first(y, _not_a_class, "y", f"must be a class index, an integer from 0 to {MAX_CLASSES - 1}")
         return x, y.long()
 
-    def describe(self, classification: bool) -> DatasetInfo:
-        x, y = self.load(classification)
+    def describe(self, classification: bool, limits: DatasetLimits) -> DatasetInfo:
+        x, y = self.load(classification, limits)
         if classification:
             targets = Targets(num_classes=max(2, int(y.max()) + 1), shape=())
         else:
@@ -232,4 +257,28 @@ def _tensor(values: list, dtype: torch.dtype, field: str) -> torch.Tensor:
     return tensor
 
 
-AnyDataset = Annotated[DigitsDataset | SyntheticDataset | InlineDataset, Field(discriminator="name")]
+def _bounded(kind: type[_Dataset], **bounds: FieldInfo) -> Any:
+    """``kind`` under its own name and docstring, each field named in ``bounds`` constrained
+    further (``samples=Field(le=...)``)."""
+    fields = {
+        name: (Annotated[kind.model_fields[name].annotation, bound], kind.model_fields[name])
+        for name, bound in bounds.items()
+    }
+    return create_model(
+        kind.__name__, __base__=kind, __doc__=kind.__doc__, __module__=kind.__module__, **fields
+    )
+
+
+DATASET_KINDS: tuple[type[_Dataset], ...] = (DigitsDataset, SyntheticDataset, InlineDataset)
+
+
+def _union(kinds: tuple[type[_Dataset], ...]) -> Any:
+    return Annotated[Union[kinds], Field(discriminator="name")]  # noqa: UP007
+
+
+AnyDataset = _union(DATASET_KINDS)  # every kind, unbounded: what a worker is sent, already checked
+
+
+def bounded_datasets(limits: DatasetLimits) -> Any:
+    """The union of every kind with its fields bounded by ``limits``: what a service parses."""
+    return _union(tuple(kind.within(limits) for kind in DATASET_KINDS))
