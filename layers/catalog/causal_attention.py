@@ -1,4 +1,5 @@
-"""Llama-style causal self-attention: grouped-query heads, rotary positions, no biases.
+"""Llama-style causal self-attention: grouped-query heads, rotary positions, biases where asked
+(Qwen2's on q, k and v; Whisper's on q, v and o).
 
 Written as Llama writes it (q_proj, k_proj, v_proj, o_proj) and computed with torch's
 ``scaled_dot_product_attention(is_causal=True)``, which FlopCounterMode counts on meta.
@@ -6,7 +7,7 @@ Written as Llama writes it (q_proj, k_proj, v_proj, o_proj) and computed with to
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,13 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
+def projection_biases(bias: bool, qkv_bias: bool | tuple[bool, bool, bool] | None) -> tuple[bool, bool, bool]:
+    """Whether q, k and v have a bias: ``qkv_bias`` (one for all three, or one each), else ``bias``."""
+    given = bias if qkv_bias is None else qkv_bias
+    q, k, v = (given,) * 3 if isinstance(given, bool) else given
+    return q, k, v
+
+
 class CausalSelfAttention(nn.Module):
     """Causal multi-head self-attention over [B, T, E]; ``num_kv_heads`` < ``num_heads`` shares each
     key/value head among a group of query heads (grouped-query attention)."""
@@ -51,16 +59,21 @@ class CausalSelfAttention(nn.Module):
         rope_theta: float = 10000.0,
         bias: bool = False,
         dropout: float = 0.0,
+        qkv_bias: bool | tuple[bool, bool, bool] | None = None,
+        out_bias: bool | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads or num_heads
         self.head_dim = embed_dim // num_heads
         self.rope, self.rope_theta, self.dropout = rope, rope_theta, dropout
-        self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias)
+        q_bias, k_bias, v_bias = projection_biases(bias, qkv_bias)
+        self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=q_bias)
+        self.k_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=k_bias)
+        self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=v_bias)
+        self.o_proj = nn.Linear(
+            num_heads * self.head_dim, embed_dim, bias=bias if out_bias is None else out_bias
+        )
 
     rotate_on_meta = False
 
@@ -101,7 +114,7 @@ def _divides(what: str, divisor: int, field: str, total: int) -> None:
 
 
 class CausalSelfAttentionSpec(LayerSpec):
-    """Llama-style causal self-attention: grouped-query heads, rotary positions (RoPE), no bias."""
+    """Llama-style causal self-attention: grouped-query heads, rotary positions (RoPE), no bias by default."""
 
     category: ClassVar[str] = "attention"
     type: Literal["CausalSelfAttention"] = "CausalSelfAttention"
@@ -113,7 +126,19 @@ class CausalSelfAttentionSpec(LayerSpec):
     )
     rope: bool = Field(True, description="rotary position embedding on queries and keys")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base")
-    bias: bool = False
+    bias: bool = Field(
+        False,
+        description="shorthand: a bias on all four projections (q, k, v, o); qkv_bias and out_bias, "
+        "when given, override it for theirs",
+    )
+    qkv_bias: bool | Annotated[list[bool], Field(min_length=3, max_length=3)] | None = Field(
+        None,
+        description="a bias on the q, k and v projections: one for all three, or [q, k, v] "
+        "(Qwen2: true; Whisper: [true, false, true]). Default: bias",
+    )
+    out_bias: bool | None = Field(
+        None, description="a bias on the output projection o (Qwen2: false). Default: bias"
+    )
     dropout: float = Field(0.0, ge=0.0, le=1.0, description="on the attention weights, when training")
 
     @field_validator("num_heads")
@@ -156,4 +181,6 @@ class CausalSelfAttentionSpec(LayerSpec):
             rope_theta=self.rope_theta,
             bias=self.bias,
             dropout=self.dropout,
+            qkv_bias=tuple(self.qkv_bias) if isinstance(self.qkv_bias, list) else self.qkv_bias,
+            out_bias=self.out_bias,
         )
