@@ -38,6 +38,34 @@ MODELS = {
         ],
         [4, 6, 16],
     ),
+    "convnext_ceil_pools": (  # issue 18: LayerScale, StochasticDepth (identity in eval), ceil_mode
+        [
+            {"type": "Conv2d", "out_channels": 8, "kernel_size": 3},
+            {"type": "MaxPool2d", "kernel_size": 3, "stride": 2, "ceil_mode": True},
+            {
+                "type": "Residual",
+                "layers": [
+                    {"type": "Conv2d", "out_channels": 8, "kernel_size": 7, "padding": 3, "groups": 8},
+                    {"type": "Permute", "dims": [0, 2, 3, 1]},
+                    {"type": "LayerNorm", "eps": 1e-6},
+                    {"type": "Linear", "out_features": 8},
+                    {"type": "LayerScale", "init": 0.5},
+                    {"type": "Permute", "dims": [0, 3, 1, 2]},
+                    {"type": "StochasticDepth", "p": 0.2},
+                ],
+            },
+            {"type": "AvgPool2d", "kernel_size": 2, "ceil_mode": True},
+            {"type": "Flatten"},
+        ],
+        [4, 3, 12, 12],
+    ),
+    "attention_biases": (  # issue 18: a bias on q and v only; torch's add_bias_kv
+        [
+            {"type": "CausalSelfAttention", "num_heads": 2, "qkv_bias": [True, False, True]},
+            {"type": "MultiheadAttention", "num_heads": 2, "add_bias_kv": True},
+        ],
+        [4, 6, 16],
+    ),
 }
 
 
