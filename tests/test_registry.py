@@ -315,7 +315,7 @@ SAMPLES: dict[str, Sample] = {
         {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 2},
         [2, 5, 16],
         lambda: CausalSelfAttention(16, 4, 2),
-        {"embed_dim": 16, "rope": True},
+        {"embed_dim": 16, "rope": True, "qkv_bias": False, "out_bias": False},
     ),
     "SwiGLU": Sample(
         {"type": "SwiGLU", "hidden_features": 12}, [2, 5, 8], lambda: SwiGLU(8, 12), {"in_features": 8}
@@ -432,7 +432,7 @@ VARIANTS: dict[str, Sample] = {
         {"type": "CausalSelfAttention", "embed_dim": 12, "num_heads": 3, "rope": False, "bias": True},
         [1, 4, 12],
         lambda: CausalSelfAttention(12, 3, rope=False, bias=True),
-        {"num_kv_heads": 3},
+        {"num_kv_heads": 3, "qkv_bias": True, "out_bias": True},
     ),
     "CausalSelfAttention/rope_theta_mqa": Sample(
         {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 1, "rope_theta": 500000.0},
@@ -444,7 +444,7 @@ VARIANTS: dict[str, Sample] = {
         {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 2, "qkv_bias": True},
         [2, 5, 16],
         lambda: CausalSelfAttention(16, 4, 2, qkv_bias=(True, True, True), out_bias=False),
-        {"embed_dim": 16, "bias": False, "out_bias": None},
+        {"embed_dim": 16, "qkv_bias": True, "out_bias": False},
     ),
     "CausalSelfAttention/whisper_biases": Sample(  # every projection but k biased
         {
@@ -456,13 +456,13 @@ VARIANTS: dict[str, Sample] = {
         },
         [2, 5, 8],
         lambda: CausalSelfAttention(8, 2, rope=False, qkv_bias=(True, False, True), out_bias=True),
-        {"embed_dim": 8},
+        {"embed_dim": 8, "qkv_bias": [True, False, True], "out_bias": True},
     ),
     "CausalSelfAttention/out_bias_only": Sample(
         {"type": "CausalSelfAttention", "num_heads": 2, "out_bias": True},
         [1, 4, 8],
         lambda: CausalSelfAttention(8, 2, out_bias=True),
-        {"embed_dim": 8},
+        {"embed_dim": 8, "qkv_bias": False, "out_bias": True},
     ),
     "MultiheadAttention/add_bias_kv": Sample(
         {"type": "MultiheadAttention", "num_heads": 2, "add_bias_kv": True, "bias": False},

@@ -39,13 +39,6 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
-def projection_biases(bias: bool, qkv_bias: bool | tuple[bool, bool, bool] | None) -> tuple[bool, bool, bool]:
-    """Whether q, k and v have a bias: ``qkv_bias`` (one for all three, or one each), else ``bias``."""
-    given = bias if qkv_bias is None else qkv_bias
-    q, k, v = (given,) * 3 if isinstance(given, bool) else given
-    return q, k, v
-
-
 class CausalSelfAttention(nn.Module):
     """Causal multi-head self-attention over [B, T, E]; ``num_kv_heads`` < ``num_heads`` shares each
     key/value head among a group of query heads (grouped-query attention)."""
@@ -57,23 +50,20 @@ class CausalSelfAttention(nn.Module):
         num_kv_heads: int | None = None,
         rope: bool = True,
         rope_theta: float = 10000.0,
-        bias: bool = False,
+        qkv_bias: bool | tuple[bool, bool, bool] = False,
+        out_bias: bool = False,
         dropout: float = 0.0,
-        qkv_bias: bool | tuple[bool, bool, bool] | None = None,
-        out_bias: bool | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads or num_heads
         self.head_dim = embed_dim // num_heads
         self.rope, self.rope_theta, self.dropout = rope, rope_theta, dropout
-        q_bias, k_bias, v_bias = projection_biases(bias, qkv_bias)
+        q_bias, k_bias, v_bias = (qkv_bias,) * 3 if isinstance(qkv_bias, bool) else qkv_bias
         self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=q_bias)
         self.k_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=k_bias)
         self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=v_bias)
-        self.o_proj = nn.Linear(
-            num_heads * self.head_dim, embed_dim, bias=bias if out_bias is None else out_bias
-        )
+        self.o_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=out_bias)
 
     rotate_on_meta = False
 
@@ -168,19 +158,32 @@ class CausalSelfAttentionSpec(LayerSpec):
                 f"is {width // self.num_heads}",
                 {"head_dim": width // self.num_heads},
             )
+        qkv_bias, out_bias = self.biases()
         return self.model_copy(
-            update={"embed_dim": width, "num_kv_heads": self.num_kv_heads or self.num_heads}
+            update={
+                "embed_dim": width,
+                "num_kv_heads": self.num_kv_heads or self.num_heads,
+                "qkv_bias": qkv_bias,
+                "out_bias": out_bias,
+            }
+        )
+
+    def biases(self) -> tuple[bool | list[bool], bool]:
+        """``qkv_bias`` and ``out_bias``, each ``bias`` where it is not given."""
+        return (
+            self.bias if self.qkv_bias is None else self.qkv_bias,
+            self.bias if self.out_bias is None else self.out_bias,
         )
 
     def build(self) -> nn.Module:
+        qkv_bias, out_bias = self.biases()
         return CausalSelfAttention(
             self.embed_dim,
             self.num_heads,
             self.num_kv_heads,
             rope=self.rope,
             rope_theta=self.rope_theta,
-            bias=self.bias,
+            qkv_bias=tuple(qkv_bias) if isinstance(qkv_bias, list) else qkv_bias,
+            out_bias=out_bias,
             dropout=self.dropout,
-            qkv_bias=tuple(self.qkv_bias) if isinstance(self.qkv_bias, list) else self.qkv_bias,
-            out_bias=self.out_bias,
         )
