@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from test_reference_cnns import convnext_block
 
 from layers.export.onnx_export import OPSET
 
@@ -42,18 +43,7 @@ MODELS = {
         [
             {"type": "Conv2d", "out_channels": 8, "kernel_size": 3},
             {"type": "MaxPool2d", "kernel_size": 3, "stride": 2, "ceil_mode": True},
-            {
-                "type": "Residual",
-                "layers": [
-                    {"type": "Conv2d", "out_channels": 8, "kernel_size": 7, "padding": 3, "groups": 8},
-                    {"type": "Permute", "dims": [0, 2, 3, 1]},
-                    {"type": "LayerNorm", "eps": 1e-6},
-                    {"type": "Linear", "out_features": 8},
-                    {"type": "LayerScale", "init": 0.5},
-                    {"type": "Permute", "dims": [0, 3, 1, 2]},
-                    {"type": "StochasticDepth", "p": 0.2},
-                ],
-            },
+            convnext_block(8, 0.2, init=0.5),  # a layer scale large enough to show
             {"type": "AvgPool2d", "kernel_size": 2, "ceil_mode": True},
             {"type": "Flatten"},
         ],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from test_reference_cnns import convnext_block
 from torch import nn
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
@@ -76,25 +77,8 @@ ZOO = {
         [{"type": "TransformerEncoderLayer", "nhead": 4, "dim_feedforward": 64}],
         (4, 20, 32),
     ),
-    "convnext_block": (  # LayerScale, and StochasticDepth keeping its draw for backward
-        [
-            {
-                "type": "Residual",
-                "layers": [
-                    {"type": "Conv2d", "out_channels": 8, "kernel_size": 7, "padding": 3, "groups": 8},
-                    {"type": "Permute", "dims": [0, 2, 3, 1]},
-                    {"type": "LayerNorm", "eps": 1e-6},
-                    {"type": "Linear", "out_features": 32},
-                    {"type": "GELU"},
-                    {"type": "Linear", "out_features": 8},
-                    {"type": "LayerScale"},
-                    {"type": "Permute", "dims": [0, 3, 1, 2]},
-                    {"type": "StochasticDepth", "p": 0.5},
-                ],
-            }
-        ],
-        (4, 8, 12, 12),
-    ),
+    # LayerScale, and StochasticDepth keeping its draw for backward
+    "convnext_block": ([convnext_block(8, 0.5)], (4, 8, 12, 12)),
 }
 LOSS = "pow(2).mean()"  # the stand-in loss of layers.analysis.memory, applied to real runs alike
 

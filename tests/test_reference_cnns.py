@@ -137,7 +137,9 @@ def channel_norm() -> list[dict]:
     return [TO_CHANNELS_LAST, {"type": "LayerNorm", "eps": 1e-6}, TO_CHANNELS_FIRST]
 
 
-def convnext_block(dim: int, drop: float) -> dict:
+def convnext_block(dim: int, drop: float, init: float = 1e-6) -> dict:
+    """ConvNeXt's CNBlock: on the branch, a 7x7 depthwise conv, LayerNorm and an MLP channels-last,
+    the layer scale, then stochastic depth."""
     return {
         "type": "Residual",
         "layers": [
@@ -147,7 +149,7 @@ def convnext_block(dim: int, drop: float) -> dict:
             {"type": "Linear", "out_features": 4 * dim},
             {"type": "GELU"},
             {"type": "Linear", "out_features": dim},
-            {"type": "LayerScale", "init": 1e-6},
+            {"type": "LayerScale", "init": init},
             TO_CHANNELS_FIRST,
             {"type": "StochasticDepth", "p": drop, "mode": "row"},
         ],
