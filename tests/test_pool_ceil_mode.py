@@ -42,7 +42,7 @@ def summary_shape(layer: dict, shape: tuple[int, ...]) -> tuple[int, ...] | None
 def test_output_shape_is_torchs_over_a_grid(pool: str) -> None:
     two_d = pool.endswith("2d")
     checked = differ = 0
-    for size, kernel, stride, padding in itertools.product(range(1, 10), range(1, 5), range(1, 4), range(3)):
+    for size, kernel, stride, padding in itertools.product(range(1, 9), range(1, 5), range(1, 4), range(3)):
         shape = (2, 3, size, size + 2) if two_d else (2, 3, size)
         results = []
         for ceil_mode in (False, True):
