@@ -24,6 +24,7 @@ from layers.catalog import (  # noqa: F401
     positions,
     recurrent,
     resample,
+    scale,
     swiglu,
 )
 

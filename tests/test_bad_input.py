@@ -213,6 +213,30 @@ FIELD_ERRORS: dict[str, tuple[dict, tuple[int, ...], list]] = {
         (2, 3, 4),
         ["TransformerEncoderLayer", "activation"],
     ),
+    # -- issue 18's smaller gaps --
+    "bias_kv_with_causal": (
+        {"type": "MultiheadAttention", "num_heads": 2, "causal": True, "add_bias_kv": True},
+        (2, 3, 4),
+        ["MultiheadAttention", "add_bias_kv"],
+    ),
+    "out_bias_not_a_boolean": (
+        {"type": "CausalSelfAttention", "num_heads": 2, "out_bias": "maybe"},
+        (2, 3, 4),
+        ["CausalSelfAttention", "out_bias"],
+    ),
+    "ceil_mode_not_a_boolean": (
+        {"type": "AvgPool1d", "kernel_size": 2, "ceil_mode": "maybe"},
+        (2, 3, 4),
+        ["AvgPool1d", "ceil_mode"],
+    ),
+    "stochastic_depth_without_p": ({"type": "StochasticDepth"}, (2, 3), ["StochasticDepth", "p"]),
+    "stochastic_depth_p_over_one": ({"type": "StochasticDepth", "p": 1.5}, (2, 3), ["StochasticDepth", "p"]),
+    "stochastic_depth_mode": (
+        {"type": "StochasticDepth", "p": 0.1, "mode": "column"},
+        (2, 3),
+        ["StochasticDepth", "mode"],
+    ),
+    "layer_scale_dim_mismatch": ({"type": "LayerScale", "dim": 4}, (2, 3), ["dim"]),
 }
 
 
@@ -222,6 +246,13 @@ def test_new_layer_fields_are_refused_at_their_loc(client, case: str) -> None:
     error = detail(post(client, {"layers": [{"type": "Identity"}, layer]}, shape))
     assert error["loc"] == [*LAYERS, 1, *field_loc], error
     assert error["msg"]
+
+
+def test_qkv_bias_takes_one_flag_or_one_per_projection(client) -> None:
+    layer = {"type": "CausalSelfAttention", "num_heads": 2, "qkv_bias": [True, False]}
+    errors = client.post(URL, json={"model": {"layers": [layer]}, "input_shape": [2, 5, 8]}).json()["detail"]
+    listed = [e for e in errors if e["loc"] == [*LAYERS, 0, "CausalSelfAttention", "qkv_bias", "list[bool]"]]
+    assert listed and "at least 3 items" in listed[0]["msg"], errors
 
 
 def test_field_that_contradicts_another(client) -> None:

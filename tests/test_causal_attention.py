@@ -131,3 +131,64 @@ def test_llama_block_flops_equal_flop_counter_on_hand_written_torch(client) -> N
     feedforward = 2 * batch * steps * 3 * width * hidden
     assert summary["flops"] == projections + attention + feedforward
     assert summary["total_params"] == 2 * width + width * (2 * width + 2 * kv_width) + 3 * width * hidden
+
+
+class WhisperAttention(nn.Module):
+    """openai/whisper's MultiHeadAttention (whisper/model.py) as the decoder's masked self-attention:
+    no bias on the key; q and k each scaled by head_dim^-0.25."""
+
+    def __init__(self, n_state: int, n_head: int) -> None:
+        super().__init__()
+        self.n_head = n_head
+        self.query = nn.Linear(n_state, n_state)
+        self.key = nn.Linear(n_state, n_state, bias=False)
+        self.value = nn.Linear(n_state, n_state)
+        self.out = nn.Linear(n_state, n_state)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n_batch, n_ctx, n_state = x.shape
+        scale = (n_state // self.n_head) ** -0.25
+        q = self.query(x).view(n_batch, n_ctx, self.n_head, -1).permute(0, 2, 1, 3) * scale
+        k = self.key(x).view(n_batch, n_ctx, self.n_head, -1).permute(0, 2, 3, 1) * scale
+        v = self.value(x).view(n_batch, n_ctx, self.n_head, -1).permute(0, 2, 1, 3)
+        mask = torch.empty(n_ctx, n_ctx, dtype=x.dtype).fill_(-float("inf")).triu_(1)
+        w = (q @ k + mask).softmax(dim=-1)
+        return self.out((w @ v).permute(0, 2, 1, 3).flatten(start_dim=2))
+
+
+WHISPER_ATTENTION = {  # every projection biased but the key
+    "type": "CausalSelfAttention",
+    "num_heads": 6,
+    "rope": False,
+    "bias": True,
+    "qkv_bias": [True, False, True],
+}
+
+
+def test_whisper_attention_has_no_key_bias(client) -> None:
+    """Whisper-tiny (width 384, 6 heads): 590,976 parameters per attention, as openai's; with one
+    bias for all four projections it had 384 more in each (1,536 over the encoder's 4 layers)."""
+    body = {"model": {"layers": [WHISPER_ATTENTION]}, "input_shape": [1, 8, 384]}
+    summary = client.post("/v1/models/summary", json=body).json()
+    with torch.device("meta"):
+        reference = WhisperAttention(384, 6)
+    assert summary["total_params"] == sum(p.numel() for p in reference.parameters()) == 590_976
+    names = [p["name"] for p in summary["layers"][0]["params"]]
+    no_key_bias = ["q_proj.weight", "q_proj.bias", "k_proj.weight", "v_proj.weight", "v_proj.bias"]
+    assert names == [*no_key_bias, "o_proj.weight", "o_proj.bias"]
+    one_bias = {key: value for key, value in WHISPER_ATTENTION.items() if key != "qkv_bias"}
+    body["model"]["layers"] = [one_bias]
+    assert client.post("/v1/models/summary", json=body).json()["total_params"] == 590_976 + 384
+
+
+def test_whisper_attention_computes_what_openais_does() -> None:
+    ours = build(WHISPER_ATTENTION, (2, 9, 48)).double().eval()
+    torch.manual_seed(0)
+    theirs = WhisperAttention(48, 6).double().eval()
+    with torch.no_grad():
+        for (name, mine), other in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+            assert mine.shape == other.shape, name
+            mine.copy_(other)
+    x = torch.randn(2, 9, 48, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x))

@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from test_reference_cnns import convnext_block
 
 from layers.export.onnx_export import OPSET
 
@@ -35,6 +36,23 @@ MODELS = {
         [
             {"type": "TransformerEncoderLayer", "nhead": 4, "dim_feedforward": 32, "norm_first": True},
             {"type": "LayerNorm"},
+        ],
+        [4, 6, 16],
+    ),
+    "convnext_ceil_pools": (  # issue 18: LayerScale, StochasticDepth (identity in eval), ceil_mode
+        [
+            {"type": "Conv2d", "out_channels": 8, "kernel_size": 3},
+            {"type": "MaxPool2d", "kernel_size": 3, "stride": 2, "ceil_mode": True},
+            convnext_block(8, 0.2, init=0.5),  # a layer scale large enough to show
+            {"type": "AvgPool2d", "kernel_size": 2, "ceil_mode": True},
+            {"type": "Flatten"},
+        ],
+        [4, 3, 12, 12],
+    ),
+    "attention_biases": (  # issue 18: a bias on q and v only; torch's add_bias_kv
+        [
+            {"type": "CausalSelfAttention", "num_heads": 2, "qkv_bias": [True, False, True]},
+            {"type": "MultiheadAttention", "num_heads": 2, "add_bias_kv": True},
         ],
         [4, 6, 16],
     ),

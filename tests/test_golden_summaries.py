@@ -1,5 +1,8 @@
 """Summaries of the reference models, byte for byte as the release before the layout change
-answered them (tests/golden/, made by tests/golden/make_golden.py at that commit)."""
+answered them (tests/golden/, made by tests/golden/make_golden.py at that commit), but for the
+fields layer types gained since, which each spec in them shows at its default (issue 18:
+``ceil_mode`` on the pools, ``qkv_bias`` and ``out_bias`` on CausalSelfAttention, filled from
+``bias``); without those keys the files are that commit's bytes."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from test_reference_cnns import convnext_block
 from torch import nn
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.utils.flop_counter import FlopCounterMode
@@ -76,6 +77,8 @@ ZOO = {
         [{"type": "TransformerEncoderLayer", "nhead": 4, "dim_feedforward": 64}],
         (4, 20, 32),
     ),
+    # LayerScale, and StochasticDepth keeping its draw for backward
+    "convnext_block": ([convnext_block(8, 0.5)], (4, 8, 12, 12)),
 }
 LOSS = "pow(2).mean()"  # the stand-in loss of layers.analysis.memory, applied to real runs alike
 

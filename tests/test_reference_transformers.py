@@ -159,6 +159,46 @@ def llama_torch(
     )
 
 
+def qwen2_spec(vocab: int, d: int, heads: int, kv_heads: int, ff: int, n: int) -> dict:
+    """Qwen2: Llama's blocks with biases on q, k and v but not o, RMSNorm eps 1e-6, RoPE base 1e6,
+    and the head tied to the token embedding (tie_word_embeddings)."""
+    attention = {
+        "type": "CausalSelfAttention",
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "rope_theta": 1e6,
+        "qkv_bias": True,
+    }
+    norm = {"type": "RMSNorm", "eps": 1e-6}
+    block = [
+        {"type": "Residual", "layers": [norm, attention]},
+        {"type": "Residual", "layers": [norm, {"type": "SwiGLU", "hidden_features": ff}]},
+    ]
+    return {
+        "layers": [
+            {"type": "Embedding", "num_embeddings": vocab, "embedding_dim": d, "name": "embed_tokens"},
+            {"type": "Repeat", "times": n, "layers": block},
+            norm,
+            {"type": "Linear", "out_features": vocab, "bias": False, "tie_weight": "embed_tokens"},
+        ]
+    }
+
+
+def qwen2_torch(vocab: int, d: int, heads: int, kv_heads: int, ff: int, n: int) -> nn.Sequential:
+    def block() -> nn.Sequential:
+        attention = CausalSelfAttention(
+            d, heads, kv_heads, rope_theta=1e6, qkv_bias=(True, True, True), out_bias=False
+        )
+        return nn.Sequential(
+            Residual(nn.Sequential(nn.RMSNorm(d, eps=1e-6), attention)),
+            Residual(nn.Sequential(nn.RMSNorm(d, eps=1e-6), SwiGLU(d, ff))),
+        )
+
+    embed, head = nn.Embedding(vocab, d), nn.Linear(d, vocab, bias=False)
+    head.weight = embed.weight
+    return nn.Sequential(embed, nn.Sequential(*[block() for _ in range(n)]), nn.RMSNorm(d, eps=1e-6), head)
+
+
 @dataclass
 class Reference:
     spec: dict
@@ -171,6 +211,7 @@ class Reference:
 VIT_B_16 = (224, 16, 768, 12, 3072, 12, 1000)
 GPT2_SMALL = (50257, 1024, 768, 12, 12)
 LLAMA_2_7B = (32000, 4096, 32, 11008, 32)
+QWEN2_0_5B = (151936, 896, 14, 2, 4864, 24)  # Qwen/Qwen2-0.5B's config.json
 FULL_SIZE = {
     # torchvision.models.vit_b_16: 86,567,656 parameters
     "vit_b_16": Reference(
@@ -184,6 +225,10 @@ FULL_SIZE = {
     "llama_7b": Reference(
         llama_spec(*LLAMA_2_7B), lambda: llama_torch(*LLAMA_2_7B), [1, 2048], "int64", params=6_738_415_616
     ),
+    # Qwen2-0.5B: 494,032,768 parameters (q, k and v biased, o not; the head tied)
+    "qwen2_0_5b": Reference(
+        qwen2_spec(*QWEN2_0_5B), lambda: qwen2_torch(*QWEN2_0_5B), [1, 1024], "int64", params=494_032_768
+    ),
 }
 SMALL = {
     "vit": Reference(
@@ -195,6 +240,9 @@ SMALL = {
         lambda: llama_torch(50, 32, 4, 40, 2, kv_heads=2),
         [2, 12],
         "int64",
+    ),
+    "qwen2": Reference(
+        qwen2_spec(50, 32, 4, 2, 40, 2), lambda: qwen2_torch(50, 32, 4, 2, 40, 2), [2, 12], "int64"
     ),
 }
 
@@ -257,6 +305,23 @@ def test_repeat_rows_carry_their_copy(client) -> None:
     assert {c["path"] for c in copies if c["depth"] == 1} == {f"1.{i}.{j}" for i in range(32) for j in (0, 1)}
     per_copy = sum(c["num_params"] for c in copies if c["depth"] == 1) // 32
     assert repeat["num_params"] == 32 * per_copy == 32 * 202_383_360
+
+
+def test_qwen2_biases_written_with_the_shorthand(client) -> None:
+    """bias sets all four projections unless qkv_bias or out_bias is given: true alone biases o too
+    (the issue's 494,054,272), true with out_bias false is Qwen2."""
+
+    def total(**biases: object) -> int:
+        spec = qwen2_spec(*QWEN2_0_5B)
+        attention = spec["layers"][1]["layers"][0]["layers"][1]
+        attention.pop("qkv_bias")
+        attention.update(biases)
+        body = {"model": spec, "input_shape": [1, 8], "input_dtype": "int64"}
+        return client.post(URL, json=body).json()["total_params"]
+
+    assert total(bias=True) == 494_054_272
+    assert total(bias=True, out_bias=False) == total(qkv_bias=[True, True, True]) == 494_032_768
+    assert total() == 494_032_768 - 24 * (896 + 2 * 128)  # no bias at all: Llama's
 
 
 @pytest.mark.parametrize("name", list(SMALL))

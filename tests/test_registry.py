@@ -26,6 +26,7 @@ from torch_modules import (
     ClassToken,
     Concat,
     ConvBlock,
+    LayerScale,
     Mean,
     Multiply,
     MyConv2d,
@@ -37,6 +38,7 @@ from torch_modules import (
     SelfAttention,
     SinusoidalPositionalEncoding,
     Slice,
+    StochasticDepth,
     SwiGLU,
     TransformerEncoderLayer,
     Transpose,
@@ -313,7 +315,7 @@ SAMPLES: dict[str, Sample] = {
         {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 2},
         [2, 5, 16],
         lambda: CausalSelfAttention(16, 4, 2),
-        {"embed_dim": 16, "rope": True},
+        {"embed_dim": 16, "rope": True, "qkv_bias": False, "out_bias": False},
     ),
     "SwiGLU": Sample(
         {"type": "SwiGLU", "hidden_features": 12}, [2, 5, 8], lambda: SwiGLU(8, 12), {"in_features": 8}
@@ -366,6 +368,13 @@ SAMPLES: dict[str, Sample] = {
     ),
     "PixelShuffle": Sample(
         {"type": "PixelShuffle", "upscale_factor": 2}, [2, 8, 3, 3], lambda: nn.PixelShuffle(2)
+    ),
+    # -- issue 18: smaller gaps --
+    "StochasticDepth": Sample(
+        {"type": "StochasticDepth", "p": 0.2}, [4, 3, 5], lambda: StochasticDepth(0.2, "row")
+    ),
+    "LayerScale": Sample(
+        {"type": "LayerScale", "init": 0.1}, [2, 3, 6], lambda: LayerScale(6, 0.1), {"dim": 6}
     ),
 }
 
@@ -423,13 +432,68 @@ VARIANTS: dict[str, Sample] = {
         {"type": "CausalSelfAttention", "embed_dim": 12, "num_heads": 3, "rope": False, "bias": True},
         [1, 4, 12],
         lambda: CausalSelfAttention(12, 3, rope=False, bias=True),
-        {"num_kv_heads": 3},
+        {"num_kv_heads": 3, "qkv_bias": True, "out_bias": True},
     ),
     "CausalSelfAttention/rope_theta_mqa": Sample(
         {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 1, "rope_theta": 500000.0},
         [2, 6, 16],
         lambda: CausalSelfAttention(16, 4, 1, rope_theta=500000.0),
         {"embed_dim": 16},
+    ),
+    "CausalSelfAttention/qwen2_biases": Sample(  # q, k, v biased, o not
+        {"type": "CausalSelfAttention", "num_heads": 4, "num_kv_heads": 2, "qkv_bias": True},
+        [2, 5, 16],
+        lambda: CausalSelfAttention(16, 4, 2, qkv_bias=(True, True, True), out_bias=False),
+        {"embed_dim": 16, "qkv_bias": True, "out_bias": False},
+    ),
+    "CausalSelfAttention/whisper_biases": Sample(  # every projection but k biased
+        {
+            "type": "CausalSelfAttention",
+            "num_heads": 2,
+            "rope": False,
+            "bias": True,
+            "qkv_bias": [True, False, True],
+        },
+        [2, 5, 8],
+        lambda: CausalSelfAttention(8, 2, rope=False, qkv_bias=(True, False, True), out_bias=True),
+        {"embed_dim": 8, "qkv_bias": [True, False, True], "out_bias": True},
+    ),
+    "CausalSelfAttention/out_bias_only": Sample(
+        {"type": "CausalSelfAttention", "num_heads": 2, "out_bias": True},
+        [1, 4, 8],
+        lambda: CausalSelfAttention(8, 2, out_bias=True),
+        {"embed_dim": 8, "qkv_bias": False, "out_bias": True},
+    ),
+    "MultiheadAttention/add_bias_kv": Sample(
+        {"type": "MultiheadAttention", "num_heads": 2, "add_bias_kv": True, "bias": False},
+        [2, 5, 8],
+        lambda: SelfAttention(8, 2, bias=False, add_bias_kv=True, batch_first=True),
+        {"embed_dim": 8},
+    ),
+    "MaxPool2d/ceil_mode": Sample(  # GoogLeNet's and SqueezeNet's pools
+        {"type": "MaxPool2d", "kernel_size": 3, "stride": 2, "ceil_mode": True},
+        [2, 3, 10, 9],
+        lambda: nn.MaxPool2d(3, 2, ceil_mode=True),
+    ),
+    "MaxPool1d/ceil_mode": Sample(
+        {"type": "MaxPool1d", "kernel_size": 2, "padding": 1, "ceil_mode": True},
+        [2, 3, 8],
+        lambda: nn.MaxPool1d(2, padding=1, ceil_mode=True),
+    ),
+    "AvgPool1d/ceil_mode": Sample(
+        {"type": "AvgPool1d", "kernel_size": 3, "stride": 2, "ceil_mode": True},
+        [2, 3, 8],
+        lambda: nn.AvgPool1d(3, 2, ceil_mode=True),
+    ),
+    "AvgPool2d/ceil_mode": Sample(
+        {"type": "AvgPool2d", "kernel_size": [3, 2], "stride": 2, "padding": 1, "ceil_mode": True},
+        [2, 3, 7, 6],
+        lambda: nn.AvgPool2d((3, 2), 2, 1, ceil_mode=True),
+    ),
+    "StochasticDepth/batch_p1": Sample(
+        {"type": "StochasticDepth", "p": 1.0, "mode": "batch"},
+        [2, 3, 4, 4],
+        lambda: StochasticDepth(1.0, "batch"),
     ),
     "Upsample/size_nearest_3d": Sample(
         {"type": "Upsample", "size": [4, 6, 5]},

@@ -327,15 +327,18 @@ class CausalSelfAttention(nn.Module):
         rope_theta: float = 10000.0,
         bias: bool = False,
         dropout: float = 0.0,
+        qkv_bias: tuple[bool, bool, bool] | None = None,  # (q, k, v); default: bias
+        out_bias: bool | None = None,  # default: bias
     ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads or num_heads
         self.head_dim = embed_dim // num_heads
         self.rope, self.rope_theta, self.dropout = rope, rope_theta, dropout
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        q_bias, k_bias, v_bias = qkv_bias or (bias, bias, bias)
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=q_bias)
+        self.k_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=k_bias)
+        self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=v_bias)
+        self.o_proj = nn.Linear(embed_dim, embed_dim, bias=bias if out_bias is None else out_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, e = x.shape
@@ -366,3 +369,41 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate = self.w1(x)
         return self.w2(gate * torch.sigmoid(gate) * self.w3(x))
+
+
+# -- issue 18's smaller gaps: what torchvision and timm write ------------------------------------
+
+
+class StochasticDepth(nn.Module):
+    """torchvision.ops.StochasticDepth, as torchvision writes it (torchvision is not installed)."""
+
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival_rate = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.ndim - 1) if self.mode == "row" else [1] * x.ndim
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival_rate)
+        if survival_rate > 0.0:
+            noise.div_(survival_rate)
+        return x * noise
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}(p={self.p}, mode={self.mode})"
+
+
+class LayerScale(nn.Module):
+    """timm's LayerScale: x * gamma, gamma of shape [dim]."""
+
+    def __init__(self, dim: int, init_values: float = 1e-6) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+    def extra_repr(self) -> str:
+        return f"dim={self.gamma.numel()}"

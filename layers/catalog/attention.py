@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 from layers.language.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
@@ -79,9 +79,14 @@ class MultiheadAttentionSpec(LayerSpec):
     embed_dim: OptionalSize = Field(None, description="model width; inferred from the input")
     num_heads: Size
     dropout: float = Field(0.0, ge=0.0, le=1.0)
-    bias: bool = True
+    bias: bool = Field(
+        True, description="a bias on the input (q, k, v) and output projections, as torch has one"
+    )
     batch_first: bool = Field(True, description="input is [B, T, E] (PyTorch's default is False)")
     causal: bool = Field(False, description="mask later positions, so position t sees only 0..t (a decoder)")
+    add_bias_kv: bool = Field(
+        False, description="learned bias_k and bias_v appended to the keys and values as one more position"
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> Self:
@@ -90,6 +95,17 @@ class MultiheadAttentionSpec(LayerSpec):
                 f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})"
             )
         return self
+
+    @field_validator("add_bias_kv")
+    @classmethod
+    def _not_with_causal(cls, add_bias_kv: bool, info: ValidationInfo) -> bool:
+        # torch's causal path (is_causal) drops the mask it would pad for the added position, so
+        # no query would ever attend to it: the combination is refused rather than left unused.
+        if add_bias_kv and info.data.get("causal"):
+            raise ValueError(
+                "add_bias_kv cannot be combined with causal: torch never attends to the added position"
+            )
+        return add_bias_kv
 
     def infer(self, shape: Shape) -> Self:
         expect_rank(shape, (2, 3), self.type)
@@ -104,6 +120,7 @@ class MultiheadAttentionSpec(LayerSpec):
             dropout=self.dropout,
             bias=self.bias,
             batch_first=self.batch_first,
+            add_bias_kv=self.add_bias_kv,
             causal=self.causal,
         )
 
@@ -123,7 +140,7 @@ class TransformerEncoderLayerSpec(LayerSpec):
     layer_norm_eps: float = Field(1e-5, gt=0)
     batch_first: bool = Field(True, description="input is [B, T, E] (PyTorch's default is False)")
     norm_first: bool = False
-    bias: bool = True
+    bias: bool = Field(True, description="a bias on every linear and layer norm (torch has one flag for all)")
     causal: bool = Field(False, description="mask later positions, so position t sees only 0..t (a decoder)")
 
     @model_validator(mode="after")

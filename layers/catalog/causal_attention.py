@@ -1,4 +1,5 @@
-"""Llama-style causal self-attention: grouped-query heads, rotary positions, no biases.
+"""Llama-style causal self-attention: grouped-query heads, rotary positions, biases where asked
+(Qwen2's on q, k and v; Whisper's on q, v and o).
 
 Written as Llama writes it (q_proj, k_proj, v_proj, o_proj) and computed with torch's
 ``scaled_dot_product_attention(is_causal=True)``, which FlopCounterMode counts on meta.
@@ -6,7 +7,7 @@ Written as Llama writes it (q_proj, k_proj, v_proj, o_proj) and computed with to
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,8 @@ class CausalSelfAttention(nn.Module):
         num_kv_heads: int | None = None,
         rope: bool = True,
         rope_theta: float = 10000.0,
-        bias: bool = False,
+        qkv_bias: bool | tuple[bool, bool, bool] = False,
+        out_bias: bool = False,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -57,10 +59,11 @@ class CausalSelfAttention(nn.Module):
         self.num_kv_heads = num_kv_heads or num_heads
         self.head_dim = embed_dim // num_heads
         self.rope, self.rope_theta, self.dropout = rope, rope_theta, dropout
-        self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=bias)
-        self.k_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=bias)
-        self.o_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=bias)
+        q_bias, k_bias, v_bias = (qkv_bias,) * 3 if isinstance(qkv_bias, bool) else qkv_bias
+        self.q_proj = nn.Linear(embed_dim, num_heads * self.head_dim, bias=q_bias)
+        self.k_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=k_bias)
+        self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=v_bias)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=out_bias)
 
     rotate_on_meta = False
 
@@ -101,7 +104,7 @@ def _divides(what: str, divisor: int, field: str, total: int) -> None:
 
 
 class CausalSelfAttentionSpec(LayerSpec):
-    """Llama-style causal self-attention: grouped-query heads, rotary positions (RoPE), no bias."""
+    """Llama-style causal self-attention: grouped-query heads, rotary positions (RoPE), no bias by default."""
 
     category: ClassVar[str] = "attention"
     type: Literal["CausalSelfAttention"] = "CausalSelfAttention"
@@ -113,7 +116,19 @@ class CausalSelfAttentionSpec(LayerSpec):
     )
     rope: bool = Field(True, description="rotary position embedding on queries and keys")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base")
-    bias: bool = False
+    bias: bool = Field(
+        False,
+        description="shorthand: a bias on all four projections (q, k, v, o); qkv_bias and out_bias, "
+        "when given, override it for theirs",
+    )
+    qkv_bias: bool | Annotated[list[bool], Field(min_length=3, max_length=3)] | None = Field(
+        None,
+        description="a bias on the q, k and v projections: one for all three, or [q, k, v] "
+        "(Qwen2: true; Whisper: [true, false, true]). Default: bias",
+    )
+    out_bias: bool | None = Field(
+        None, description="a bias on the output projection o (Qwen2: false). Default: bias"
+    )
     dropout: float = Field(0.0, ge=0.0, le=1.0, description="on the attention weights, when training")
 
     @field_validator("num_heads")
@@ -143,17 +158,32 @@ class CausalSelfAttentionSpec(LayerSpec):
                 f"is {width // self.num_heads}",
                 {"head_dim": width // self.num_heads},
             )
+        qkv_bias, out_bias = self.biases()
         return self.model_copy(
-            update={"embed_dim": width, "num_kv_heads": self.num_kv_heads or self.num_heads}
+            update={
+                "embed_dim": width,
+                "num_kv_heads": self.num_kv_heads or self.num_heads,
+                "qkv_bias": qkv_bias,
+                "out_bias": out_bias,
+            }
+        )
+
+    def biases(self) -> tuple[bool | list[bool], bool]:
+        """``qkv_bias`` and ``out_bias``, each ``bias`` where it is not given."""
+        return (
+            self.bias if self.qkv_bias is None else self.qkv_bias,
+            self.bias if self.out_bias is None else self.out_bias,
         )
 
     def build(self) -> nn.Module:
+        qkv_bias, out_bias = self.biases()
         return CausalSelfAttention(
             self.embed_dim,
             self.num_heads,
             self.num_kv_heads,
             rope=self.rope,
             rope_theta=self.rope_theta,
-            bias=self.bias,
+            qkv_bias=tuple(qkv_bias) if isinstance(qkv_bias, list) else qkv_bias,
+            out_bias=out_bias,
             dropout=self.dropout,
         )

@@ -24,6 +24,11 @@ class PoolSpec(SpatialSpec):
     kernel_size: Window
     stride: Window | None = Field(None, description="defaults to kernel_size")
     padding: Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]] = 0
+    ceil_mode: bool = Field(
+        False,
+        description="round the output size up: a last, partial window is kept if it starts inside the "
+        "input or its left padding",
+    )
 
 
 class MaxPool1dSpec(PoolSpec):
@@ -33,7 +38,7 @@ class MaxPool1dSpec(PoolSpec):
     type: Literal["MaxPool1d"] = "MaxPool1d"
 
     def build(self) -> nn.Module:
-        return nn.MaxPool1d(_t(self.kernel_size), _t(self.stride), _t(self.padding))
+        return nn.MaxPool1d(_t(self.kernel_size), _t(self.stride), _t(self.padding), ceil_mode=self.ceil_mode)
 
 
 class MaxPool2dSpec(PoolSpec):
@@ -42,7 +47,7 @@ class MaxPool2dSpec(PoolSpec):
     type: Literal["MaxPool2d"] = "MaxPool2d"
 
     def build(self) -> nn.Module:
-        return nn.MaxPool2d(_t(self.kernel_size), _t(self.stride), _t(self.padding))
+        return nn.MaxPool2d(_t(self.kernel_size), _t(self.stride), _t(self.padding), ceil_mode=self.ceil_mode)
 
 
 class AvgPool1dSpec(PoolSpec):
@@ -52,7 +57,7 @@ class AvgPool1dSpec(PoolSpec):
     type: Literal["AvgPool1d"] = "AvgPool1d"
 
     def build(self) -> nn.Module:
-        return nn.AvgPool1d(_t(self.kernel_size), _t(self.stride), _t(self.padding))
+        return nn.AvgPool1d(_t(self.kernel_size), _t(self.stride), _t(self.padding), ceil_mode=self.ceil_mode)
 
 
 class AvgPool2dSpec(PoolSpec):
@@ -61,7 +66,7 @@ class AvgPool2dSpec(PoolSpec):
     type: Literal["AvgPool2d"] = "AvgPool2d"
 
     def build(self) -> nn.Module:
-        return nn.AvgPool2d(_t(self.kernel_size), _t(self.stride), _t(self.padding))
+        return nn.AvgPool2d(_t(self.kernel_size), _t(self.stride), _t(self.padding), ceil_mode=self.ceil_mode)
 
 
 class AdaptiveAvgPool1dSpec(SpatialSpec):
