@@ -151,3 +151,23 @@ def test_tied_weights_are_one_tensor_in_the_exported_model(client) -> None:
         "1.1.0.weight",
         "1.1.0.bias",
     ]
+
+
+def test_a_tie_in_a_residual_shortcut_to_its_body_exports(client) -> None:
+    """Issue 21 item 7: the shortcut ties to a layer of the body, which comes first in the model."""
+    residual = {
+        "type": "Residual",
+        "layers": [{"type": "Linear", "out_features": 4, "name": "a"}],
+        "shortcut": [{"type": "Linear", "out_features": 4, "tie_weight": "a"}],
+    }
+    body = {"model": {"layers": [residual]}, "input_shape": [2, 4]}
+    source, summary = exported(client, body)
+    torch.manual_seed(0)
+    model = run_exported(source)["build_model"]()
+    assert model[0].shortcut[0].weight is model[0].layers[0].weight
+    assert str(model) == summary["model_repr"]
+    assert sum(p.numel() for p in model.parameters()) == summary["total_params"] == 4 * 4 + 4 + 4
+    x = torch.randn(2, 4)
+    body_layer, skip = model[0].layers[0], model[0].shortcut[0]
+    expected = x @ body_layer.weight.T + body_layer.bias + x @ body_layer.weight.T + skip.bias
+    torch.testing.assert_close(model(x), expected)
