@@ -226,7 +226,7 @@ class CodeWriter(Walk[Any, Call]):
             self._defined_objects[name] = value
             args = ", ".join(render(a) for a in typing.get_args(value))
             self.definitions[name] = f"{name} = Literal[{args}]\n"
-        elif _is_project(value) and inspect.isclass(value):
+        elif _is_project(value) and inspect.isclass(value) and issubclass(value, nn.Module):
             self._define(value)
 
     def _provide(self, name: str, value: Any, reader: str) -> None:
@@ -236,6 +236,10 @@ class CodeWriter(Walk[Any, Call]):
             if alias != name:
                 raise ExportError(f"{reader} reads {value.__name__} as {name!r}; import it as {alias!r}")
             self.imports[name] = statement
+        elif _is_project(value) and inspect.isclass(value) and not issubclass(value, nn.Module):
+            # A spec's class or error, or another of our tools: what checks a spec belongs to the
+            # spec (its ``infer``), never to the module the user takes away.
+            raise ExportError(f"{reader} reads {name!r}, a class of ours that is not a torch module")
         elif _is_project(value) and (inspect.isclass(value) or inspect.isfunction(value)):
             self._define(value)
         elif isinstance(value, int | float | str | bool | tuple | dict | type(None)):
