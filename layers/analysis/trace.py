@@ -1,4 +1,5 @@
-"""Build a model from its spec on the meta device, layer by layer, inferring sizes as it goes.
+"""The trace: the build pass over the spec (``layers.language.walk``) on the meta device, layer by
+layer, inferring sizes as it goes.
 
 Each layer's module is constructed on ``meta`` (no memory), run on a meta tensor to learn its
 output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allocated.
@@ -140,14 +141,14 @@ class _Tracer(Builder):
         )
         return traced
 
-    def made_sequence(self, results: list[TracedLayer]) -> list[TracedLayer]:  # type: ignore[override]
+    def made_sequence(self, results: list[TracedLayer]) -> list[TracedLayer]:
         return results
 
     def first_copy(self, node: Node, x: torch.Tensor, out: torch.Tensor) -> None:
         assert isinstance(node.spec, ContainerSpec)
         node.spec.combine(x, [out])  # before the other copies are built
 
-    def container(  # type: ignore[override]
+    def container(
         self, node: Node, x: torch.Tensor, sequences: list[list[TracedLayer]], outputs: list[torch.Tensor]
     ) -> TracedLayer:
         traced = self.traced[node.path]
@@ -163,7 +164,7 @@ class _Tracer(Builder):
         traced.output = twin.output if twin else spec.combine(x, outputs)
         return traced
 
-    def output(self, result: TracedLayer) -> torch.Tensor:  # type: ignore[override]
+    def output(self, result: TracedLayer) -> torch.Tensor:
         return result.output
 
     def check_time(self, loc: Loc, path: str, spec: LayerSpec) -> None:
