@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from summary_vs_torchinfo import resnet50, transformer_7b  # noqa: E402
 
+from app.analysis import summarize, summary  # noqa: E402
 from layers import ModelSpec  # noqa: E402
-from layers.analysis.summary import summarize  # noqa: E402
+from layers.analysis.memory import estimate_memory  # noqa: E402
 from layers.analysis.trace import trace_model  # noqa: E402
 from layers.training.optimizers import AdamSpec  # noqa: E402
 
@@ -137,8 +138,6 @@ def torchinfo_total(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def accuracy() -> None:
-    from layers.analysis.memory import estimate_memory
-
     torch.set_num_threads(1)
     print(
         "| model (batch) | truth: peak (MemTracker) | ours | torchinfo | 4 x weights | "
@@ -187,17 +186,18 @@ def timing(warm: int) -> None:
             if i == 1:
                 rss_warm = rss()
             wall, cpu = time.perf_counter(), time.thread_time()
-            summary = summarize(model, shape, dtype, optimizer=AdamSpec(), device="cuda")
+            traced = trace_model(model, shape, dtype)
+            answer = summary(traced, estimate_memory(traced, AdamSpec(), "cuda"))
             runs.append((time.perf_counter() - wall, time.thread_time() - cpu))
         growth = rss() - rss_warm
         first = runs[0]
         wall_med = statistics.median(r[0] for r in runs[1:])
         cpu_med = statistics.median(r[1] for r in runs[1:])
-        peak = summary.memory.training_peak_bytes
+        peak = answer.memory.training_peak_bytes
         print(
             f"| {name} | {first[0]:.2f} s / {first[1]:.2f} s | {wall_med:.2f} s / {cpu_med:.2f} s "
             f"| {(rss_warm - rss_first) / MIB:.0f} MiB, {growth / MIB:.0f} MiB "
-            f"| {peak / (1 << 30):.1f} GiB ({summary.memory.peak_phase}) |",
+            f"| {peak / (1 << 30):.1f} GiB ({answer.memory.peak_phase}) |",
             flush=True,
         )
 

@@ -1,7 +1,7 @@
 """How long a summary of today's transformers takes on the meta device, with and without Repeat.
 
 A ``Repeat`` is traced once and its other copies are only built (on meta), their shapes and FLOPs
-taken from the first. This times ``layers.analysis.summary.summarize`` in process (first call, then the
+taken from the first. This times ``app.analysis.summarize`` in process (first call, then the
 median of ``--warm`` calls) for:
 
 - the Llama-2-7B stack of issue 9 (6,738,415,616 parameters, 2048 token ids), as ``Repeat`` 32
@@ -27,9 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.analysis import summarize  # noqa: E402
 from app.examples import SUMMARY_EXAMPLES  # noqa: E402
 from layers import ModelSpec  # noqa: E402
-from layers.analysis.summary import summarize  # noqa: E402
 
 BLOCK = [
     {

@@ -16,7 +16,7 @@ parameter counts, asserted):
   3072, tied nothing: 131,968,314 parameters), one sequence of 512 token ids.
 
 Ways to summarise, each measured in a fresh subprocess (so peak RSS is the case's own):
-- ``summarize``: ``layers.analysis.summary.summarize(spec, shape)`` in process;
+- ``summarize``: ``app.analysis.summarize(spec, shape)`` in process;
 - ``http``: one ``POST /v1/models/summary`` round trip through ``TestClient`` (validation, limits,
   tracing, JSON), with the summary cache off so every call traces;
 - ``torchinfo``: ``torchinfo.summary`` on the same model built for real on the CPU from the
@@ -179,8 +179,8 @@ def child(case: str, mode: str, warm: int) -> dict:
         resource.setrlimit(resource.RLIMIT_AS, (TORCHINFO_CAP_BYTES, TORCHINFO_CAP_BYTES))
     import torch
 
+    from app.analysis import summarize
     from layers import ModelSpec
-    from layers.analysis.summary import summarize
     from layers.analysis.trace import DTYPES, trace_model
 
     torch.set_num_threads(os.cpu_count() or 1)

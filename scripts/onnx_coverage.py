@@ -18,9 +18,9 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from test_registry import SAMPLES, real_input  # noqa: E402
 
-from app.exports import onnx_file  # noqa: E402
 from layers import ModelSpec, SpecError  # noqa: E402
 from layers.analysis.trace import trace_model  # noqa: E402
+from layers.export.onnx_export import ExportLimits, onnx_file  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
         module = traced.spec.build().eval()
         started = time.monotonic()
         try:
-            session = ort.InferenceSession(onnx_file(traced, sample.input_dtype, module))
+            session = ort.InferenceSession(onnx_file(traced, name, lambda m=module: m, ExportLimits()))
         except SpecError as e:
             failed += 1
             print(f"{name:24} 422 {e.msg[:160]}")

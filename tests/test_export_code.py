@@ -9,13 +9,17 @@ is exported the day it is registered.
 from __future__ import annotations
 
 import ast
+import importlib.util
+import sys
 
 import pytest
 import torch
 from test_registry import SAMPLES, real_input
 
 from app.examples import SUMMARY_EXAMPLES
-from layers import LAYER_SPECS
+from layers import LAYER_SPECS, ModelSpec
+from layers.analysis.trace import trace_model
+from layers.export.codegen import CodeWriter, ExportError, python_file
 
 ALLOWED_IMPORTS = {"__future__", "torch", "typing", "math"}
 
@@ -151,3 +155,64 @@ def test_tied_weights_are_one_tensor_in_the_exported_model(client) -> None:
         "1.1.0.weight",
         "1.1.0.bias",
     ]
+
+
+def test_a_tie_in_a_residual_shortcut_to_its_body_exports(client) -> None:
+    """Issue 21 item 7: the shortcut ties to a layer of the body, which comes first in the model."""
+    residual = {
+        "type": "Residual",
+        "layers": [{"type": "Linear", "out_features": 4, "name": "a"}],
+        "shortcut": [{"type": "Linear", "out_features": 4, "tie_weight": "a"}],
+    }
+    body = {"model": {"layers": [residual]}, "input_shape": [2, 4]}
+    source, summary = exported(client, body)
+    torch.manual_seed(0)
+    model = run_exported(source)["build_model"]()
+    assert model[0].shortcut[0].weight is model[0].layers[0].weight
+    assert str(model) == summary["model_repr"]
+    assert sum(p.numel() for p in model.parameters()) == summary["total_params"] == 4 * 4 + 4 + 4
+    x = torch.randn(2, 4)
+    body_layer, skip = model[0].layers[0], model[0].shortcut[0]
+    expected = x @ body_layer.weight.T + body_layer.bias + x @ body_layer.weight.T + skip.bias
+    torch.testing.assert_close(model(x), expected)
+
+
+PROBE = """
+from torch import nn
+
+from layers.language.base import expect_divisible
+
+
+class Checked(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        expect_divisible(width, heads, "heads", "width")  # a spec's check, in a module
+        self.linear = nn.Linear(width, width)
+"""
+
+
+def test_a_module_reading_the_spec_language_is_refused_not_exported(tmp_path) -> None:
+    """What checks a spec belongs to the spec: the exporter never copies a spec's error class
+    (or what it reads) into the user's file, it names the module that reads it."""
+    path = tmp_path / "probe.py"
+    path.write_text(PROBE)
+    loader = importlib.util.spec_from_file_location("layers._export_probe", path)  # our own test file
+    probe = importlib.util.module_from_spec(loader)
+    sys.modules[loader.name] = probe
+    try:
+        loader.loader.exec_module(probe)
+        with pytest.raises(ExportError, match="expect_divisible reads 'ShapeError'"):
+            CodeWriter().ref(probe.Checked)
+    finally:
+        del sys.modules[loader.name]
+
+
+@pytest.mark.parametrize("layer_type", sorted(LAYER_SPECS))
+def test_exported_code_holds_nothing_of_our_tooling(layer_type: str) -> None:
+    sample = SAMPLES[layer_type]
+    traced = trace_model(ModelSpec(layers=[sample.spec]), tuple(sample.input_shape), sample.input_dtype)
+    source = python_file(traced, "a test").decode()
+    names = {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)}
+    names |= {node.attr for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Attribute)}
+    assert not names & {"LayerSpec", "SpecError", "ShapeError", "is_meta", "rotate_on_meta", "eval"}
+    assert "# safe" not in source

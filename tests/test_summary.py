@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch_modules import ConvBlock, MyConv2d, MyLinear, Residual, count_params, output_shapes
 
+from app.analysis import summarize
 from app.examples import SEED_MODEL, SUMMARY_EXAMPLES
 from layers import ModelSpec
-from layers.analysis.summary import summarize
 from layers.analysis.trace import trace_model
 
 URL = "/v1/models/summary"

@@ -11,6 +11,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from app.analysis import summarize
 from app.api.routes import jobs as job_routes
 from app.core import traces
 from app.core.config import settings
@@ -20,7 +21,6 @@ from app.jobs.store import JobStore
 from app.main import app
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
-from layers.analysis.summary import summarize
 
 # One meta bmm per output feature inside a single aten::_trilinear: about 50 s of CPU unbounded.
 HUGE_BILINEAR = {"layers": [{"type": "Bilinear", "out_features": 1048570}]}

@@ -21,6 +21,7 @@ from app.core.config import settings
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
+CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, but the access log does
 
 # One semaphore per event loop (an asyncio primitive belongs to one loop; tests run several).
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()

@@ -11,9 +11,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from app.analysis import summarize
 from app.examples import SUMMARY_EXAMPLES
 from layers import ModelSpec
-from layers.analysis.summary import summarize
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 60  # one example traces in well under this, even on a loaded machine

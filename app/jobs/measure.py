@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 
 from app.jobs.domain import JobMemory
-from layers.analysis.memory import optimizer_state_bytes, storage_bytes
+from layers.analysis.memory import SavedTensors, optimizer_state_bytes, storage_bytes
 
 
 class MemoryMeter:
@@ -26,18 +26,9 @@ class MemoryMeter:
     @contextmanager
     def first_forward(self) -> Iterator[None]:
         """Count what autograd saves for backward in the block (each storage once)."""
-        excluded = {t.untyped_storage()._cdata for t in (*self.model.parameters(), *self.model.buffers())}
-        seen: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            key = t.untyped_storage()._cdata
-            if key not in excluded and key not in seen:
-                seen[key] = t.untyped_storage().nbytes()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with SavedTensors([*self.model.parameters(), *self.model.buffers()]).recording() as saved:
             yield
-        self.saved = sum(seen.values())
+        self.saved = saved.total
 
     def after_first_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Call after the first ``optimizer.step()``, before ``zero_grad``."""

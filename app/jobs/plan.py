@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from app.core.config import settings
 from app.core.spec_limits import check_model
 from app.jobs.train import TrainPayload
 from app.schemas.jobs import JobCreate
-from layers.analysis.summary import ModelSummary, summarize
+from layers.analysis.budget import TraceBudget
+from layers.analysis.memory import TrainingMemory, estimate_memory
+from layers.analysis.params import weight_bytes
+from layers.analysis.trace import TracedModel, trace_model
 from layers.language.base import ContainerSpec
 from layers.language.errors import LimitError, ShapeError, SpecError
 from layers.training.datasets import DatasetInfo
@@ -36,15 +39,15 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
     check_model(job.model)
     info = job.dataset.describe(job.loss.task == "classification", settings)
     _check_steps(job, info)
-    summary = _trace(job, info, cancelled)
+    traced, step = _trace(job, info, cancelled)
     _check_token_ids(job, info.tokens)
     last = ("model", "layers", len(job.model.layers) - 1)
-    output = tuple(summary.output_shape[1:])
+    output = tuple(traced.output_shape[1:])
     job.loss.check(output, info.targets, last)
-    memory = _check_memory(job, summary, info)
+    memory = _check_memory(job, traced, step, info)
     allowance = math.ceil(memory * settings.job_memory_factor) + settings.job_memory_slack_bytes
     payload = TrainPayload(
-        model=summary.model,
+        model=traced.spec,
         output_shape=list(output),
         dataset=job.dataset,
         loss=job.loss,
@@ -86,39 +89,36 @@ def _check_steps(job: JobCreate, info: DatasetInfo) -> None:
         )
 
 
-def _trace(job: JobCreate, info: DatasetInfo, cancelled: threading.Event | None) -> ModelSummary:
-    """The model traced at a training batch of the dataset's samples, with its training memory."""
+def _trace(
+    job: JobCreate, info: DatasetInfo, cancelled: threading.Event | None
+) -> tuple[TracedModel, TrainingMemory]:
+    """The model traced at a training batch of the dataset's samples, and its training step's memory."""
     try:
-        return summarize(
-            job.model,
-            (job.batch_size, *info.sample_shape),
-            info.dtype,
-            settings.max_trace_seconds,
-            cancelled,
-            optimizer=job.optimizer,
-            device="cpu" if job.device == "cpu" else "cuda",
-        )
+        budget = TraceBudget(settings.max_trace_seconds, cancelled)
+        traced = trace_model(job.model, (job.batch_size, *info.sample_shape), info.dtype, budget)
+        device = "cpu" if job.device == "cpu" else "cuda"
+        step = estimate_memory(traced, job.optimizer, device, budget=budget, inference=False).memory
     except SpecError as e:
         raise e.under("model") from e
+    return traced, step
 
 
-def _check_memory(job: JobCreate, summary: ModelSummary, info: DatasetInfo) -> int:
+def _check_memory(job: JobCreate, traced: TracedModel, step: TrainingMemory, info: DatasetInfo) -> int:
     """The run's memory estimate, within ``MB_MAX_JOB_MEMORY_BYTES``; its weights within
     ``MB_MAX_ARTIFACT_BYTES``."""
     # The training step's peak (weights, gradients, optimizer state, activations, temporaries)
     # and the whole dataset, which the worker moves to the device.
-    step = summary.memory
     memory = step.training_peak_bytes + info.input_bytes
     if memory > settings.max_job_memory_bytes:
-        parts = ", ".join(f"{name} {_gib(value)}" for name, value in step.breakdown.model_dump().items())
+        parts = ", ".join(f"{name} {_gib(value)}" for name, value in asdict(step.breakdown).items())
         raise LimitError(
             ("model",),
             f"training this model at batch size {job.batch_size} needs about {_gib(memory)}: a "
             f"training step with {job.optimizer.type} peaks at {_gib(step.training_peak_bytes)} ({parts}) "
             f"and the data take {_gib(info.input_bytes)}; the limit is {_gib(settings.max_job_memory_bytes)}",
-            {"limit": settings.max_job_memory_bytes, "got": memory, "breakdown": step.breakdown.model_dump()},
+            {"limit": settings.max_job_memory_bytes, "got": memory, "breakdown": asdict(step.breakdown)},
         )
-    weights = summary.param_bytes + summary.buffer_bytes
+    weights = weight_bytes(traced)
     if weights > settings.max_artifact_bytes:
         raise LimitError(
             ("model",),

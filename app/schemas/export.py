@@ -7,13 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from app.schemas.summary import SummaryRequest
+from layers.export import EXPORTERS
 from layers.language.spec import SpecModel
 
-ExportFormat = Literal["pytorch", "onnx"]
-FORMAT_DESCRIPTION = (
-    '"pytorch": one Python file importing only torch, with build_model(); '
-    '"onnx": an ONNX file (torch.onnx.export, dynamo exporter, opset 18, dynamic batch)'
-)
+ExportFormat = Literal[tuple(EXPORTERS)]  # type: ignore[valid-type]
+FORMAT_DESCRIPTION = "; ".join(f'"{name}": {exporter.description}' for name, exporter in EXPORTERS.items())
 
 
 class ExportRequest(SummaryRequest):

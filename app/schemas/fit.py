@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from layers.analysis.memory import MemoryBreakdown
+from app.schemas.summary import MemoryBreakdown
 
 
 class BatchProbe(BaseModel):

@@ -1,16 +1,16 @@
-"""Request schemas of ``POST /v1/models/summary`` and ``/fit``; the summary response is
-``layers.analysis.summary.ModelSummary``."""
+"""Schemas of ``POST /v1/models/summary`` and ``/fit``: the requests, and the summary's answer,
+which ``app.analysis`` makes from the analyses' plain data (``layers.analysis``)."""
 
 from __future__ import annotations
 
 import math
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.core.config import settings
 from layers import ModelSpec
-from layers.analysis.memory import Device
+from layers.analysis.memory import Device, Phase
 from layers.analysis.trace import InputDType
 from layers.language.spec import SpecModel
 from layers.training.optimizers import AnyOptimizer
@@ -72,3 +72,101 @@ class FitRequest(ModelInput):
     device_memory_bytes: int = Field(
         strict=True, gt=0, le=1 << 50, description="memory of the device, in bytes (a positive integer)"
     )
+
+
+# ---- the answer ------------------------------------------------------------------------------
+# Read from the analyses' dataclasses (``from_attributes``).
+
+
+class ParamInfo(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str = Field(description="name relative to the layer, e.g. `linear.weight`")
+    shape: list[int]
+    numel: int
+    trainable: bool
+    tied_to: str | None = Field(
+        None, description="module path of the layer whose weight this is (`tie_weight`); counted there"
+    )
+
+
+class RepeatInfo(BaseModel):
+    index: int = Field(description="which copy of the innermost enclosing Repeat's block (from 0)")
+    times: int
+
+
+class LayerSummary(BaseModel):
+    path: str = Field(description="module path inside the model, e.g. `3.layers.0`")
+    type: str
+    depth: int = Field(description="0 for top-level layers, +1 inside each container")
+    input_shape: list[int]
+    output_shape: list[int]
+    num_params: int = Field(
+        description="parameters under this layer, children included; a tied one is counted once, at its owner"
+    )
+    params: list[ParamInfo] = Field(
+        description="the layer's own parameters (a container's children list theirs)"
+    )
+    repeat: RepeatInfo | None = Field(None, description="set on the rows of a Repeat's copies")
+    flops: int = Field(description="forward FLOPs of this layer, children included")
+    output_bytes: int = Field(description="bytes of the layer's output")
+    saved_bytes: int | None = Field(
+        None,
+        description="bytes autograd keeps for this layer's backward, children included (with `training`)",
+    )
+    spec: dict = Field(description="the layer's spec with inferred sizes filled in")
+
+
+class MemoryBreakdown(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    parameters: int
+    buffers: int
+    gradients: int = Field(description="one gradient per trainable parameter")
+    optimizer_state: int = Field(description="what the optimizer keeps after its first step")
+    activations: int = Field(description="bytes autograd holds for backward when the forward ends")
+    temporary: int = Field(
+        description="the rest of the peak: the loss, gradients in flight, kernels' scratch; negative "
+        "when the peak comes where not all of the above coexist (in the optimizer step, once "
+        "activations are freed)"
+    )
+
+
+class TrainingMemory(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    training_peak_bytes: int = Field(
+        description="peak of live memory over a training step (forward, loss, backward, optimizer step) "
+        "once the optimizer state exists"
+    )
+    peak_phase: Phase
+    breakdown: MemoryBreakdown
+    inference_peak_bytes: int = Field(description="peak of a forward under no_grad")
+    optimizer: str
+    device: Device = Field(description="the optimizer implementation counted: CUDA's foreach or CPU's loop")
+    notes: list[str] = Field(description="how layers torch cannot see into were measured")
+
+
+class ModelSummary(BaseModel):
+    model_repr: str = Field(description="exactly `print(model)`")
+    input_shape: list[int]
+    input_dtype: str
+    output_shape: list[int]
+    param_dtype: str
+    total_params: int = Field(description="unique parameters (shared ones counted once)")
+    trainable_params: int
+    param_bytes: int
+    buffer_bytes: int = Field(description="non-parameter state, e.g. BatchNorm running stats")
+    activation_bytes: int = Field(description="bytes of every leaf layer's forward output")
+    flops: int = Field(description="forward FLOPs counted per operator by torch.utils.flop_counter")
+    mult_adds: int = Field(description="forward multiply-adds: flops / 2")
+    backward_flops: int | None = Field(
+        None, description="backward FLOPs counted by torch.utils.flop_counter (with `training`)"
+    )
+    memory: TrainingMemory | None = Field(None, description="training and inference memory (with `training`)")
+    uncounted_ops: list[str] = Field(
+        description="operators that ran counted ones (matmuls) inside but that torch's FLOP counter has "
+        "no formula for (e.g. `aten._trilinear` of Bilinear): their FLOPs are missing from `flops`"
+    )
+    layers: list[LayerSummary]
+    model: dict = Field(description="the model spec with every inferred size filled in")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from layers.analysis.budget import TraceBudget
 from layers.analysis.memory import Device, MemoryEstimate, estimate_memory
 from layers.analysis.trace import TracedModel
 from layers.training.optimizers import OptimizerSpec
@@ -26,8 +27,7 @@ def largest_batch(
     device: Device,
     limit_bytes: int,
     max_batch: int,
-    deadline: float | None = None,
-    budget_s: float | None = None,
+    budget: TraceBudget | None = None,
 ) -> Fit:
     """Largest batch (up to ``max_batch``) whose training peak is at most ``limit_bytes``."""
     fit = Fit(0)
@@ -35,7 +35,7 @@ def largest_batch(
     def peak(batch: int) -> int:
         if batch not in fit.probes:
             estimate: MemoryEstimate = estimate_memory(
-                traced, optimizer, device, batch, deadline, budget_s, inference=False
+                traced, optimizer, device, batch, budget, inference=False
             )
             fit.probes[batch] = estimate.memory.training_peak_bytes
         return fit.probes[batch]

@@ -23,16 +23,14 @@ many bytes for backward.
 from __future__ import annotations
 
 import math
-import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, Field
 from torch import nn
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
@@ -40,6 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from layers.analysis.budget import BudgetExceeded, TraceBudget
 from layers.analysis.trace import TracedModel
 from layers.catalog import recurrent
 from layers.language.errors import LimitError, Loc
@@ -54,36 +53,36 @@ MEASURE_STEPS = (8, 16)
 MEASURE_MAX_PARAM_BYTES = 64 << 20
 
 
-class MemoryBreakdown(BaseModel):
+Phase = Literal["forward", "backward", "optimizer step"]
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """The parts of the training peak (described in ``app.schemas.summary.MemoryBreakdown``)."""
+
     parameters: int
     buffers: int
-    gradients: int = Field(description="one gradient per trainable parameter")
-    optimizer_state: int = Field(description="what the optimizer keeps after its first step")
-    activations: int = Field(description="bytes autograd holds for backward when the forward ends")
-    temporary: int = Field(
-        description="the rest of the peak: the loss, gradients in flight, kernels' scratch; negative "
-        "when the peak comes where not all of the above coexist (in the optimizer step, once "
-        "activations are freed)"
-    )
+    gradients: int
+    optimizer_state: int
+    activations: int  # bytes autograd holds for backward when the forward ends
+    temporary: int  # the rest of the peak; negative when it comes where not all of the above coexist
 
 
-class TrainingMemory(BaseModel):
-    training_peak_bytes: int = Field(
-        description="peak of live memory over a training step (forward, loss, backward, optimizer step) "
-        "once the optimizer state exists"
-    )
-    peak_phase: Literal["forward", "backward", "optimizer step"]
+@dataclass(frozen=True)
+class TrainingMemory:
+    training_peak_bytes: int  # once the optimizer state exists
+    peak_phase: Phase
     breakdown: MemoryBreakdown
-    inference_peak_bytes: int = Field(description="peak of a forward under no_grad")
+    inference_peak_bytes: int  # 0 when not estimated
     optimizer: str
-    device: Device = Field(description="the optimizer implementation counted: CUDA's foreach or CPU's loop")
-    notes: list[str] = Field(description="how layers torch cannot see into were measured")
+    device: Device
+    notes: list[str]  # how layers torch cannot see into were measured
 
 
 @dataclass
 class MemoryEstimate:
     memory: TrainingMemory
-    saved_by_path: dict[str, int]
+    saved_by_path: dict[str, int]  # bytes saved for backward under each layer, children included
     backward_flops: int
 
 
@@ -92,18 +91,17 @@ def estimate_memory(
     optimizer: OptimizerSpec,
     device: Device = "cuda",
     batch_size: int | None = None,
-    deadline: float | None = None,
-    budget_s: float | None = None,
+    budget: TraceBudget | None = None,
     inference: bool = True,
 ) -> MemoryEstimate:
     """Training memory of ``traced`` with ``optimizer``, at its input shape or at ``batch_size``.
 
-    ``deadline`` is a ``time.thread_time()`` past which a ``LimitError`` naming the layer running
-    then stops it. ``inference=False`` skips the inference pass (``inference_peak_bytes`` is 0).
+    Past ``budget`` a ``LimitError`` names the layer running then (once it is cancelled,
+    ``TraceCancelled``). ``inference=False`` skips the inference pass (``inference_peak_bytes`` is 0).
     """
     shape = (batch_size or traced.input_shape[0], *traced.input_shape[1:])
     module = traced.module
-    clock = _Clock(deadline, budget_s)
+    clock = _Clock(budget or TraceBudget(None))
     clock.where = (traced.layers[0].loc, traced.layers[0].path)  # until the first layer runs
     paths = {id(node.module): (node.loc, node.path) for node in traced.layers if node.module is not None}
     params = list(module.parameters())
@@ -115,19 +113,19 @@ def estimate_memory(
     finally:
         for p in params:
             p.grad = None
-    parameters, buffer_bytes, peak = storage_bytes(params), storage_bytes(buffers), step["peak"]
-    named = parameters + buffer_bytes + step["gradients"] + step["optimizer_state"] + step["saved"]
+    parameters, buffer_bytes = storage_bytes(params), storage_bytes(buffers)
+    named = parameters + buffer_bytes + step.gradients + step.optimizer_state + step.saved
     breakdown = MemoryBreakdown(
         parameters=parameters,
         buffers=buffer_bytes,
-        gradients=step["gradients"],
-        optimizer_state=step["optimizer_state"],
-        activations=step["saved"],
-        temporary=peak - named,
+        gradients=step.gradients,
+        optimizer_state=step.optimizer_state,
+        activations=step.saved,
+        temporary=step.peak - named,
     )
     memory = TrainingMemory(
-        training_peak_bytes=peak,
-        peak_phase=step["phase"],
+        training_peak_bytes=step.peak,
+        peak_phase=step.phase,
         breakdown=breakdown,
         inference_peak_bytes=inference,
         optimizer=optimizer.type,
@@ -136,8 +134,8 @@ def estimate_memory(
     )
     return MemoryEstimate(
         memory=memory,
-        saved_by_path=_subtree_sums(traced, step["own"]),
-        backward_flops=step["flops"] + sum(recurrent_flops.values()),
+        saved_by_path=_subtree_sums(traced, step.own),
+        backward_flops=step.flops + sum(recurrent_flops.values()),
     )
 
 
@@ -148,22 +146,24 @@ def storage_bytes(tensors: list[torch.Tensor]) -> int:
 
 
 class _Clock:
-    """The time budget: past ``deadline`` (``time.thread_time()``), a ``LimitError`` at the layer."""
+    """The budget, checked at every operator: past it, a ``LimitError`` at the layer running."""
 
-    def __init__(self, deadline: float | None, budget_s: float | None) -> None:
-        self.deadline, self.budget_s = deadline, budget_s
+    def __init__(self, budget: TraceBudget) -> None:
+        self.budget = budget
         self.where: tuple[Loc, str] = ((), "")  # the spec loc and module path running now
 
     def check(self) -> None:
-        if self.deadline is not None and time.thread_time() > self.deadline:
+        try:
+            self.budget.check()
+        except BudgetExceeded as e:
             loc, path = self.where
             raise LimitError(
                 loc,
                 f"tracing the model and estimating its training memory took more than "
-                f"{self.budget_s:g} s of CPU time; it stopped at module path '{path}'. Use fewer or "
+                f"{e.budget_s:g} s of CPU time; it stopped at module path '{path}'. Use fewer or "
                 "smaller layers, or a smaller input",
-                {"limit_s": self.budget_s, "path": path},
-            )
+                {"limit_s": e.budget_s, "path": path},
+            ) from e
 
 
 def _input(shape: tuple[int, ...], traced: TracedModel) -> torch.Tensor:
@@ -258,6 +258,52 @@ class _LiveBytes(TorchDispatchMode):
         return out
 
 
+class SavedTensors:
+    """Bytes autograd saves for backward while ``recording``: each storage once, ``excluded``
+    ones (the model's parameters and buffers) apart, each counted for its ``owner()``."""
+
+    def __init__(self, excluded: Iterable[torch.Tensor], owner: Callable[[], str] = str) -> None:
+        self.excluded = {t.untyped_storage()._cdata for t in excluded}
+        self.owner = owner
+        self.bytes: dict[int, int] = {}  # storage key -> bytes
+        self.by_owner: dict[str, int] = {}
+
+    @property
+    def total(self) -> int:
+        return sum(self.bytes.values())
+
+    def pack(self, t: torch.Tensor) -> torch.Tensor:
+        # Every saved tensor stays alive until backward, so its storage key stays unique.
+        key = t.untyped_storage()._cdata
+        if key not in self.excluded and key not in self.bytes:
+            self.bytes[key] = nbytes = t.untyped_storage().nbytes()
+            owner = self.owner()
+            self.by_owner[owner] = self.by_owner.get(owner, 0) + nbytes
+        return t
+
+    @contextmanager
+    def recording(self) -> Iterator[SavedTensors]:
+        with torch.autograd.graph.saved_tensors_hooks(self.pack, _unpack):
+            yield self
+
+
+def _unpack(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@dataclass
+class _Step:
+    """What one training step on meta measured."""
+
+    peak: int
+    phase: Phase
+    saved: int
+    own: dict[str, int] = field(default_factory=dict)  # saved bytes by the module path that saved them
+    flops: int = 0  # of backward
+    gradients: int = 0
+    optimizer_state: int = 0
+
+
 def _training_pass(
     module: nn.Module,
     shape: tuple[int, ...],
@@ -266,7 +312,7 @@ def _training_pass(
     device: Device,
     paths: dict[int, tuple[Loc, str]],
     clock: _Clock,
-) -> dict[str, Any]:
+) -> _Step:
     """The training step's peak live bytes on meta, what it saved for backward, FLOPs and sizes."""
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = spec.build(params)
@@ -274,34 +320,11 @@ def _training_pass(
         # What the optimizer picks on that device: CUDA's foreach kernels (a parameter-sized
         # temporary per state op), the CPU's per-parameter loop.
         group["foreach"] = device == "cuda"
-    excluded = {t.untyped_storage()._cdata for t in (*module.parameters(), *module.buffers())}
-    saved: dict[int, int] = {}
-    own: dict[str, int] = {}
     tracker = _LiveBytes(clock)
     x = _input(shape, traced)
     with tracker:
         tracker.track([*module.parameters(), *module.buffers(), x])
-        with _module_stack(module, paths, clock) as stack:
-
-            def pack(t: torch.Tensor) -> torch.Tensor:
-                # Every saved tensor stays alive until backward, so its storage key stays unique.
-                key = t.untyped_storage()._cdata
-                if key not in excluded and key not in saved:
-                    saved[key] = t.untyped_storage().nbytes()
-                    own[stack[-1]] = own.get(stack[-1], 0) + saved[key]
-                return t
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _DeviceAttention(device):
-                out = module(x)
-        # A stand-in loss: like a real one it keeps and returns output-sized tensors.
-        loss = out.float().pow(2).mean() if out.requires_grad else None
-        del out
-        if loss is not None:
-            tracker.phase = "backward"
-            tracker.count_flops = True
-            loss.backward()
-            tracker.count_flops = False
-            del loss
+        saved = _forward_and_backward(module, x, tracker, paths, clock, device)
         grads = storage_bytes([p.grad for p in params if p.grad is not None])
         before_step = tracker.peak
         tracker.phase = "optimizer step"
@@ -315,15 +338,31 @@ def _training_pass(
     peak, phase = before_step + state, tracker.phase_at(before_step)
     if tracker.peak > peak:
         peak, phase = tracker.peak, "optimizer step"
-    return {
-        "peak": peak,
-        "phase": phase,
-        "saved": sum(saved.values()),
-        "own": own,
-        "flops": tracker.flops,
-        "gradients": grads,
-        "optimizer_state": state,
-    }
+    return _Step(peak, phase, saved.total, saved.by_owner, tracker.flops, grads, state)
+
+
+def _forward_and_backward(
+    module: nn.Module,
+    x: torch.Tensor,
+    tracker: _LiveBytes,
+    paths: dict[int, tuple[Loc, str]],
+    clock: _Clock,
+    device: Device,
+) -> SavedTensors:
+    """The forward, with what it saves for backward counted per layer, a loss, and the backward."""
+    with _module_stack(module, paths, clock) as stack:
+        saved = SavedTensors([*module.parameters(), *module.buffers()], lambda: stack[-1])
+        with saved.recording(), _DeviceAttention(device):
+            out = module(x)
+    # A stand-in loss: like a real one it keeps and returns output-sized tensors.
+    loss = out.float().pow(2).mean() if out.requires_grad else None
+    del out
+    if loss is not None:
+        tracker.phase = "backward"
+        tracker.count_flops = True
+        loss.backward()
+        tracker.count_flops = False
+    return saved
 
 
 def _state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -442,22 +481,13 @@ class _Kept:
 
 def saved_on_real(module: nn.Module, x: torch.Tensor) -> tuple[_Kept, torch.Tensor]:
     """What ``module(x)`` keeps for backward, measured with hooks on real tensors."""
-    excluded = {t.untyped_storage()._cdata for t in module.parameters()}
-    seen: dict[int, tuple[int, torch.Tensor]] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = t.untyped_storage()._cdata
-        if key not in excluded and key not in seen:
-            seen[key] = (t.untyped_storage().nbytes(), t)
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedTensors(module.parameters()).recording() as saved:
         out = module(x)
     in_key, out_key = x.untyped_storage()._cdata, out.untyped_storage()._cdata
     out_bytes = out.numel() * out.element_size()
-    kept_input = in_key in seen
-    kept_output = out_key in seen and seen[out_key][0] == out_bytes
-    internal = sum(n for k, (n, _) in seen.items() if not (k == in_key or (k == out_key and kept_output)))
+    kept_input = in_key in saved.bytes
+    kept_output = saved.bytes.get(out_key) == out_bytes
+    internal = sum(n for k, n in saved.bytes.items() if not (k == in_key or (k == out_key and kept_output)))
     return _Kept(kept_input, kept_output, internal), out
 
 
@@ -552,20 +582,13 @@ def _recurrent_measured(module: nn.Module) -> Iterator[tuple[list[str], dict[int
     notes: list[str] = []
     flops: dict[int, int] = {}
     replaced = [sub for sub in module.modules() if isinstance(sub, nn.RNNBase)]
-    # Layers that skip work on meta to trace faster (shape-neutral, no counted FLOPs) do it here,
-    # since what that work keeps for backward counts.
-    complete = [sub for sub in module.modules() if hasattr(sub, "rotate_on_meta")]
     try:
         for sub in replaced:
             sub.forward = _stand_in(sub, notes, flops)
-        for sub in complete:
-            sub.rotate_on_meta = True
         yield notes, flops
     finally:
         for sub in replaced:
             sub.__dict__.pop("forward", None)
-        for sub in complete:
-            sub.__dict__.pop("rotate_on_meta", None)
 
 
 def _output_shape(module: nn.RNNBase, x: torch.Tensor) -> tuple[int, ...]:

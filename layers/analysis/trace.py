@@ -1,4 +1,5 @@
-"""Build a model from its spec on the meta device, layer by layer, inferring sizes as it goes.
+"""The trace: the build pass over the spec (``layers.language.walk``) on the meta device, layer by
+layer, inferring sizes as it goes.
 
 Each layer's module is constructed on ``meta`` (no memory), run on a meta tensor to learn its
 output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allocated.
@@ -6,7 +7,6 @@ output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allo
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,9 +17,10 @@ from torch import nn
 
 from layers.analysis.budget import BudgetExceeded, BudgetMode, TraceBudget, TraceCancelled
 from layers.language.base import ContainerSpec, LayerSpec, Shape, shape_str
-from layers.language.build import Builder, join
+from layers.language.build import Builder
 from layers.language.errors import LimitError, Loc, NamingError, ShapeError, SpecError
 from layers.language.model import ModelSpec
+from layers.language.walk import Node
 
 InputDType = Literal["float32", "float64", "float16", "bfloat16", "int64", "int32"]
 DTYPES: dict[str, torch.dtype] = {
@@ -77,146 +78,94 @@ def trace_model(
     spec: ModelSpec,
     input_shape: Shape,
     input_dtype: InputDType = "float32",
-    time_budget_s: float | None = None,
-    cancelled: threading.Event | None = None,
+    budget: TraceBudget | None = None,
 ) -> TracedModel:
     """Build ``spec`` on meta for an input of ``input_shape``; raise ``SpecError`` naming the layer.
 
-    With ``time_budget_s`` (CPU seconds of this thread), a trace running past it stops at the
-    next operator with a ``LimitError`` naming the layer; once ``cancelled`` is set it stops with
-    ``TraceCancelled`` (layers/analysis/budget.py). A failure inside our own layer code (not torch
+    Under a ``budget`` (CPU seconds of this thread, a cancel flag: layers/analysis/budget.py), a
+    trace running past it stops at the next operator with a ``LimitError`` naming the layer, and
+    once cancelled with ``TraceCancelled``. A failure inside our own layer code (not torch
     refusing the input) is raised as it is: a bug, not the user's mistake.
     """
     dtype = DTYPES[input_dtype]
-    tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), TraceBudget(time_budget_s, cancelled))
+    tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), budget or TraceBudget(None))
     x = torch.empty(input_shape, dtype=dtype, device="meta")
     with BudgetMode(tracer.budget) as mode:
-        specs, module, out, flops = tracer.trace_sequence(spec.layers, x, ("layers",), "", 0)
+        layers, out = tracer.model(spec.layers, x)
     return TracedModel(
-        spec=spec.model_copy(update={"layers": specs}),
-        module=module,
+        spec=spec.model_copy(update={"layers": [node.spec for node in layers]}),
+        module=nn.Sequential(*(node.module for node in layers)),
         layers=tracer.nodes,
         input_shape=tuple(input_shape),
         output_shape=tuple(out.shape),
         param_dtype=tracer.param_dtype,
-        flops=flops,
+        flops=sum(node.flops for node in layers),
         uncounted_ops=sorted(mode.uncounted),
         input_dtype=dtype,
     )
 
 
 class _Tracer(Builder):
-    """The build walk (``layers.language.build``) with size inference and meta shapes around each step."""
+    """The build pass (``layers.language.build``) with size inference and meta shapes around each
+    step. A node of a Repeat's later copy is built like its twin in the first copy, whose spec,
+    shapes and FLOPs it has: the copies are alike, so only the first is run."""
 
     def __init__(self, input_shape: Shape, param_dtype: torch.dtype, budget: TraceBudget) -> None:
         super().__init__(param_dtype)
         self.input_shape = input_shape
         self.param_dtype: torch.dtype = param_dtype
         self.budget = budget
-        self.nodes: list[TracedLayer] = []
+        self.nodes: list[TracedLayer] = []  # in forward (pre-)order
+        self.traced: dict[str, TracedLayer] = {}  # by module path
 
-    def trace_sequence(
-        self, specs: list[LayerSpec], x: torch.Tensor, loc: Loc, path: str, depth: int
-    ) -> tuple[list[LayerSpec], nn.Sequential, torch.Tensor, int]:
-        inferred, modules, total = [], [], 0
-        for i, spec in enumerate(specs):
-            node = self.trace_layer(spec, x, (*loc, i), join(path, i), depth)
-            inferred.append(node.spec)
-            modules.append(node.module)
-            total += node.flops
-            x = node.output
-        return inferred, nn.Sequential(*modules), x, total
+    def enter(self, node: Node, x: torch.Tensor) -> None:
+        self.check_time(node.loc, node.path, node.spec)
+        traced = TracedLayer(node.loc, node.path, node.depth, node.spec, tuple(x.shape), repeat=node.repeat)
+        self.nodes.append(traced)
+        self.traced[node.path] = traced
 
-    def trace_layer(self, spec: LayerSpec, x: torch.Tensor, loc: Loc, path: str, depth: int) -> TracedLayer:
-        self.check_time(loc, path, spec)
-        node = TracedLayer(loc=loc, path=path, depth=depth, spec=spec, input_shape=tuple(x.shape))
-        self.nodes.append(node)
-        with self.located(node):
-            self.claim(spec, path)
-        if isinstance(spec, ContainerSpec):
-            out = self.trace_container(node, spec, x)
-        else:
-            with self.located(node):
-                node.spec = spec.infer(tuple(x.shape))
-                with torch.device("meta"):
-                    node.module = self.leaf(node.spec, path)
-                node.tied = self.tied.get(path, {})
-                out, node.flops = node.spec.trace(node.module, x)
-        node.output = out
-        return node
+    @contextmanager
+    def at(self, node: Node) -> Iterator[None]:
+        with self.located(self.traced[node.path]):
+            yield
 
-    def trace_container(self, node: TracedLayer, spec: ContainerSpec, x: torch.Tensor) -> torch.Tensor:
-        sequences = spec.sequences()
-        inferred, modules, outputs = [], [], []
-        with self.copying(spec):
-            # A Repeat's copies are alike: trace the first, check it keeps the shape, build the others.
-            for sub_loc, prefix, specs in sequences[:1] if spec.copies else sequences:
-                first_child = len(self.nodes)
-                seq_specs, module, out, flops = self.trace_sequence(
-                    specs,
-                    x,
-                    (*node.loc, *sub_loc),
-                    join(node.path, prefix) if prefix else node.path,
-                    node.depth + 1,
-                )
-                node.children += [n for n in self.nodes[first_child:] if n.depth == node.depth + 1]
-                inferred.append(seq_specs)
-                modules.append(module)
-                outputs.append(out)
-                node.flops += flops
-            node.spec = spec.with_sequences(inferred)
-            if spec.copies:
-                with self.located(node):
-                    spec.combine(x, outputs)
-                modules += self.build_copies(node, sequences, inferred[0], first_child)
-                node.flops *= len(sequences)
-        with self.located(node):
-            node.module = self.container(node.spec, modules)
-            return node.spec.combine(x, outputs)
+    def leaf(self, node: Node, x: torch.Tensor) -> TracedLayer:
+        traced = self.traced[node.path]
+        twin = None if node.twin is None else self.traced[node.twin]
+        traced.spec = twin.spec if twin else node.spec.infer(tuple(x.shape))
+        with torch.device("meta"):
+            traced.module = self.build(node, traced.spec)
+        traced.tied = self.tied.get(node.path, {})
+        traced.output, traced.flops = (
+            (twin.output, twin.flops) if twin else traced.spec.trace(traced.module, x)
+        )
+        return traced
 
-    def build_copies(
-        self,
-        node: TracedLayer,
-        sequences: list[tuple[Loc, str, list[LayerSpec]]],
-        block: list[LayerSpec],
-        first_child: int,
-    ) -> list[nn.Sequential]:
-        """Build copies 1.. of a traced copy 0 on meta, with copy 0's nodes (shapes, FLOPs) as theirs."""
-        traced = self.nodes[first_child:]
-        times = len(sequences)
-        direct = {id(n) for n in traced if n.repeat is None}  # not inside an inner Repeat
-        for n in traced:
-            n.repeat = n.repeat or (0, times)
-        first_prefix = join(node.path, sequences[0][1])
-        modules = []
-        for copy, (sub_loc, prefix, _) in enumerate(sequences[1:], start=1):
-            self.check_time(node.loc, node.path, node.spec)
-            copy_path = join(node.path, prefix)
-            with torch.device("meta"):
-                module = self.sequence(block, (*node.loc, *sub_loc), copy_path)
-            modules.append(module)
-            mapped: dict[int, TracedLayer] = {}
-            for n in traced:
-                relative = n.path[len(first_prefix) + 1 :]
-                path = join(copy_path, relative)
-                twin = TracedLayer(
-                    loc=n.loc,
-                    path=path,
-                    depth=n.depth,
-                    spec=n.spec,
-                    input_shape=n.input_shape,
-                    output=n.output,
-                    module=module.get_submodule(relative),
-                    flops=n.flops,
-                    tied=self.tied.get(path, {}),
-                    repeat=(copy, times) if id(n) in direct else n.repeat,
-                )
-                mapped[id(n)] = twin
-                self.nodes.append(twin)
-            for n in traced:
-                mapped[id(n)].children = [mapped[id(child)] for child in n.children]
-            node.children += [mapped[id(n)] for n in traced if n.depth == node.depth + 1]
-        return modules
+    def made_sequence(self, results: list[TracedLayer]) -> list[TracedLayer]:
+        return results
+
+    def first_copy(self, node: Node, x: torch.Tensor, out: torch.Tensor) -> None:
+        assert isinstance(node.spec, ContainerSpec)
+        node.spec.combine(x, [out])  # before the other copies are built
+
+    def container(
+        self, node: Node, x: torch.Tensor, sequences: list[list[TracedLayer]], outputs: list[torch.Tensor]
+    ) -> TracedLayer:
+        traced = self.traced[node.path]
+        twin = None if node.twin is None else self.traced[node.twin]
+        traced.children = [child for sequence in sequences for child in sequence]
+        traced.flops = sum(child.flops for child in traced.children)
+        assert isinstance(node.spec, ContainerSpec)
+        spec = twin.spec if twin else node.spec.with_sequences([[c.spec for c in seq] for seq in sequences])
+        assert isinstance(spec, ContainerSpec)
+        traced.spec = spec
+        modules = [nn.Sequential(*(child.module for child in sequence)) for sequence in sequences]
+        traced.module = self.assemble(node, spec, modules)
+        traced.output = twin.output if twin else spec.combine(x, outputs)
+        return traced
+
+    def output(self, result: TracedLayer) -> torch.Tensor:
+        return result.output
 
     def check_time(self, loc: Loc, path: str, spec: LayerSpec) -> None:
         """Between layers (a layer whose trace runs no operator is not checked inside)."""

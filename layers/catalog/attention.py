@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
-from layers.language.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
-from layers.language.errors import ShapeError
-
-if TYPE_CHECKING:
-    from layers.export.codegen import CodeWriter
+from layers.language.base import (
+    LayerSpec,
+    OptionalSize,
+    Shape,
+    Size,
+    expect_divisible,
+    expect_rank,
+    infer_size,
+)
 
 
 def causal_mask(x: torch.Tensor, batch_first: bool) -> torch.Tensor:
@@ -62,15 +66,6 @@ def feedforward_activation(name: str) -> str | nn.Module:
     return nn.GELU(approximate="tanh") if name == "gelu_tanh" else name
 
 
-def _check_heads(embed_dim: int, heads: int, field: str) -> None:
-    if embed_dim % heads:
-        raise ShapeError(
-            (field,),
-            f"expected an embedding size divisible by {field} {heads}, got {embed_dim}",
-            {"expected_divisor": heads, "got": embed_dim},
-        )
-
-
 class MultiheadAttentionSpec(LayerSpec):
     """Multi-head self-attention: every position attends to every other."""
 
@@ -110,7 +105,7 @@ class MultiheadAttentionSpec(LayerSpec):
     def infer(self, shape: Shape) -> Self:
         expect_rank(shape, (2, 3), self.type)
         embed_dim = infer_size(self.embed_dim, shape, -1, "embed_dim")
-        _check_heads(embed_dim, self.num_heads, "num_heads")
+        expect_divisible(embed_dim, self.num_heads, "num_heads", "embed_dim")
         return self.model_copy(update={"embed_dim": embed_dim})
 
     def build(self) -> nn.Module:
@@ -152,7 +147,7 @@ class TransformerEncoderLayerSpec(LayerSpec):
     def infer(self, shape: Shape) -> Self:
         expect_rank(shape, (2, 3), self.type)
         d_model = infer_size(self.d_model, shape, -1, "d_model")
-        _check_heads(d_model, self.nhead, "nhead")
+        expect_divisible(d_model, self.nhead, "nhead", "d_model")
         return self.model_copy(update={"d_model": d_model})
 
     def build(self) -> nn.Module:
@@ -160,11 +155,3 @@ class TransformerEncoderLayerSpec(LayerSpec):
         return TransformerEncoderLayer(
             **args, activation=feedforward_activation(self.activation), causal=self.causal
         )
-
-    def code(self, writer: CodeWriter) -> Any:
-        # The activation is torch's name, or a module for gelu_tanh: written as that module's call.
-        activation = feedforward_activation(self.activation)
-        if isinstance(activation, nn.GELU):
-            activation = writer.call(nn.GELU, approximate=activation.approximate)
-        args = self.model_dump(exclude={"type", "name", "activation"})
-        return writer.call(TransformerEncoderLayer, **args, activation=activation)

@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from layers.language.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
+from layers.language.base import (
+    LayerSpec,
+    OptionalSize,
+    Shape,
+    Size,
+    expect_divisible,
+    expect_rank,
+    infer_size,
+)
 from layers.language.errors import ShapeError
 
 
@@ -65,20 +73,14 @@ class CausalSelfAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, self.num_kv_heads * self.head_dim, bias=v_bias)
         self.o_proj = nn.Linear(num_heads * self.head_dim, embed_dim, bias=out_bias)
 
-    rotate_on_meta = False
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, steps, _ = x.shape
         heads, kv_heads, head_dim = self.num_heads, self.num_kv_heads, self.head_dim
         q = self.q_proj(x).view(batch, steps, heads, head_dim).transpose(1, 2)  # (B, nh, T, hd)
         k = self.k_proj(x).view(batch, steps, kv_heads, head_dim).transpose(1, 2)  # (B, nkv, T, hd)
         v = self.v_proj(x).view(batch, steps, kv_heads, head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        # On meta (the summary's trace) the rotation is skipped: it keeps q's and k's shapes and
-        # has no FLOPs FlopCounterMode counts, and its ~20 meta kernels would cost 25 ms a layer.
-        # The training-memory passes (layers.analysis.memory) set rotate_on_meta: what it keeps counts there.
-        if self.rope and (self.rotate_on_meta or not x.is_meta):
-            cos, sin = rotary_tables(steps, head_dim, self.rope_theta, x.device)
-            q, k = rotary(q, cos, sin), rotary(k, cos, sin)
+        if self.rope:
+            q, k = self.rotate(q, k)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -89,18 +91,14 @@ class CausalSelfAttention(nn.Module):
         )  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(batch, steps, -1))  # (B, T, E)
 
+    def rotate(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k with their rotary position embedding."""
+        cos, sin = rotary_tables(q.shape[-2], self.head_dim, self.rope_theta, q.device)
+        return rotary(q, cos, sin), rotary(k, cos, sin)
+
     def extra_repr(self) -> str:
         rope = f"rope=True, rope_theta={self.rope_theta}" if self.rope else "rope=False"
         return f"num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, {rope}, dropout={self.dropout}"
-
-
-def _divides(what: str, divisor: int, field: str, total: int) -> None:
-    if total % divisor:
-        raise ShapeError(
-            (field,),
-            f"expected {what} ({total}) divisible by {field} ({divisor})",
-            {"expected_divisor": divisor, "got": total},
-        )
 
 
 class CausalSelfAttentionSpec(LayerSpec):
@@ -150,7 +148,7 @@ class CausalSelfAttentionSpec(LayerSpec):
     def infer(self, shape: Shape) -> Self:
         expect_rank(shape, (3,), self.type)
         width = infer_size(self.embed_dim, shape, -1, "embed_dim")
-        _divides("embed_dim", self.num_heads, "num_heads", width)
+        expect_divisible(width, self.num_heads, "num_heads", "embed_dim")
         if self.rope and (width // self.num_heads) % 2:
             raise ShapeError(
                 ("rope",),
@@ -187,3 +185,17 @@ class CausalSelfAttentionSpec(LayerSpec):
             out_bias=out_bias,
             dropout=self.dropout,
         )
+
+    def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        # The rotation keeps q's and k's shapes and has no FLOPs FlopCounterMode counts, and its ~20
+        # meta kernels would cost 25 ms a layer: the trace runs without it. (What it keeps for
+        # backward counts in the memory estimate, which runs the module as it is.)
+        module.rotate = _unrotated
+        try:
+            return super().trace(module, x)
+        finally:
+            del module.rotate
+
+
+def _unrotated(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return q, k

@@ -5,11 +5,12 @@ package with the project base classes, helper functions and constant tables they
 ``build_model()`` that returns exactly the module the service builds: the same ``print(model)``
 and the same parameter names and shapes, so trained weights load with ``strict=True``.
 
-Each layer renders itself (``LayerSpec.code``). The default builds the layer's module on meta
-and calls its class with the spec's fields that its ``__init__`` takes: a torch class is written
+``CodeWriter`` is a pass over the spec (``layers.language.walk``): a container is written as it
+assembles its module (``ContainerSpec.assemble``), a leaf by building its module on meta and
+calling its class with the spec's fields that its ``__init__`` takes: a torch class is written
 ``nn.Name``, one of ours is defined in the file. Specs that do not map onto their module's
-arguments one to one override ``code``. Nothing here evaluates or imports user strings: every
-value written into the file is a validated spec field, written with ``repr``.
+arguments one to one have a rule in ``layers.export.rules``. Nothing here evaluates or imports
+user strings: every value written into the file is a validated spec field, written with ``repr``.
 """
 
 from __future__ import annotations
@@ -23,15 +24,17 @@ import sys
 import textwrap
 import typing
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from layers.analysis.trace import TracedModel
+from layers.export.example import vocabulary
+from layers.export.rules import CODE_RULES
+from layers.language.base import ContainerSpec, LayerSpec
 from layers.language.model import ModelSpec
-
-if TYPE_CHECKING:
-    from layers.language.base import LayerSpec
+from layers.language.walk import Node, Walk
 
 LINE = 100  # longest one-line call before its arguments go one per line
 PROJECT_PACKAGES = ("layers", "app")
@@ -80,12 +83,6 @@ class Stack:
     times: int
 
 
-def _stack(sequences: list[Call]) -> Any:
-    if len(sequences) > 1 and all(s == sequences[0] for s in sequences):
-        return Stack(sequences[0], len(sequences))
-    return Call("nn.Sequential", list(sequences))
-
-
 def _access(path: str) -> str:
     """``model[2].layers[0].weight`` for the module path ``2.layers.0.weight``."""
     return "model" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in path.split("."))
@@ -106,46 +103,41 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-class CodeWriter:
-    """Collects the definitions a model's code needs while its layers render themselves."""
+class CodeWriter(Walk[Any, Call]):
+    """The code-export pass: each node's module as an expression, collecting the definitions
+    (project classes, functions and constant tables) and imports the expressions need."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.imports: dict[str, str] = {"torch": "import torch", "nn": "from torch import nn"}
         self.definitions: dict[str, str] = {}  # name -> source, dependencies first
         self.after: list[str] = []  # statements run on ``model`` once it is built (e.g. tying)
-        self.path = ""  # module path of the layer being rendered, e.g. "3.layers.0"
-        self.named: dict[str, tuple[str, LayerSpec]] = {}  # layer name -> (module path, spec)
         self._defined_objects: dict[str, Any] = {}
 
-    # ---- expressions ----------------------------------------------------------------------
+    # ---- the pass ---------------------------------------------------------------------------
 
-    def layer(self, spec: LayerSpec, path: str) -> Any:
-        outer, self.path = self.path, path
-        try:
-            code = spec.code(self)
-        finally:
-            self.path = outer
-        if spec.name is not None:
-            self.named[spec.name] = (path, spec)
-        target = spec.weight_tie()
+    def leaf(self, node: Node, x: Any) -> Any:
+        rule = CODE_RULES.get(type(node.spec))
+        code = self.default(node.spec) if rule is None else rule(node.spec, self.call)
+        target = self.tie_target(node)
         if target is not None:  # the same tensor, as layers.language.build ties it (the owner comes first)
-            owner_path, owner = self.named[target]
-            own = _access(f"{path}.{spec.tieable_weight}")
-            self.after_build(f"{own} = {_access(f'{owner_path}.{owner.tieable_weight}')}  # tied")
+            own = _access(f"{node.path}.{node.spec.tieable_weight}")
+            self.after.append(f"{own} = {_access(f'{target.path}.{target.spec.tieable_weight}')}  # tied")
         return code
 
-    def sequence(self, specs: list[LayerSpec], prefix: str = "") -> Call:
-        """A layer sequence as the service builds it (``layers.language.model``): an ``nn.Sequential``.
-        ``prefix``: the sequence's module path under the current layer (e.g. ``"layers"``)."""
-        base = ".".join(p for p in (self.path, prefix) if p)
-        return Call(
-            "nn.Sequential", [self.layer(s, f"{base}.{i}" if base else str(i)) for i, s in enumerate(specs)]
-        )
+    def made_sequence(self, results: list[Any]) -> Call:
+        return Call("nn.Sequential", results)  # as the service builds a sequence (layers.language.build)
 
-    def after_build(self, statement: str) -> None:
-        """A statement ``build_model()`` runs on ``model`` after building it (``self.path`` names
-        the current layer: ``model.get_submodule(path)``)."""
-        self.after.append(statement)
+    def container(self, node: Node, x: Any, sequences: list[Call], outputs: list[Any]) -> Any:
+        assert isinstance(node.spec, ContainerSpec)
+        return node.spec.assemble(self.make, sequences)
+
+    def make(self, cls: type[nn.Module], /, *args: Any, **kwargs: Any) -> Any:
+        """The code pass's ``Make``: the call, a list of sequences as a list literal, and identical
+        copies one after the other (a Repeat's) as a loop."""
+        if cls is nn.Sequential and len(args) > 1 and not kwargs and all(a == args[0] for a in args):
+            return Stack(args[0], len(args))
+        return self.call(cls, *(ListOf(a) if isinstance(a, list) else a for a in args), **kwargs)
 
     def call(self, target: type | Any, *args: Any, **kwargs: Any) -> Call:
         """``target(*args, **kwargs)`` with the class defined or imported; leading required
@@ -166,30 +158,13 @@ class CodeWriter:
         return Call(name, args, kwargs)
 
     def default(self, spec: LayerSpec) -> Any:
-        """The generic rendering of a layer: its built module's class called with its spec fields."""
-        from layers.language.base import ContainerSpec, LayerSpec
-
-        skip = {*LayerSpec.model_fields, "tie_weight"}  # type, name: the spec's own; ties: after_build
+        """The generic rendering of a leaf: its built module's class called with the spec fields
+        its ``__init__`` takes. Specs that do not map onto their module's arguments one to one
+        have a rule in ``layers.export.rules``."""
+        skip = {*LayerSpec.model_fields, "tie_weight"}  # type, name: the spec's own; ties: after the build
         values = {k: _plain(v) for k, v in spec.model_dump(exclude=skip).items()}
-        if isinstance(spec, ContainerSpec):
-            sequences = spec.sequences()
-            empty = [nn.Sequential() for _ in sequences]
-            module = spec.assemble(empty)  # only its class and how it holds its sequences matter
-            rendered = [self.sequence(specs, prefix) for _, prefix, specs in sequences]
-            if module is empty[0]:  # the container is its one sequence (Sequential)
-                return rendered[0]
-            if type(module) is nn.Sequential and all(a is b for a, b in zip(module, empty, strict=True)):
-                return _stack(rendered)  # its sequences one after the other (Repeat)
-            children: dict[str, Any] = {}
-            for (loc, _, _), code in zip(sequences, rendered, strict=True):
-                if len(loc) == 1:
-                    children[str(loc[0])] = code
-                else:  # a list of sequences, e.g. ("branches", i)
-                    children.setdefault(str(loc[0]), ListOf([])).items.append(code)
-            values = {**children, **{k: v for k, v in values.items() if k not in children}}
-        else:
-            with torch.device("meta"):
-                module = spec.build()
+        with torch.device("meta"):
+            module = spec.build()
         cls = type(module)
         try:
             params = inspect.signature(cls).parameters
@@ -202,7 +177,7 @@ class CodeWriter:
         except TypeError as e:
             raise ExportError(
                 f"{spec.type}: its spec fields do not match {cls.__qualname__}'s arguments ({e}); "
-                "the spec class should override code()"
+                "give it a rule in layers.export.rules"
             ) from e
         return self.call(cls, **kwargs)
 
@@ -251,7 +226,7 @@ class CodeWriter:
             self._defined_objects[name] = value
             args = ", ".join(render(a) for a in typing.get_args(value))
             self.definitions[name] = f"{name} = Literal[{args}]\n"
-        elif _is_project(value) and inspect.isclass(value):
+        elif _is_project(value) and inspect.isclass(value) and issubclass(value, nn.Module):
             self._define(value)
 
     def _provide(self, name: str, value: Any, reader: str) -> None:
@@ -261,6 +236,10 @@ class CodeWriter:
             if alias != name:
                 raise ExportError(f"{reader} reads {value.__name__} as {name!r}; import it as {alias!r}")
             self.imports[name] = statement
+        elif _is_project(value) and inspect.isclass(value) and not issubclass(value, nn.Module):
+            # A spec's class or error, or another of our tools: what checks a spec belongs to the
+            # spec (its ``infer``), never to the module the user takes away.
+            raise ExportError(f"{reader} reads {name!r}, a class of ours that is not a torch module")
         elif _is_project(value) and (inspect.isclass(value) or inspect.isfunction(value)):
             self._define(value)
         elif isinstance(value, int | float | str | bool | tuple | dict | type(None)):
@@ -378,16 +357,14 @@ def python_source(
 ) -> str:
     """The exported file for an inferred ``spec`` (from ``layers.analysis.trace.trace_model``)."""
     writer = CodeWriter()
-    model = writer.sequence(list(spec.layers))
+    model, _ = writer.model(spec.layers)
     body = f"    model = {render(model, 4)}\n" + "".join(f"    {line}\n" for line in writer.after)
     if param_dtype != torch.float32:
         body += f"    model = model.to({param_dtype})\n"
     if input_dtype.is_floating_point:
         example = f"torch.randn(INPUT_SHAPE, dtype={input_dtype})"
     else:
-        sizes = [getattr(layer, "num_embeddings", None) for _, _, layer in spec.walk()]
-        vocabulary = min((n for n in sizes if isinstance(n, int)), default=2)
-        example = f"torch.randint(0, {vocabulary}, INPUT_SHAPE, dtype={input_dtype})"
+        example = f"torch.randint(0, {vocabulary(spec)}, INPUT_SHAPE, dtype={input_dtype})"
     blocks = [
         f'"""{header.strip().replace(chr(34) * 3, chr(39) * 3)}\n"""',
         "from __future__ import annotations",
@@ -398,10 +375,30 @@ def python_source(
         'if __name__ == "__main__":\n'
         "    model = build_model()\n"
         "    print(model)\n"
-        "    model.eval()  # safe: nn.Module.eval(), inference mode for dropout and batch norm\n"
+        "    model.train(False)  # inference mode: dropout off, batch norm on its running statistics\n"
         "    with torch.no_grad():\n"
         f"        output = model({example})\n"
         '    print("input", list(INPUT_SHAPE), "-> output", list(output.shape))',
     ]
     # One blank line after the docstring and between import groups, two around definitions.
     return "\n\n".join(blocks[:3]) + "\n\n\n" + "\n\n\n".join(blocks[3:]) + "\n"
+
+
+def python_file(traced: TracedModel, about: str) -> bytes:
+    """The exported file of ``traced``, its docstring opening with ``about``."""
+    params = sum(p.numel() for p in traced.module.parameters())
+    input_dtype = str(traced.input_dtype).removeprefix("torch.")
+    header = (
+        f"{about}\n\n"
+        f"Exported by Model Builder (torch {torch.__version__.split('+')[0]}): input "
+        f"{list(traced.input_shape)} {input_dtype} -> output {list(traced.output_shape)}, "
+        f"{params:,} parameters.\n"
+        "build_model() returns the module the service builds (same print(model), same parameter\n"
+        "names), so trained weights load strictly:\n\n"
+        "    from safetensors.torch import load_model\n"
+        "    model = build_model()\n"
+        '    load_model(model, "model.safetensors")  # strict=True; handles tied weights\n'
+    )
+    return python_source(
+        traced.spec, traced.input_shape, traced.input_dtype, traced.param_dtype, header
+    ).encode()

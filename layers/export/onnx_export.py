@@ -1,8 +1,10 @@
 """A built model as an ONNX file: ``torch.onnx.export`` with the dynamo (``torch.export``)
 exporter at opset 18, the batch dimension dynamic, checked with ``onnx.checker``.
 
-A model that does not export is located: each layer is exported alone on the input it really
-receives, and the first that fails is named in a ``ShapeError`` at its spec ``loc``.
+The export runs a real model on an example input, so it is held to ``ExportLimits``: the model's
+weights, the example's size, and a slot (at most so many exports at once; each takes seconds of
+CPU). A model that does not export is located: each layer is exported alone on the input it
+really receives, and the first that fails is named in a ``ShapeError`` at its spec ``loc``.
 """
 
 from __future__ import annotations
@@ -10,14 +12,19 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from layers.analysis.params import weight_bytes
 from layers.analysis.trace import TracedLayer, TracedModel
-from layers.language.errors import SpecError
+from layers.export.example import example_input, example_shape
+from layers.language.errors import LimitError, SpecError
 
 OPSET = 18
 EXPORTER = f"torch.onnx.export (dynamo=True, torch.export), opset {OPSET}"
@@ -27,6 +34,51 @@ class ExportFailed(SpecError):
     """A model torch cannot export to ONNX; ``loc`` names the layer when one is found."""
 
     error_type = "export_unsupported"
+
+
+@dataclass(frozen=True)
+class ExportLimits:
+    """What an export that runs the model for real may take (None: no limit)."""
+
+    weight_bytes: int | None = None  # of parameters and buffers
+    example_numel: int | None = None  # numbers in the example input
+    slot: AbstractContextManager = field(default_factory=contextlib.nullcontext)  # held while it runs
+
+
+def onnx_file(
+    traced: TracedModel, about: str, weights: Callable[[], nn.Module] | None, limits: ExportLimits
+) -> bytes:
+    """ONNX bytes of the trained module ``weights()`` loads, or of the spec's model freshly
+    initialised (seed 0); ``about`` is for files with a docstring. Errors are located in what the
+    export was asked for: ``model`` (the spec) or ``input_shape``."""
+    size = weight_bytes(traced)
+    if limits.weight_bytes is not None and size > limits.weight_bytes:
+        raise LimitError(
+            ("model",),
+            f"the model's weights take {size} bytes; ONNX export is limited to {limits.weight_bytes}",
+            {"limit": limits.weight_bytes, "got": size},
+        )
+    shape = example_shape(traced)
+    if limits.example_numel is not None and math.prod(shape) > limits.example_numel:
+        raise LimitError(
+            ("input_shape",),
+            f"the ONNX export runs the model on an example of shape {shape} ({math.prod(shape)} "
+            f"numbers); the limit is {limits.example_numel}",
+            {"limit": limits.example_numel, "got": math.prod(shape)},
+        )
+    example = example_input(traced)
+    with limits.slot:
+        if weights is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                module = traced.spec.build().to(traced.param_dtype)
+        else:
+            module = weights()
+        module.train(False)  # inference mode: dropout off, batch norm on its running statistics
+        try:
+            return to_onnx(module, example, traced)
+        except SpecError as e:
+            raise e.under("model") from e
 
 
 @contextlib.contextmanager

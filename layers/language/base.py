@@ -8,7 +8,7 @@ and it builds its module. Subclassing ``LayerSpec`` with a literal ``type`` regi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 
 import torch
 from pydantic import Field, GetJsonSchemaHandler, ValidationInfo, field_validator
@@ -19,9 +19,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from layers.language.errors import Loc, ShapeError
 from layers.language.spec import TypedSpec
-
-if TYPE_CHECKING:
-    from layers.export.codegen import CodeWriter
 
 Shape = tuple[int, ...]
 
@@ -76,15 +73,6 @@ class LayerSpec(TypedSpec):
     def build(self) -> nn.Module:
         """Construct the module. Called on an inferred spec, under a device context."""
         raise NotImplementedError
-
-    def code(self, writer: CodeWriter) -> Any:
-        """This layer's module as an expression of the exported Python file (``layers.export.codegen``).
-
-        The default calls the built module's class with the spec fields its ``__init__`` takes
-        (a container's child sequences by their field names); override where a spec does not
-        map onto its module's arguments one to one.
-        """
-        return writer.default(self)
 
     def weight_tie(self) -> str | None:
         """The name of the layer whose ``tieable_weight`` this layer's weight is (``tie_weight``)."""
@@ -152,24 +140,44 @@ class SpatialSpec(LayerSpec):
         return json_schema
 
 
+T = TypeVar("T")
+
+
+class Make(Protocol[T]):
+    """How a pass makes a module of a class and arguments: the build calls the class, the code
+    export writes the call. A container assembles its module through it, so that each pass
+    follows the one declaration."""
+
+    def __call__(self, cls: type[nn.Module], /, *args: Any, **kwargs: Any) -> T: ...
+
+
+class Slot(NamedTuple):
+    """One child sequence of a container."""
+
+    loc: Loc  # where it is in the container's spec: ("layers",), ("branches", 2)
+    path: str  # its module path under the container: "layers", "branches.2"; "" for the container's own
+    specs: list[LayerSpec]
+
+
 class ContainerSpec(LayerSpec):
-    """A layer made of child layer sequences (``Sequential``, ``Residual``, ``Concat``)."""
+    """A layer made of child layer sequences (``Sequential``, ``Residual``, ``Concat``).
+
+    It declares its sequences (``sequences``), its module around them (``assemble``) and what its
+    forward returns (``combine``) once; every pass over the spec (``layers.language.walk``)
+    follows them.
+    """
 
     category: ClassVar[str] = "container"
     # Every sequence is a copy of the first (same specs, same input, its own parameters), so a
-    # trace runs the first and builds the others (``Repeat``).
+    # pass may make the others from the first (``Repeat``).
     copies: ClassVar[bool] = False
 
-    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
-        """The child sequences as ``(spec loc, module path prefix, specs)``."""
+    def sequences(self) -> list[Slot]:
+        """The child sequences, in forward order."""
         raise NotImplementedError
 
-    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
-        """A copy with the child sequences replaced (by their inferred versions)."""
-        raise NotImplementedError
-
-    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
-        """The container module around its already-built child sequences."""
+    def assemble(self, make: Make[T], sequences: list[T]) -> T:
+        """The container's module around its sequences (each already made by the pass)."""
         raise NotImplementedError
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -178,6 +186,18 @@ class ContainerSpec(LayerSpec):
         Called on meta tensors while tracing; raises ``ShapeError`` when outputs cannot combine.
         """
         raise NotImplementedError
+
+    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
+        """A copy with the child sequences replaced (by their inferred versions), each put back
+        where its ``Slot.loc`` says; copies sharing one field (a Repeat's) keep the first."""
+        update: dict[str, Any] = {}
+        for slot, specs in zip(self.sequences(), sequences, strict=True):
+            field, *index = slot.loc
+            if index:  # one of a list of sequences, e.g. ("branches", i)
+                update.setdefault(str(field), []).append(specs)
+            else:
+                update.setdefault(str(field), specs)
+        return self.model_copy(update=update)
 
 
 def shape_str(shape: Sequence[int]) -> str:
@@ -223,4 +243,14 @@ def expect_rank(shape: Shape, ranks: Sequence[int], layer: str) -> None:
             f"{layer} expects a {accepted}-dimensional input, got shape {shape_str(shape)} "
             f"({len(shape)} dimensions)",
             {"expected_rank": list(ranks), "got": list(shape)},
+        )
+
+
+def expect_divisible(total: int, divisor: int, field: str, what: str) -> None:
+    """Raise ``ShapeError`` at ``field`` unless its value ``divisor`` divides ``total`` (``what``)."""
+    if total % divisor:
+        raise ShapeError(
+            (field,),
+            f"expected {what} ({total}) divisible by {field} ({divisor})",
+            {"expected_divisor": divisor, "got": total},
         )

@@ -1,22 +1,37 @@
-"""Containers: layers made of layer sequences. Their children are any registered layer."""
+"""Containers: layers made of layer sequences. Their children are any registered layer.
+
+Each container declares, once, its sequences (``sequences``), its module around them
+(``assemble``) and what its forward returns (``combine``); the build, the trace and the code
+export follow these (``layers.language.walk``). A new container is one class here.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+from typing import Annotated, ClassVar, Literal, TypeVar
 
 import torch
+from annotated_types import MinLen
 from pydantic import Field
 from torch import nn
+from typing_extensions import TypeAliasType
 
-from layers.language.base import ContainerSpec, Dim, LayerSpec, shape_str
-from layers.language.errors import Loc, ShapeError
+from layers.language.base import ContainerSpec, Dim, Make, Slot, shape_str
+from layers.language.errors import ShapeError
 
 # Copies one Repeat may make (a 405B-parameter Llama has 126 layers); the layer limit bounds the total.
 MAX_COPIES = 4096
+T = TypeVar("T")
 
-if TYPE_CHECKING:  # resolved by layers.language.model once every layer type is registered
-    from layers.export.codegen import CodeWriter
-    from layers.language.model import Branch, Layers
+# Lists of any layer, containers included. ``AnyLayer``, the union of every registered type, is
+# made in layers.language.model once all are registered, which then rebuilds these classes.
+# Named aliases, so the OpenAPI document holds the union once (``#/components/schemas/AnyLayer``)
+# and every list of layers is a ``$ref`` to ``Layers`` or ``Branch``. Swagger UI and ReDoc expand
+# a recursive schema until a ``$ref`` repeats on the path; inlined, the ~70-way union was repeated
+# in each of the 5 containers and the docs unfolded every chain of distinct containers (the page
+# hung). ReDoc also drops the discriminated union's own ref from that path, so the cut has to come
+# from the list: a container inside a container is shown once, then as "recursive".
+Layers = TypeAliasType("Layers", Annotated[list["AnyLayer"], MinLen(1)])  # noqa: F821
+Branch = TypeAliasType("Branch", list["AnyLayer"])  # noqa: F821  (may be empty: the input itself)
 
 
 class Residual(nn.Module):
@@ -77,14 +92,11 @@ class SequentialSpec(ContainerSpec):
     type: Literal["Sequential"] = "Sequential"
     layers: Layers
 
-    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
-        return [(("layers",), "", self.layers)]
+    def sequences(self) -> list[Slot]:
+        return [Slot(("layers",), "", self.layers)]
 
-    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
-        return self.model_copy(update={"layers": sequences[0]})
-
-    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
-        return modules[0]
+    def assemble(self, make: Make[T], sequences: list[T]) -> T:
+        return sequences[0]
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         return outputs[0]
@@ -99,22 +111,12 @@ class ResidualSpec(ContainerSpec):
         None, description="layers on the skip path (e.g. a 1x1 conv); identity when omitted"
     )
 
-    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
-        body: list[tuple[Loc, str, list[LayerSpec]]] = [(("layers",), "layers", self.layers)]
-        return [*body, (("shortcut",), "shortcut", self.shortcut)] if self.shortcut else body
+    def sequences(self) -> list[Slot]:
+        body = [Slot(("layers",), "layers", self.layers)]
+        return [*body, Slot(("shortcut",), "shortcut", self.shortcut)] if self.shortcut else body
 
-    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
-        update = {"layers": sequences[0]}
-        if self.shortcut:
-            update["shortcut"] = sequences[1]
-        return self.model_copy(update=update)
-
-    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
-        return Residual(modules[0], modules[1] if self.shortcut else nn.Identity())
-
-    def code(self, writer: CodeWriter) -> Any:
-        shortcut = writer.sequence(self.shortcut, "shortcut") if self.shortcut else writer.call(nn.Identity)
-        return writer.call(Residual, writer.sequence(self.layers, "layers"), shortcut)
+    def assemble(self, make: Make[T], sequences: list[T]) -> T:
+        return make(Residual, sequences[0], sequences[1] if self.shortcut else make(nn.Identity))
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         body, skip = outputs[0], outputs[1] if self.shortcut else x
@@ -138,14 +140,11 @@ class ConcatSpec(ContainerSpec):
     branches: list[Branch] = Field(min_length=1, description="each branch is a list of layers")
     dim: Dim = Field(1, description="dimension to concatenate along (1: channels/features)")
 
-    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
-        return [(("branches", i), f"branches.{i}", branch) for i, branch in enumerate(self.branches)]
+    def sequences(self) -> list[Slot]:
+        return [Slot(("branches", i), f"branches.{i}", branch) for i, branch in enumerate(self.branches)]
 
-    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
-        return self.model_copy(update={"branches": sequences})
-
-    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
-        return Concat(modules, self.dim)
+    def assemble(self, make: Make[T], sequences: list[T]) -> T:
+        return make(Concat, sequences, self.dim)
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         first = outputs[0]
@@ -182,14 +181,11 @@ class MultiplySpec(ContainerSpec):
         min_length=1, description="each branch is a list of layers; [] passes the input through"
     )
 
-    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
-        return [(("branches", i), f"branches.{i}", branch) for i, branch in enumerate(self.branches)]
+    def sequences(self) -> list[Slot]:
+        return [Slot(("branches", i), f"branches.{i}", branch) for i, branch in enumerate(self.branches)]
 
-    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
-        return self.model_copy(update={"branches": sequences})
-
-    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
-        return Multiply(modules)
+    def assemble(self, make: Make[T], sequences: list[T]) -> T:
+        return make(Multiply, sequences)
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         out = outputs[0]
@@ -214,14 +210,11 @@ class RepeatSpec(ContainerSpec):
     times: int = Field(ge=1, le=MAX_COPIES, description="how many copies of the block")
     layers: Layers = Field(description="the block; it must keep its input's shape")
 
-    def sequences(self) -> list[tuple[Loc, str, list[LayerSpec]]]:
-        return [(("layers",), str(copy), self.layers) for copy in range(self.times)]
+    def sequences(self) -> list[Slot]:
+        return [Slot(("layers",), str(copy), self.layers) for copy in range(self.times)]
 
-    def with_sequences(self, sequences: list[list[LayerSpec]]) -> Self:
-        return self.model_copy(update={"layers": sequences[0]})
-
-    def assemble(self, modules: list[nn.Sequential]) -> nn.Module:
-        return nn.Sequential(*modules)
+    def assemble(self, make: Make[T], sequences: list[T]) -> T:
+        return make(nn.Sequential, *sequences)
 
     def combine(self, x: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
         out = outputs[0]

@@ -7,38 +7,24 @@ import line in ``layers/__init__.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
 
-from annotated_types import MinLen
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from typing_extensions import TypeAliasType
 
-from layers.language import containers  # noqa: F401  (registers the containers before the union)
 from layers.language.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.language.build import Builder
+from layers.language.containers import Layers
 from layers.language.errors import LimitError, Loc
 from layers.language.spec import union_of
+from layers.language.walk import nodes
 
-# Named aliases, so the OpenAPI document holds the union once (``#/components/schemas/AnyLayer``)
-# and every list of layers is a ``$ref`` to ``Layers`` or ``Branch``. Swagger UI and ReDoc expand
-# a recursive schema until a ``$ref`` repeats on the path; inlined, the ~70-way union was repeated
-# in each of the 5 containers and the docs unfolded every chain of distinct containers (the page
-# hung). ReDoc also drops the discriminated union's own ref from that path, so the cut has to come
-# from the list: a container inside a container is shown once, then as "recursive".
+# The union of every registered type (the containers are registered by the import above).
 AnyLayer = TypeAliasType("AnyLayer", union_of(LAYER_SPECS))
-Layers = TypeAliasType("Layers", Annotated[list[AnyLayer], MinLen(1)])
-Branch = TypeAliasType("Branch", list[AnyLayer])  # may be empty: the input itself (Multiply)
 
 for _spec in LAYER_SPECS.values():  # containers hold AnyLayer, defined only now
     if issubclass(_spec, ContainerSpec):
-        _spec.model_rebuild(_types_namespace={"AnyLayer": AnyLayer, "Layers": Layers, "Branch": Branch})
-
-
-def _children(loc: Loc, depth: int, spec: ContainerSpec) -> Iterator[tuple[Loc, int, LayerSpec]]:
-    for sub, _, specs in spec.sequences():
-        for i, child in enumerate(specs):
-            yield (*loc, *sub, i), depth + 1, child
+        _spec.model_rebuild(_types_namespace={"AnyLayer": AnyLayer})
 
 
 class ModelSpec(BaseModel):
@@ -49,23 +35,12 @@ class ModelSpec(BaseModel):
     layers: Layers = Field(description="the layers, applied in order")
 
     def walk(self) -> Iterator[tuple[Loc, int, LayerSpec]]:
-        """Every layer node as ``(loc, depth, spec)``, in forward (pre-)order, without recursion.
+        """Every layer node as ``(loc, depth, spec)``, in forward (pre-)order (``walk.nodes``).
 
         Each copy a ``Repeat`` makes is walked (at the same locs), lazily: a limit is hit after
         as many steps as layers allowed, however many copies the spec asks for.
         """
-        stack: list[Iterator[tuple[Loc, int, LayerSpec]]] = [
-            ((("layers", i), 0, spec) for i, spec in enumerate(self.layers))
-        ]
-        while stack:
-            node = next(stack[-1], None)
-            if node is None:
-                stack.pop()
-                continue
-            yield node
-            loc, depth, spec = node
-            if isinstance(spec, ContainerSpec):
-                stack.append(_children(loc, depth, spec))
+        return ((node.loc, node.depth, node.spec) for node in nodes(self.layers))
 
     def check_limits(self, max_layers: int, max_depth: int) -> None:
         """Raise ``LimitError`` at the first layer beyond ``max_layers`` or nested past ``max_depth``."""
@@ -87,4 +62,7 @@ class ModelSpec(BaseModel):
     def build(self) -> nn.Sequential:
         """Construct the model from a fully inferred spec (see ``layers.analysis.trace``) on the current
         device: the same walk as the trace, so names and weight ties resolve the same way."""
-        return Builder().sequence(self.layers, ("layers",), "")
+        return Builder().model(self.layers)[0]
+
+
+ModelSpec.model_rebuild(_types_namespace={"AnyLayer": AnyLayer})

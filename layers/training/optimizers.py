@@ -31,10 +31,6 @@ class OptimizerSpec(TypedSpec):
     def build(self, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
         raise NotImplementedError
 
-    def state_per_param(self) -> int:
-        """Parameter-sized tensors of optimizer state kept per parameter."""
-        raise NotImplementedError
-
 
 class SGDSpec(OptimizerSpec):
     """Stochastic gradient descent, with optional (Nesterov) momentum."""
@@ -62,9 +58,6 @@ class SGDSpec(OptimizerSpec):
             weight_decay=self.weight_decay,
         )
 
-    def state_per_param(self) -> int:
-        return int(self.momentum > 0)
-
 
 class AdamSpec(OptimizerSpec):
     """Adam: per-parameter step sizes from running moments of the gradient."""
@@ -86,9 +79,6 @@ class AdamSpec(OptimizerSpec):
             weight_decay=self.weight_decay,
             amsgrad=self.amsgrad,
         )
-
-    def state_per_param(self) -> int:
-        return 2 + self.amsgrad
 
 
 class AdamWSpec(AdamSpec):
@@ -120,9 +110,6 @@ class RMSpropSpec(OptimizerSpec):
             momentum=self.momentum,
             centered=self.centered,
         )
-
-    def state_per_param(self) -> int:
-        return 1 + (self.momentum > 0) + self.centered
 
 
 AnyOptimizer = union_of(OPTIMIZER_SPECS)

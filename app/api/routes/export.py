@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Request, Response
 
-from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
+from app.core.spec_limits import check_model
+from app.core.traces import CLIENT_GONE
+from app.exports import FILES_CONTENT, attachment, export
 from app.schemas.export import ExportRequest
+from layers.analysis.budget import TraceCancelled
 
 router = APIRouter(prefix="/models", tags=["models"])
 
 FILES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "the file: text/x-python (pytorch) or application/octet-stream (onnx)",
-        "content": {PYTHON_TYPE: {}, ONNX_TYPE: {}},
+        "content": FILES_CONTENT,
     },
     400: {"description": "the body is not text (FastAPI cannot decode it)"},
     413: {"description": "request body too large"},
@@ -39,11 +42,18 @@ EXAMPLE = {
 }
 
 
+ABOUT = "A model built with Model Builder (untrained: build_model() initialises it)."
+
+
 @router.post("/export", response_class=Response, responses=FILES)
-def export_model(request: Annotated[ExportRequest, Body(openapi_examples=EXAMPLE)]) -> Response:
+async def export_model(
+    request: Annotated[ExportRequest, Body(openapi_examples=EXAMPLE)], http: Request
+) -> Response:
     """The model as one Python file importing only torch, or as an ONNX file (freshly initialised)."""
-    traced = trace(request.model, tuple(request.input_shape), request.input_dtype)
-    if request.format == "pytorch":
-        about = "A model built with Model Builder (untrained: build_model() initialises it)."
-        return attachment(python_file(traced, request.input_dtype, about), PYTHON_TYPE, "model.py")
-    return attachment(onnx_file(traced, request.input_dtype), ONNX_TYPE, "model.onnx")
+    check_model(request.model)
+    shape = tuple(request.input_shape)
+    try:
+        content = await export(http, request.format, request.model, shape, request.input_dtype, ABOUT)
+    except TraceCancelled:
+        return Response(status_code=CLIENT_GONE)
+    return attachment(content, request.format, "model")

@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import math
 import threading
-import time
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Request, Response
 
+from app.analysis import estimate, summary, trace
 from app.core.cache import BytesLRU
 from app.core.config import settings
 from app.core.spec_limits import check_model
-from app.core.traces import run_trace
+from app.core.traces import CLIENT_GONE, run_trace
 from app.examples import FIT_EXAMPLES, SUMMARY_EXAMPLES
 from app.schemas.fit import BatchProbe, FitResult
-from app.schemas.summary import FitRequest, SummaryRequest
-from layers.analysis.budget import TraceCancelled
+from app.schemas.summary import FitRequest, ModelSummary, SummaryRequest
+from layers.analysis.budget import TraceBudget, TraceCancelled
 from layers.analysis.fit import largest_batch
-from layers.analysis.memory import estimate_memory
-from layers.analysis.summary import ModelSummary, summarize
-from layers.analysis.trace import trace_model
 from layers.language.errors import LimitError, SpecError
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -32,24 +30,16 @@ ERRORS = {
 }
 
 
-CLIENT_GONE = 499  # nginx's "client closed request": nobody reads it, but the access log does
-
 # Serialized summaries keyed by the validated request's canonical JSON: the same spec is traced once.
 _cache = BytesLRU(settings.summary_cache_bytes, settings.summary_cache_size)
 
 
 def _summary_json(request: SummaryRequest, cancelled: threading.Event) -> bytes:
+    budget = TraceBudget(settings.max_trace_seconds, cancelled)
+    traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
     training = request.training
-    summary = summarize(
-        request.model,
-        tuple(request.input_shape),
-        request.input_dtype,
-        settings.max_trace_seconds,
-        cancelled,
-        optimizer=training.optimizer if training else None,
-        device=training.device if training else "cuda",
-    )
-    return summary.model_dump_json().encode()
+    memory = estimate(traced, training.optimizer, training.device, budget) if training else None
+    return summary(traced, memory).model_dump_json().encode()
 
 
 @router.post("/summary", responses=ERRORS, response_model=ModelSummary)
@@ -64,8 +54,6 @@ async def model_summary(
         if body is None:
             body = await run_trace(http, lambda cancelled: _summary_json(request, cancelled))
             _cache.put(key, body)
-    except SpecError as e:
-        raise e.under("model") from e
     except TraceCancelled:
         return Response(status_code=CLIENT_GONE)
     return Response(body, media_type="application/json")
@@ -85,35 +73,21 @@ async def model_fit(
 
 def _fit(request: FitRequest, cancelled: threading.Event) -> FitResult:
     """The fit, in the thread pool under a trace slot (``run_trace``)."""
-    budget = settings.max_trace_seconds
-    deadline = time.thread_time() + budget
+    budget = TraceBudget(settings.max_trace_seconds, cancelled)
+    traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
+    memory = estimate(traced, request.optimizer, request.device, budget, inference=False).memory
+    sample_numel = math.prod(traced.input_shape[1:])
+    max_batch = min(settings.max_input_dim, settings.max_input_numel // sample_numel)
+    limit = request.device_memory_bytes
     try:
-        traced = trace_model(
-            request.model, tuple(request.input_shape), request.input_dtype, budget, cancelled
-        )
-        estimate = estimate_memory(
-            traced, request.optimizer, request.device, deadline=deadline, budget_s=budget, inference=False
-        )
-        sample_numel = math.prod(traced.input_shape[1:])
-        max_batch = min(settings.max_input_dim, settings.max_input_numel // sample_numel)
-        fit = largest_batch(
-            traced,
-            request.optimizer,
-            request.device,
-            request.device_memory_bytes,
-            max_batch,
-            deadline,
-            budget,
-        )
+        fit = largest_batch(traced, request.optimizer, request.device, limit, max_batch, budget)
     except SpecError as e:
         raise e.under("model") from e
-    memory = estimate.memory
-    limit = request.device_memory_bytes
     if fit.max_batch_size == 0:
         raise LimitError(
             ("device_memory_bytes",),
             f"even batch 1 does not fit: its training step peaks at {fit.probes[1]} bytes "
-            f"({_breakdown(estimate.memory.breakdown.model_dump())} at batch {traced.input_shape[0]}); "
+            f"({_breakdown(asdict(memory.breakdown))} at batch {traced.input_shape[0]}); "
             f"the device has {limit}",
             {"limit": limit, "batch_1_peak_bytes": fit.probes[1]},
         )

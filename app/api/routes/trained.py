@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from app.api.deps import JobDep
 from app.core.config import settings
-from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
+from app.core.spec_limits import check_model
+from app.core.traces import CLIENT_GONE
+from app.exports import FILES_CONTENT, attachment, export
 from app.jobs.domain import ACTIVE, Job, JobStatus
 from app.jobs.retention import job_dir
 from app.jobs.trained import MODELS, POOL, predict
@@ -20,6 +23,8 @@ from app.jobs.weights import WEIGHTS_FILE, load_weights, read_metadata, weights_
 from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest, PredictResponse
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
+from layers.analysis.budget import TraceCancelled
+from layers.analysis.trace import InputDType
 
 router = APIRouter(prefix="/jobs", tags=["trained models"])
 
@@ -79,42 +84,43 @@ def download_weights(weights: WeightsDep, request: Request) -> Response:
     )
 
 
-def _job_input(weights: Weights) -> tuple[tuple[int, ...], str]:
-    """The job's traced input: a training batch of its dataset's samples, and their dtype."""
+def _job_model(weights: Weights) -> tuple[ModelSpec, tuple[int, ...], InputDType]:
+    """The job's model as it was trained, and its traced input: a training batch of its dataset's
+    samples, and their dtype."""
     request = JobCreate.model_validate(weights.job.request)
     info = request.dataset.describe(request.loss.task == "classification", settings)
-    return (request.batch_size, *info.sample_shape), info.dtype
-
-
-def _export(weights: Weights, format: ExportFormat) -> Response:
-    input_shape, dtype = _job_input(weights)
-    spec = ModelSpec.model_validate_json(read_metadata(weights.path)["spec"])  # as it was trained
-    traced = trace(spec, input_shape, dtype)
-    job_id = weights.job.id
-    if format == "pytorch":
-        about = (
-            f"The model of Model Builder job {job_id}. Its trained weights: GET /v1/jobs/{job_id}/weights\n"
-            f"(safetensors, sha256 {weights.sha256})."
-        )
-        return attachment(python_file(traced, dtype, about), PYTHON_TYPE, f"{job_id}.py")
-    _, module = load_weights(weights.path)
-    return attachment(onnx_file(traced, dtype, module), ONNX_TYPE, f"{job_id}.onnx")
+    spec = ModelSpec.model_validate_json(read_metadata(weights.path)["spec"])
+    return spec, (request.batch_size, *info.sample_shape), info.dtype
 
 
 @router.get(
     "/{job_id}/export",
     response_class=Response,
     responses={
-        200: {"content": {PYTHON_TYPE: {}, ONNX_TYPE: {}}},
+        200: {"content": FILES_CONTENT},
         **NO_WEIGHTS,
         422: {"description": "ONNX cannot export a layer (named)"},
     },
 )
-def export_job(
-    weights: WeightsDep, format: Annotated[ExportFormat, Query(description=FORMAT_DESCRIPTION)] = "pytorch"
+async def export_job(
+    weights: WeightsDep,
+    http: Request,
+    format: Annotated[ExportFormat, Query(description=FORMAT_DESCRIPTION)] = "pytorch",
 ) -> Response:
     """The trained model as Python code (weights: GET /v1/jobs/{id}/weights) or ONNX (weights inside)."""
-    return _export(weights, format)
+    spec, input_shape, dtype = await run_in_threadpool(_job_model, weights)  # a request may be large
+    job_id = weights.job.id
+    about = (
+        f"The model of Model Builder job {job_id}. Its trained weights: GET /v1/jobs/{job_id}/weights\n"
+        f"(safetensors, sha256 {weights.sha256})."
+    )
+    check_model(spec)
+    trained = lambda: load_weights(weights.path)[1]  # noqa: E731  (loaded only by the formats that carry weights)
+    try:
+        content = await export(http, format, spec, input_shape, dtype, about, trained)
+    except TraceCancelled:
+        return Response(status_code=CLIENT_GONE)
+    return attachment(content, format, job_id)
 
 
 @router.post(

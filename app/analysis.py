@@ -1,0 +1,91 @@
+"""The analyses of ``layers.analysis`` within the service's limits, and the summary they make.
+
+The trace, the memory estimate and the parameter count are separate functions returning plain
+data; the summary route, ``/fit``, the exports and the job plan each combine the ones they need.
+Errors are located in the request body (``model``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from app.schemas.summary import LayerSummary, ModelSummary, RepeatInfo
+from layers import ModelSpec
+from layers.analysis.budget import TraceBudget
+from layers.analysis.memory import Device, MemoryEstimate, estimate_memory
+from layers.analysis.params import count_params
+from layers.analysis.trace import InputDType, TracedModel, trace_model
+from layers.language.errors import SpecError
+from layers.training.optimizers import OptimizerSpec
+
+
+def trace(
+    model: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType, budget: TraceBudget
+) -> TracedModel:
+    try:
+        return trace_model(model, input_shape, input_dtype, budget)
+    except SpecError as e:
+        raise e.under("model") from e
+
+
+def estimate(
+    traced: TracedModel, optimizer: OptimizerSpec, device: Device, budget: TraceBudget, inference: bool = True
+) -> MemoryEstimate:
+    try:
+        return estimate_memory(traced, optimizer, device, budget=budget, inference=inference)
+    except SpecError as e:
+        raise e.under("model") from e
+
+
+def summary(traced: TracedModel, memory: MemoryEstimate | None = None) -> ModelSummary:
+    """The summary's answer: the trace and its parameters, and with ``memory`` the training memory."""
+    params = count_params(traced)
+    saved = memory.saved_by_path if memory else {}
+    layers = [
+        LayerSummary(
+            path=node.path,
+            type=node.spec.type,
+            depth=node.depth,
+            input_shape=list(node.input_shape),
+            output_shape=list(node.output_shape),
+            num_params=params.counts[node.path],
+            params=params.own[node.path],
+            flops=node.flops,
+            output_bytes=_bytes(node.output),
+            saved_bytes=saved.get(node.path) if memory else None,
+            spec=node.spec.model_dump(),
+            repeat=None if node.repeat is None else RepeatInfo(index=node.repeat[0], times=node.repeat[1]),
+        )
+        for node in traced.layers
+    ]
+    leaves = [node for node in traced.layers if not node.children]
+    return ModelSummary(
+        model_repr=str(traced.module),
+        input_shape=list(traced.input_shape),
+        input_dtype=str(traced.input_dtype).removeprefix("torch."),
+        output_shape=list(traced.output_shape),
+        param_dtype=str(traced.param_dtype).removeprefix("torch."),
+        total_params=params.total,
+        trainable_params=params.trainable,
+        param_bytes=params.param_bytes,
+        buffer_bytes=params.buffer_bytes,
+        activation_bytes=sum(_bytes(node.output) for node in leaves),
+        flops=traced.flops,
+        mult_adds=traced.flops // 2,
+        uncounted_ops=traced.uncounted_ops,
+        backward_flops=memory.backward_flops if memory else None,
+        memory=memory.memory if memory else None,
+        layers=layers,
+        model=traced.spec.model_dump(),
+    )
+
+
+def _bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def summarize(
+    model: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType = "float32"
+) -> ModelSummary:
+    """The summary of ``model`` without training, unbounded (the warm-up's, a benchmark's)."""
+    return summary(trace_model(model, input_shape, input_dtype))
