@@ -1,4 +1,4 @@
-"""Dependencies of the routes, as ``Annotated`` aliases: the API lock (key and rate limit)."""
+"""Dependencies of the routes, as ``Annotated`` aliases: the API lock (key and rate limit), datasets."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from app.core.security import API_KEY_HEADER, APILock, Caller
+from app.datasets.service import Datasets
 
 api_key_header = APIKeyHeader(
     name=API_KEY_HEADER,
@@ -57,3 +58,15 @@ GUARD_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "an API key is required (the server has MB_API_KEYS) and none valid was sent"},
     429: {"description": "rate limited (MB_RATE_LIMIT_PER_S); retry after Retry-After seconds"},
 }
+
+
+def get_datasets(request: Request) -> Datasets:
+    """Datasets over the job store's database (the app's lifespan opens it)."""
+    engine = getattr(request.app.state, "jobs", None)
+    if engine is None:
+        detail = [{"type": "unavailable", "loc": [], "msg": "the app was started without its lifespan"}]
+        raise HTTPException(503, detail)
+    return Datasets.from_settings(engine.store)
+
+
+DatasetsDep = Annotated[Datasets, Depends(get_datasets)]

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from app.api.routes import docs, export, health, jobs, layers, models, playground, trained
+from app.api.routes import datasets, docs, export, health, jobs, layers, models, playground, trained
 
 api_router = APIRouter()
 api_router.include_router(health.router)
@@ -11,5 +11,6 @@ api_router.include_router(models.router)
 api_router.include_router(jobs.router)
 api_router.include_router(export.router)
 api_router.include_router(trained.router)
+api_router.include_router(datasets.router)
 api_router.include_router(docs.router)
 api_router.include_router(playground.router)
