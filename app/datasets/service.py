@@ -100,9 +100,8 @@ class Datasets:
 
 def _same_resize(dataset: Dataset, resize: list[int] | None) -> Dataset:
     if dataset.resize != resize:
-        msg = (
-            f"dataset {dataset.id} is already stored with resize {dataset.resize}: delete it to store it anew"
-        )
+        stored = "x".join(map(str, dataset.resize)) if dataset.resize else "none"
+        msg = f"dataset {dataset.id} is already stored with resize {stored}: delete it to store it anew"
         raise DatasetError(
             msg, kind="conflict", status=409, loc=("query", "resize"), ctx={"resize": dataset.resize}
         )
