@@ -270,7 +270,7 @@ def test_a_data_directory_from_the_first_release_is_upgraded_in_place(tmp_path: 
     finally:
         store.close()
     version = sqlite3.connect(tmp_path / "jobs.sqlite3").execute("SELECT version_num FROM alembic_version")
-    assert version.fetchone()[0] == "0002"
+    assert version.fetchone()[0] == "0004"
 
 
 def test_a_postgres_database_at_the_first_revision_is_upgraded_in_place(tmp_path: Path) -> None:

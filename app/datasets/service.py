@@ -37,13 +37,6 @@ class Datasets:
         files = DatasetFiles((data_dir or settings.data_dir).resolve() / "datasets")
         return cls(DatasetStore(jobs), files, limits, settings.max_datasets_bytes)
 
-    def upload_limit(self, caller: Caller) -> tuple[int, DatasetError]:
-        """The most bytes ``caller`` may upload now, and the 413 past them."""
-        left = max(0, self.quota - self.store.bytes_of(owner_of(caller)))
-        if left < self.limits.max_bytes:
-            return left, too_large("this key's datasets, with this one,", "MB_MAX_DATASETS_BYTES", self.quota)
-        return self.limits.max_bytes, too_large("the file", "MB_MAX_DATASET_BYTES", self.limits.max_bytes)
-
     def add(self, upload: Upload, caller: Caller, resize: Size | None) -> tuple[Dataset, bool]:
         """Describe and store ``upload`` for ``caller``; the dataset, and whether it is new (the
         same bytes again give the stored one)."""
@@ -51,6 +44,8 @@ class Datasets:
         existing = self.store.get(upload.sha256, owner)
         if existing is not None:
             return _same_resize(existing, asked), False
+        if self.store.bytes_of(owner) + upload.size > self.quota:  # before describing; add checks again
+            raise _over_quota(self.quota)
         description = self.store.described(upload.sha256, asked) or describe(upload.path, self.limits, resize)
         dataset = Dataset(
             id=upload.sha256,
@@ -64,7 +59,7 @@ class Datasets:
         with self.files.lock():
             self.files.commit(upload.path, upload.sha256)
             try:
-                added = self.store.add(dataset, self.quota)
+                added = self.store.add(dataset, self.quota, _over_quota(self.quota))
             except BaseException:
                 self._remove_unreferenced(upload.sha256)
                 raise
@@ -106,6 +101,10 @@ def _same_resize(dataset: Dataset, resize: list[int] | None) -> Dataset:
             msg, kind="conflict", status=409, loc=("query", "resize"), ctx={"resize": dataset.resize}
         )
     return dataset
+
+
+def _over_quota(quota: int) -> DatasetError:
+    return too_large("this key's datasets, with this one,", "MB_MAX_DATASETS_BYTES", quota)
 
 
 def _not_found(dataset_id: str) -> DatasetError:

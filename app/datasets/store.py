@@ -12,7 +12,6 @@ from sqlalchemy import exc
 from sqlalchemy.engine import Connection
 
 from app.datasets.description import Description
-from app.datasets.errors import too_large
 from app.jobs.store import JobStore
 
 Json = sa.JSON(none_as_null=True)
@@ -49,16 +48,16 @@ class DatasetStore:
         # The job store's own transaction helpers: one engine, one retry policy, one schema.
         self._write, self._query = jobs._write, jobs._query
 
-    def add(self, dataset: Dataset, quota: int) -> bool:
-        """Store ``dataset``; False when its owner already has it. A 413 when the owner's datasets
-        would pass ``quota`` bytes (``MB_MAX_DATASETS_BYTES``)."""
+    def add(self, dataset: Dataset, quota: int, over_quota: Exception) -> bool:
+        """Store ``dataset``; False when its owner already has it; ``over_quota`` raised when the
+        owner's datasets would pass ``quota`` bytes."""
         row = {**dataset.model_dump(mode="json"), "owner": dataset.owner}
 
         def work(conn: Connection) -> bool:
             if conn.execute(_one(dataset.id, dataset.owner)).first() is not None:
                 return False
             if _bytes_of(conn, dataset.owner) + dataset.size_bytes > quota:
-                raise too_large("this key's datasets, with this one,", "MB_MAX_DATASETS_BYTES", quota)
+                raise over_quota
             conn.execute(datasets.insert().values(**row))
             return True
 

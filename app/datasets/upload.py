@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from app.datasets import errors
 from app.datasets.errors import FILE, DatasetError
 from app.datasets.files import DatasetFiles
 
@@ -127,9 +128,11 @@ class _Form:
         self.in_file = True
 
 
-async def receive(request: Request, files: DatasetFiles, limit: int, too_large: DatasetError) -> Upload:
-    """Stream the request's ``file`` into a part file of ``files``; ``too_large`` past ``limit``."""
+async def receive(request: Request, files: DatasetFiles, limit: int) -> Upload:
+    """Stream the request's ``file`` into a part file of ``files``; a 413 past ``limit`` bytes
+    (``MB_MAX_DATASET_BYTES``)."""
     boundary = _boundary(request)
+    too_large = errors.too_large("the file", "MB_MAX_DATASET_BYTES", limit)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FORM_SLACK:
         raise too_large  # without reading a byte of it

@@ -65,9 +65,8 @@ async def upload_dataset(
     """Upload a dataset (multipart field `file`): 201 with its description, 200 if already stored."""
     size: Size | None = tuple(int(n) for n in resize.split("x")) if resize else None  # type: ignore[assignment]
     with _answering():
-        limit, too_large = await run_in_threadpool(datasets.upload_limit, caller)
         try:
-            upload = await receive(request, datasets.files, limit, too_large)
+            upload = await receive(request, datasets.files, datasets.limits.max_bytes)
         except ClientDisconnect as e:
             raise HTTPException(CLIENT_GONE, "the client went away") from e
         try:
