@@ -48,7 +48,10 @@ def describe_npz(archive: zipfile.ZipFile, limits: Limits) -> Description:
 def read_header(stream: IO[bytes], name: str) -> NpyHeader:
     """The ``.npy`` header of ``stream`` (left at the array's data); a 422 for a header past
     numpy's ``max_header_size``, an object (pickled) dtype or anything but numbers."""
-    head = stream.peek(12)[:12]  # type: ignore[attr-defined]  # ZipExtFile reads ahead for peek
+    try:
+        head = stream.peek(12)[:12]  # type: ignore[attr-defined]  # ZipExtFile reads ahead for peek
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise in_array(name, f"zip member {name!r}.npy cannot be inflated: {e}") from e
     if len(head) < 10 or not head.startswith(_MAGIC) or head[6] not in (1, 2):
         raise in_array(name, f"member {name!r}.npy is not a .npy array of format 1.0 or 2.0")
     length = int.from_bytes(head[8:10] if head[6] == 1 else head[8:12], "little")

@@ -102,8 +102,10 @@ def describe_csv(path: Path, limits: Limits) -> Description:
 
 
 def _first_row(path: Path) -> list[str]:
+    """The cells of the first row (the header, unless all are numbers); bad rows are for later."""
+    skip = csv.ParseOptions(invalid_row_handler=lambda row: "skip")
     try:
-        reader = csv.open_csv(path, csv.ReadOptions(use_threads=False, block_size=1 << 20))
+        reader = csv.open_csv(path, csv.ReadOptions(use_threads=False, block_size=1 << 20), skip)
     except pa.ArrowInvalid as e:
         raise DatasetError(f"not a readable CSV file: {e}") from e
     return reader.schema.names
