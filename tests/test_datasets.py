@@ -222,6 +222,14 @@ def test_a_chunked_upload_is_received_whole(client: TestClient) -> None:
     assert response.status_code == 201 and response.json()["id"] == hashlib.sha256(data).hexdigest()
 
 
+def test_an_upload_past_the_json_body_limit_is_streamed_past_it(client: TestClient) -> None:
+    data = make.npz({"x": np.random.default_rng(0).random((512, 512))})  # 2 MiB
+    assert len(data) > settings.max_body_bytes
+    assert upload(client, data).status_code == 201
+    too_big = client.post("/v1/models/summary", content=data, headers={"content-type": "application/json"})
+    assert too_big.status_code == 413  # the other routes keep MB_MAX_BODY_BYTES
+
+
 def test_the_openapi_upload_is_multipart_with_a_file_field(client: TestClient) -> None:
     operation = client.get("/openapi.json").json()["paths"][URL]["post"]
     body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
