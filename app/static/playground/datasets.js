@@ -55,7 +55,7 @@ async function listStored(selected = "") {
 /** The description: a line about the whole file, then one row per array. */
 function render(dataset) {
   const images = dataset.images;
-  const shape = images ? `, images ${images.width}×${images.height}, ${images.channels} channel(s)` : "";
+  const shape = images ? `, images ${images.width}x${images.height}, ${images.channels} channel(s)` : "";
   $("#dataset-summary").textContent =
     `${dataset.format}: ${dataset.samples} samples, ${bytes(dataset.size_bytes)}${shape}; id ${dataset.id.slice(0, 12)}…`;
   const rows = dataset.arrays.map((a) => {
