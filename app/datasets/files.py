@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from app.jobs.checkpoint import _fsync as fsync  # one way to sync a file or directory
+
 STALE_PART_S = 60.0  # a part file this old, and unlocked, belongs to no running upload
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -74,18 +76,9 @@ class DatasetFiles:
             part.unlink()
             return
         os.rename(part, target)
-        _sync_dir(self.root)
+        fsync(self.root)  # the rename made durable
 
     def remove(self, sha256: str) -> None:
         """Delete a stored file (under ``lock``, once no record refers to it)."""
         self.path(sha256).unlink(missing_ok=True)
-        _sync_dir(self.root)
-
-
-def _sync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync(self.root)

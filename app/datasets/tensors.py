@@ -75,6 +75,8 @@ def _describe_tensor(f, name: str, entry: dict, start: int) -> ArrayInfo:
     left = end - begin
     while left:
         data = f.read(min(left, CHUNK_BYTES // dtype.itemsize * dtype.itemsize))
+        if not data:  # the file shrank since safetensors checked it
+            raise in_array(name, f"tensor {name!r} is cut short")
         left -= len(data)
         values = np.frombuffer(data, dtype=dtype)
         if entry["dtype"] == "BF16":  # bfloat16 is float32's upper half

@@ -95,21 +95,30 @@ class _Form:
     def callbacks(self) -> dict:
         return {
             "on_part_begin": self._headers.clear,
-            "on_header_field": lambda data, start, end: self._add("_field", data[start:end]),
-            "on_header_value": lambda data, start, end: self._add("_value", data[start:end]),
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value,
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._data,
-            "on_part_end": lambda: setattr(self, "in_file", False),
-            "on_end": lambda: setattr(self, "ended", True),
+            "on_part_end": self._part_end,
+            "on_end": self._end,
         }
 
-    def _add(self, name: str, data: bytes) -> None:
-        setattr(self, name, getattr(self, name) + data)
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
 
     def _data(self, data: bytes, start: int, end: int) -> None:
         if self.in_file:
             self.file.data(data[start:end])
+
+    def _part_end(self) -> None:
+        self.in_file = False
+
+    def _end(self) -> None:
+        self.ended = True
 
     def _header_end(self) -> None:
         self._headers[self._field.strip().lower()] = self._value.strip()
