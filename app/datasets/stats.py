@@ -35,13 +35,12 @@ class ArrayStats:
         """Take the next values (any shape: they are read in flat order); ``NotFinite`` at a NaN."""
         if chunk.size == 0:
             return
+        low, high = float(chunk.min()), float(chunk.max())
         if chunk.dtype.kind == "f":
-            finite = np.isfinite(chunk)
-            if not finite.all():
-                raise NotFinite(self.seen + int(np.argmin(finite.ravel())))
+            if not (np.isfinite(low) and np.isfinite(high)):  # min and max carry any NaN
+                raise NotFinite(self.seen + int(np.argmin(np.isfinite(chunk).ravel())))
             self.integral = self.integral and bool(np.all(chunk == np.round(chunk)))
-        self.low = min(self.low, float(chunk.min()))
-        self.high = max(self.high, float(chunk.max()))
+        self.low, self.high = min(self.low, low), max(self.high, high)
         self.total += float(chunk.sum(dtype=np.float64))
         self.seen += chunk.size
         if self._counts is not None:
