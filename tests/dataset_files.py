@@ -1,18 +1,37 @@
 """Dataset files made in the tests from scikit-learn's digits and wine, in every upload format,
-with the arrays they hold (to compare a description with numpy's own figures)."""
+with the arrays they hold (to compare a description with numpy's own figures); uploading one,
+and the files a data directory holds."""
 
 from __future__ import annotations
 
 import io
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.numpy import save
 from sklearn.datasets import load_digits, load_wine
+
+URL = "/v1/datasets"
+
+
+def upload(client: TestClient, data: bytes, name: str = "data.bin", query: str = "", **headers: str):
+    """POST ``data`` as the upload's ``file``, named ``name``."""
+    return client.post(URL + query, files={"file": (name, data)}, headers=headers)
+
+
+def stored_files(data_dir: Path) -> list[str]:
+    """The dataset files on disk under ``data_dir`` (and any part file left behind)."""
+    root = data_dir / "datasets"
+    return sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != ".lock"
+    )
+
 
 Arrays = dict[str, np.ndarray]
 

@@ -14,43 +14,9 @@ from fastapi.testclient import TestClient
 
 from app.core.config import settings
 from app.core.security import APILock
-from app.jobs.engine import JobEngine
-from app.jobs.store import JobStore
 from app.main import app
 from tests import dataset_files as make
-
-URL = "/v1/datasets"
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    """The app on a data directory of the test's own, with a job store (no lifespan, no Ray)."""
-    saved = settings.data_dir, getattr(app.state, "jobs", None), app.state.api_lock
-    settings.data_dir = tmp_path
-    app.state.jobs = JobEngine(JobStore(tmp_path))
-    app.state.api_lock = APILock()
-    try:
-        yield tmp_path
-    finally:
-        app.state.jobs.store.close()
-        settings.data_dir, app.state.jobs, app.state.api_lock = saved
-
-
-@pytest.fixture
-def client(data_dir: Path) -> TestClient:
-    return TestClient(app)
-
-
-def upload(client: TestClient, data: bytes, name: str = "data.bin", query: str = "", **headers: str):
-    return client.post(URL + query, files={"file": (name, data)}, headers=headers)
-
-
-def stored_files(data_dir: Path) -> list[str]:
-    """The dataset files on disk (and any part file left behind)."""
-    root = data_dir / "datasets"
-    return sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != ".lock"
-    )
+from tests.dataset_files import URL, stored_files, upload
 
 
 def expected_array(name: str, values: np.ndarray, dtype: str | None = None) -> dict:
@@ -73,9 +39,11 @@ def expected_array(name: str, values: np.ndarray, dtype: str | None = None) -> d
 
 
 @pytest.mark.parametrize("kind", list(make.FORMATS))
-def test_each_format_is_described_as_numpy_sees_it(client: TestClient, data_dir: Path, kind: str) -> None:
+def test_each_format_is_described_as_numpy_sees_it(
+    datasets_api: TestClient, datasets_dir: Path, kind: str
+) -> None:
     data, arrays = make.FORMATS[kind]()
-    response = upload(client, data, f"digits.{kind}")
+    response = upload(datasets_api, data, f"digits.{kind}")
     assert response.status_code == 201, response.text
     body = response.json()
     sha = hashlib.sha256(data).hexdigest()
@@ -87,13 +55,13 @@ def test_each_format_is_described_as_numpy_sees_it(client: TestClient, data_dir:
     expected = [expected_array(n, v, whole[n] if kind == "csv" else None) for n, v in arrays.items()]
     assert sorted(body["arrays"], key=lambda a: a["name"]) == sorted(expected, key=lambda a: a["name"])
     assert response.headers["location"] == f"{URL}/{sha}"
-    assert client.get(f"{URL}/{sha}").json() == body
-    assert stored_files(data_dir) == [sha]  # the whole file, under its hash; no part file left
+    assert datasets_api.get(f"{URL}/{sha}").json() == body
+    assert stored_files(datasets_dir) == [sha]  # the whole file, under its hash; no part file left
 
 
-def test_a_zip_of_class_folders_is_images_and_labels(client: TestClient) -> None:
+def test_a_zip_of_class_folders_is_images_and_labels(datasets_api: TestClient) -> None:
     members, pixels, labels = make.digit_images()
-    body = upload(client, make.image_zip(members), "digits.zip").json()
+    body = upload(datasets_api, make.image_zip(members), "digits.zip").json()
     assert body["format"] == "images" and body["samples"] == len(labels)
     assert body["images"] == {"width": 8, "height": 8, "channels": 1, "resize": None}
     image, label = body["arrays"]
@@ -105,90 +73,94 @@ def test_a_zip_of_class_folders_is_images_and_labels(client: TestClient) -> None
     assert label["classes"] == [{"value": n, "count": int(counts[n]), "name": names[n]} for n in range(10)]
 
 
-def test_images_of_several_sizes_need_resize_and_rgb_makes_three_channels(client: TestClient) -> None:
+def test_images_of_several_sizes_need_resize_and_rgb_makes_three_channels(datasets_api: TestClient) -> None:
     rng = np.random.default_rng(0)
     members = {
         "cat/a.png": make.png(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)),
         "dog/b.jpg": make.png(rng.integers(0, 256, (20, 16), dtype=np.uint8), "JPEG"),
     }
     data = make.image_zip(members)
-    refused = upload(client, data, "pets.zip").json()["detail"][0]
+    refused = upload(datasets_api, data, "pets.zip").json()["detail"][0]
     assert refused["loc"] == ["body", "file", "dog/b.jpg"] and "?resize=" in refused["msg"]
     assert "12x10" in refused["msg"] and "16x20" in refused["msg"]
-    body = upload(client, data, "pets.zip", "?resize=6x4").json()
+    body = upload(datasets_api, data, "pets.zip", "?resize=6x4").json()
     assert body["images"] == {"width": 6, "height": 4, "channels": 3, "resize": [6, 4]}
     assert body["arrays"][0]["shape"] == [2, 3, 4, 6]
     assert [c["name"] for c in body["arrays"][1]["classes"]] == ["cat", "dog"]
     # The same bytes with another resize: the stored dataset is named, not replaced.
-    conflict = upload(client, data, "pets.zip", "?resize=8x8")
+    conflict = upload(datasets_api, data, "pets.zip", "?resize=8x8")
     assert conflict.status_code == 409 and "6x4" in conflict.json()["detail"][0]["msg"]
-    not_images = upload(client, make.npz(make.digits()), query="?resize=8x8").json()["detail"][0]
+    not_images = upload(datasets_api, make.npz(make.digits()), query="?resize=8x8").json()["detail"][0]
     assert not_images["loc"] == ["query", "resize"]
 
 
-def test_the_format_comes_from_the_content_not_the_name(client: TestClient) -> None:
-    assert upload(client, make.npz(make.digits()), "looks.csv").json()["format"] == "npz"
-    assert upload(client, make.csv(make.wine_columns()), "looks.npz").json()["format"] == "csv"
-    refused = upload(client, b"\x89PNG\r\n\x1a\n" + bytes(64), "data.csv")
+def test_the_format_comes_from_the_content_not_the_name(datasets_api: TestClient) -> None:
+    assert upload(datasets_api, make.npz(make.digits()), "looks.csv").json()["format"] == "npz"
+    assert upload(datasets_api, make.csv(make.wine_columns()), "looks.npz").json()["format"] == "csv"
+    refused = upload(datasets_api, b"\x89PNG\r\n\x1a\n" + bytes(64), "data.csv")
     assert refused.status_code == 415 and refused.json()["detail"][0]["type"] == "unsupported_format"
 
 
-def test_the_same_bytes_are_the_same_dataset(client: TestClient, data_dir: Path) -> None:
+def test_the_same_bytes_are_the_same_dataset(datasets_api: TestClient, datasets_dir: Path) -> None:
     data = make.npz(make.digits())
-    first = upload(client, data, "a.npz")
-    again = upload(client, data, "b.npz")
+    first = upload(datasets_api, data, "a.npz")
+    again = upload(datasets_api, data, "b.npz")
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.json() == first.json()  # the stored one, its first name included
-    listed = client.get(URL).json()
+    listed = datasets_api.get(URL).json()
     assert listed["count"] == 1 and [d["id"] for d in listed["data"]] == [first.json()["id"]]
-    assert stored_files(data_dir) == [first.json()["id"]]
+    assert stored_files(datasets_dir) == [first.json()["id"]]
 
 
-def test_list_pages_newest_first_and_delete_removes_the_file(client: TestClient, data_dir: Path) -> None:
-    ids = [upload(client, make.npz({"x": np.arange(n + 1.0)})).json()["id"] for n in range(3)]
-    page = client.get(URL, params={"offset": 1, "limit": 1}).json()
+def test_list_pages_newest_first_and_delete_removes_the_file(
+    datasets_api: TestClient, datasets_dir: Path
+) -> None:
+    ids = [upload(datasets_api, make.npz({"x": np.arange(n + 1.0)})).json()["id"] for n in range(3)]
+    page = datasets_api.get(URL, params={"offset": 1, "limit": 1}).json()
     assert page["count"] == 3 and [d["id"] for d in page["data"]] == [ids[1]]
-    assert client.delete(f"{URL}/{ids[1]}").status_code == 204
-    assert client.get(f"{URL}/{ids[1]}").status_code == 404
-    assert client.delete(f"{URL}/{ids[1]}").status_code == 404
-    assert stored_files(data_dir) == sorted([ids[0], ids[2]])
-    assert client.get(f"{URL}/not-a-hash").status_code == 422
+    assert datasets_api.delete(f"{URL}/{ids[1]}").status_code == 204
+    assert datasets_api.get(f"{URL}/{ids[1]}").status_code == 404
+    assert datasets_api.delete(f"{URL}/{ids[1]}").status_code == 404
+    assert stored_files(datasets_dir) == sorted([ids[0], ids[2]])
+    assert datasets_api.get(f"{URL}/not-a-hash").status_code == 422
 
 
 @pytest.fixture
-def keys(data_dir: Path) -> Callable[[str], dict[str, str]]:
+def keys(datasets_dir: Path) -> Callable[[str], dict[str, str]]:
     app.state.api_lock = APILock(api_keys=["alice", "bob"], admin_keys=["root"])
     return lambda key: {"X-API-Key": key}
 
 
-def test_datasets_belong_to_their_key(client: TestClient, data_dir: Path, keys: Callable) -> None:
+def test_datasets_belong_to_their_key(datasets_api: TestClient, datasets_dir: Path, keys: Callable) -> None:
     data = make.npz(make.digits())
-    sha = upload(client, data, "mine.npz", **keys("alice")).json()["id"]
-    assert client.post(URL, files={"file": ("x", data)}).status_code == 401
+    sha = upload(datasets_api, data, "mine.npz", **keys("alice")).json()["id"]
+    assert datasets_api.post(URL, files={"file": ("x", data)}).status_code == 401
     for method in ("GET", "DELETE"):
-        response = client.request(method, f"{URL}/{sha}", headers=keys("bob"))
+        response = datasets_api.request(method, f"{URL}/{sha}", headers=keys("bob"))
         assert response.status_code == 404, (method, response.text)  # as if it did not exist
-    assert client.get(URL, headers=keys("bob")).json() == {"data": [], "count": 0}
+    assert datasets_api.get(URL, headers=keys("bob")).json() == {"data": [], "count": 0}
     # Bob's upload of the same bytes is his own record, over the same file.
-    assert upload(client, data, "his.npz", **keys("bob")).status_code == 201
-    assert client.get(f"{URL}/{sha}", headers=keys("bob")).json()["name"] == "his.npz"
-    assert client.get(f"{URL}/{sha}", headers=keys("alice")).json()["name"] == "mine.npz"
-    assert client.get(URL, headers=keys("root")).json()["count"] == 2
-    assert client.delete(f"{URL}/{sha}", headers=keys("alice")).status_code == 204
-    assert stored_files(data_dir) == [sha]  # bob's record still needs it
-    assert client.get(f"{URL}/{sha}", headers=keys("bob")).status_code == 200
-    assert client.delete(f"{URL}/{sha}", headers=keys("root")).status_code == 204  # an admin: every key's
-    assert client.get(f"{URL}/{sha}", headers=keys("bob")).status_code == 404
-    assert stored_files(data_dir) == []
+    assert upload(datasets_api, data, "his.npz", **keys("bob")).status_code == 201
+    assert datasets_api.get(f"{URL}/{sha}", headers=keys("bob")).json()["name"] == "his.npz"
+    assert datasets_api.get(f"{URL}/{sha}", headers=keys("alice")).json()["name"] == "mine.npz"
+    assert datasets_api.get(URL, headers=keys("root")).json()["count"] == 2
+    assert datasets_api.delete(f"{URL}/{sha}", headers=keys("alice")).status_code == 204
+    assert stored_files(datasets_dir) == [sha]  # bob's record still needs it
+    assert datasets_api.get(f"{URL}/{sha}", headers=keys("bob")).status_code == 200
+    assert (
+        datasets_api.delete(f"{URL}/{sha}", headers=keys("root")).status_code == 204
+    )  # an admin: every key's
+    assert datasets_api.get(f"{URL}/{sha}", headers=keys("bob")).status_code == 404
+    assert stored_files(datasets_dir) == []
 
 
 def test_past_the_file_limit_or_the_key_quota_is_413_naming_it(
-    client: TestClient, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    datasets_api: TestClient, datasets_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = make.npz(make.digits())  # ~470 kB
     monkeypatch.setattr(settings, "max_dataset_bytes", len(data) - 1)
-    declared = upload(client, data)
-    streamed = client.post(
+    declared = upload(datasets_api, data)
+    streamed = datasets_api.post(
         URL, content=_chunks(data), headers={"content-type": f"multipart/form-data; boundary={B}"}
     )
     for response in (declared, streamed):  # refused by its Content-Length, and while it streams in
@@ -197,11 +169,11 @@ def test_past_the_file_limit_or_the_key_quota_is_413_naming_it(
         assert error["ctx"] == {"limit": len(data) - 1, "setting": "MB_MAX_DATASET_BYTES"}
     monkeypatch.setattr(settings, "max_dataset_bytes", 1 << 20)
     monkeypatch.setattr(settings, "max_datasets_bytes", len(data) + 1000)
-    assert upload(client, data).status_code == 201
-    assert upload(client, data).status_code == 200  # the same bytes take no more room
-    over = upload(client, make.npz({"x": np.zeros(1000)}))
+    assert upload(datasets_api, data).status_code == 201
+    assert upload(datasets_api, data).status_code == 200  # the same bytes take no more room
+    over = upload(datasets_api, make.npz({"x": np.zeros(1000)}))
     assert over.status_code == 413 and over.json()["detail"][0]["ctx"]["setting"] == "MB_MAX_DATASETS_BYTES"
-    assert stored_files(data_dir) == [hashlib.sha256(data).hexdigest()]
+    assert stored_files(datasets_dir) == [hashlib.sha256(data).hexdigest()]
 
 
 B = "mb-test-boundary"
@@ -215,23 +187,25 @@ def _chunks(data: bytes, size: int = 65536) -> Iterator[bytes]:
     yield f"\r\n--{B}--\r\n".encode()
 
 
-def test_a_chunked_upload_is_received_whole(client: TestClient) -> None:
+def test_a_chunked_upload_is_received_whole(datasets_api: TestClient) -> None:
     data = make.npz(make.digits())
     headers = {"content-type": f"multipart/form-data; boundary={B}"}
-    response = client.post(URL, content=_chunks(data, 1000), headers=headers)
+    response = datasets_api.post(URL, content=_chunks(data, 1000), headers=headers)
     assert response.status_code == 201 and response.json()["id"] == hashlib.sha256(data).hexdigest()
 
 
-def test_an_upload_past_the_json_body_limit_is_streamed_past_it(client: TestClient) -> None:
+def test_an_upload_past_the_json_body_limit_is_streamed_past_it(datasets_api: TestClient) -> None:
     data = make.npz({"x": np.random.default_rng(0).random((512, 512))})  # 2 MiB
     assert len(data) > settings.max_body_bytes
-    assert upload(client, data).status_code == 201
-    too_big = client.post("/v1/models/summary", content=data, headers={"content-type": "application/json"})
+    assert upload(datasets_api, data).status_code == 201
+    too_big = datasets_api.post(
+        "/v1/models/summary", content=data, headers={"content-type": "application/json"}
+    )
     assert too_big.status_code == 413  # the other routes keep MB_MAX_BODY_BYTES
 
 
-def test_the_openapi_upload_is_multipart_with_a_file_field(client: TestClient) -> None:
-    operation = client.get("/openapi.json").json()["paths"][URL]["post"]
+def test_the_openapi_upload_is_multipart_with_a_file_field(datasets_api: TestClient) -> None:
+    operation = datasets_api.get("/openapi.json").json()["paths"][URL]["post"]
     body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["file"] and body["properties"]["file"]["type"] == "string"
     assert {"201", "200", "409", "413", "415", "422"} <= set(operation["responses"])

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from tests import dataset_files as make
+from tests.dataset_files import stored_files
 from tests.servers import clean_env, running_server, wait_for
-from tests.test_datasets import stored_files
 
 MiB = 1 << 20
 FILE_LIMIT = 6 * MiB  # the largest file the server process may write

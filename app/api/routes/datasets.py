@@ -63,7 +63,10 @@ async def upload_dataset(
     request: Request, response: Response, caller: CallerDep, datasets: DatasetsDep, resize: Resize = None
 ) -> DatasetPublic:
     """Upload a dataset (multipart field `file`): 201 with its description, 200 if already stored."""
-    size: Size | None = tuple(int(n) for n in resize.split("x")) if resize else None  # type: ignore[assignment]
+    size: Size | None = None
+    if resize:
+        width, height = resize.split("x")
+        size = (int(width), int(height))
     with _answering():
         try:
             upload = await receive(request, datasets.files, datasets.limits.max_bytes)
