@@ -34,7 +34,10 @@ app = FastAPI(
     lifespan=lifespan,
 )
 app.add_middleware(
-    BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth
+    BodyLimitMiddleware,
+    max_body_bytes=settings.max_body_bytes,
+    max_json_depth=settings.max_json_depth,
+    streamed=frozenset({"/v1/datasets"}),  # uploads: streamed to disk, MB_MAX_DATASET_BYTES
 )
 # No cross-origin access unless MB_CORS_ORIGINS names a frontend's origin (the playground is same-origin).
 CORS_OPTIONS = {"allow_methods": ["*"], "allow_headers": ["*"]}

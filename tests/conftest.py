@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.core.config import settings
+from app.core.security import APILock
 from app.jobs import ray_runtime
+from app.jobs.engine import JobEngine
+from app.jobs.store import JobStore
 from app.main import app
 
 
@@ -37,3 +41,24 @@ def stop_embedded_rays(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
     yield
     for lock in tmp_path_factory.getbasetemp().glob("**/ray/lock"):
         ray_runtime.stop_embedded(lock.parent.parent)
+
+
+@pytest.fixture
+def datasets_dir(tmp_path: Path) -> Iterator[Path]:
+    """The app on a data directory of the test's own with a job store, no lifespan (no Ray: the
+    dataset routes need none) and no keys; the data directory."""
+    saved = settings.data_dir, getattr(app.state, "jobs", None), app.state.api_lock
+    settings.data_dir = tmp_path
+    app.state.jobs = JobEngine(JobStore(tmp_path))
+    app.state.api_lock = APILock()
+    try:
+        yield tmp_path
+    finally:
+        app.state.jobs.store.close()
+        settings.data_dir, app.state.jobs, app.state.api_lock = saved
+
+
+@pytest.fixture
+def datasets_api(datasets_dir: Path) -> TestClient:
+    """A client of the app set up by ``datasets_dir``."""
+    return TestClient(app)

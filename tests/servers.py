@@ -58,10 +58,16 @@ def uvicorn_command(port: int, *args: str) -> list[str]:
 
 
 def start_server(
-    env: Mapping[str, str], *, args: tuple[str, ...] = (), log: Path | None = None, new_session: bool = False
+    env: Mapping[str, str],
+    *,
+    args: tuple[str, ...] = (),
+    log: Path | None = None,
+    new_session: bool = False,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """Start the app on a free port (not waiting for it): the process and its base URL. Output goes
-    to ``log`` when given, else to this process's; ``new_session`` lets a caller kill its group."""
+    to ``log`` when given, else to this process's; ``new_session`` lets a caller kill its group;
+    ``preexec_fn`` runs in the child before uvicorn (e.g. to set a resource limit)."""
     port = free_port()
     out = open(log, "wb") if log else None  # noqa: SIM115 - the child keeps its own copy
     try:
@@ -72,6 +78,7 @@ def start_server(
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
             start_new_session=new_session,
+            preexec_fn=preexec_fn,
         )
     finally:
         if out:
@@ -91,11 +98,15 @@ def stop(proc: subprocess.Popen) -> None:
 
 @contextmanager
 def running_server(
-    env: Mapping[str, str], *, args: tuple[str, ...] = (), log: Path | None = None
+    env: Mapping[str, str],
+    *,
+    args: tuple[str, ...] = (),
+    log: Path | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """The app under uvicorn until ``/healthz`` answers 200; yields its base URL and process,
     stops it on exit."""
-    proc, url = start_server(env, args=args, log=log)
+    proc, url = start_server(env, args=args, log=log, preexec_fn=preexec_fn)
     seen = f"; see {log}" if log else ""
 
     def healthy() -> bool:

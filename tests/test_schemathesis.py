@@ -33,6 +33,8 @@ Configured, not silenced:
 - ``POST /v1/jobs/{id}/predict`` (reached with real job ids in the stateful phase) may refuse
   schema-valid ``inputs`` with a 422 at ``inputs``: their shape must be the job's dataset's sample
   shape, which differs per job; it answers 409 while the job runs and 404 once it is gone;
+- ``POST /v1/datasets`` may refuse a schema-valid upload with 415 (not a format it reads) or 422
+  (a file of that format it cannot use): a schema cannot say what a file holds;
 - a schema-valid job may also be refused with 429 when the queue is full (documented, with
   Retry-After), and ``POST /v1/train`` answers 202 when its wait ends first (documented);
 - the coverage phase (schemathesis' boundary-value enumeration) is off for the five operations
@@ -66,6 +68,7 @@ EXPORT = "POST /v1/models/export"
 SPEC_CARRYING = [SUMMARY, FIT, "POST /v1/jobs", "POST /v1/train", EXPORT]
 JOB_SUBMISSIONS = SPEC_CARRYING[2:4]
 PREDICT = "POST /v1/jobs/{job_id}/predict"
+UPLOAD = "POST /v1/datasets"
 
 # Small enough that a fuzzed job that is valid trains for a moment; the rest is refused up front.
 JOB_LIMITS = {
@@ -126,6 +129,16 @@ CONFIG = schemathesis.Config.from_dict(
                 }
                 for name in JOB_SUBMISSIONS
             ),
+            {
+                # A fuzzed file is rarely a dataset (415) or a usable one (422): its format and
+                # content decide, which a schema cannot state.
+                "include-name": UPLOAD,
+                "checks": {
+                    "positive_data_acceptance": {
+                        "expected-statuses": ["200", "201", "409", "413", "415", "422"]
+                    }
+                },
+            },
             {
                 # The samples' shape is the trained job's dataset's: a schema cannot state it.
                 "include-name": PREDICT,

@@ -305,7 +305,7 @@ def test_a_data_directory_from_the_first_release_is_upgraded_in_place(tmp_path: 
     finally:
         store.close()
     version = sqlite3.connect(tmp_path / "jobs.sqlite3").execute("SELECT version_num FROM alembic_version")
-    assert version.fetchone()[0] == "0003"
+    assert version.fetchone()[0] == "0004"
 
 
 def test_a_postgres_database_at_the_first_revision_is_upgraded_in_place(tmp_path: Path) -> None:
@@ -331,7 +331,7 @@ def test_a_postgres_database_at_the_first_revision_is_upgraded_in_place(tmp_path
             assert [(j.id, j.time_limit_s) for j in store.active()] == [("limited", 12.5)]
             with store._engine.connect() as conn:
                 version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-            assert version == "0003"
+            assert version == "0004"
         finally:
             store.close()
 

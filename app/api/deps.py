@@ -1,5 +1,5 @@
 """Dependencies of the routes, as ``Annotated`` aliases: the API lock (key and rate limit), the
-job engine (the routes' only way to the jobs) and one job of the caller's."""
+job engine (the routes' only way to the jobs), one job of the caller's, and the datasets."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
 from app.core.security import API_KEY_HEADER, APILock, Caller
+from app.datasets.service import Datasets
 from app.jobs.domain import Job
 from app.jobs.engine import JobEngine
 
@@ -83,3 +84,11 @@ def get_job(job_id: str, engine: EngineDep, caller: CallerDep) -> Job:
 
 
 JobDep = Annotated[Job, Depends(get_job)]
+
+
+def get_datasets(request: Request) -> Datasets:
+    """Datasets over the job store's database (the app's lifespan opens it)."""
+    return Datasets.from_settings(get_engine(request).store)
+
+
+DatasetsDep = Annotated[Datasets, Depends(get_datasets)]

@@ -67,8 +67,17 @@ class Settings(BaseSettings):
     job_memory_slack_bytes: int = Field(
         512 << 20, ge=0, description="added to a job's allowance (allocator and kernels' overhead)"
     )
-    max_dataset_samples: int = Field(100_000, gt=0, description="samples of a synthetic or inline dataset")
+    max_dataset_samples: int = Field(
+        100_000, gt=0, description="samples of a synthetic, inline or uploaded dataset"
+    )
     max_dataset_numel: int = Field(1 << 26, gt=0, description="numbers in a dataset's inputs, all samples")
+    # Uploaded datasets (app/datasets): stored under MB_DATA_DIR/datasets/, owned per API key.
+    max_dataset_bytes: int = Field(
+        512 << 20, gt=0, description="largest uploaded dataset file, and its content once inflated; 413"
+    )
+    max_datasets_bytes: int = Field(
+        8 << 30, gt=0, description="uploaded datasets' bytes per API key, all together; 413 beyond"
+    )
     max_artifact_bytes: int = Field(
         1 << 30, gt=0, description="largest weights file of a job (parameter and buffer bytes); 422 beyond"
     )

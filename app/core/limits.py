@@ -3,7 +3,8 @@
 A pure ASGI middleware: it reads the body up to ``max_body_bytes`` (413 past it, without
 reading the rest), scans its JSON nesting depth without recursion (422 past
 ``max_json_depth``) and its strings for lone surrogates (422), then hands the buffered body on
-unchanged.
+unchanged. Paths in ``streamed`` (uploads) pass untouched: their routes stream the body to disk
+and hold it to limits of their own.
 """
 
 from __future__ import annotations
@@ -54,13 +55,16 @@ def _has_lone_surrogate(token: bytes) -> bool:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_depth: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, max_json_depth: int, streamed: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
+        self.streamed = streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH") or self._streams(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
@@ -101,6 +105,10 @@ class BodyLimitMiddleware:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    def _streams(self, scope: Scope) -> bool:
+        path, root = scope["path"], scope.get("root_path", "")
+        return (path[len(root) :] if root and path.startswith(root) else path) in self.streamed
 
     async def _too_large(self, send: Send) -> None:
         msg = f"request body exceeds {self.max_body_bytes} bytes"

@@ -13,7 +13,9 @@ const headers = (extra) => (apiKey ? { ...extra, "x-api-key": apiKey } : extra);
 /** JSON request; resolves to {ok, status, body} and never throws on an HTTP error status. */
 export async function call(method, url, body) {
   const init = { method, headers: headers({ accept: "application/json" }) };
-  if (body !== undefined) {
+  if (body instanceof FormData) {
+    init.body = body; // the browser writes the multipart/form-data header with its boundary
+  } else if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);
   }
@@ -34,6 +36,14 @@ export const summarize = (request) => call("POST", "v1/models/summary", request)
 export const startJob = (request) => call("POST", "v1/jobs", request);
 export const getJob = (id) => call("GET", `v1/jobs/${encodeURIComponent(id)}`);
 export const cancelJob = (id) => call("POST", `v1/jobs/${encodeURIComponent(id)}/cancel`);
+export const listDatasets = () => call("GET", "v1/datasets?limit=100");
+export const getDataset = (id) => call("GET", `v1/datasets/${encodeURIComponent(id)}`);
+/** Uploads a dataset file in the form field `file`, its images resized to `resize` ("32x32") if given. */
+export function uploadDataset(file, resize) {
+  const form = new FormData();
+  form.append("file", file);
+  return call("POST", `v1/datasets${resize ? `?resize=${encodeURIComponent(resize)}` : ""}`, form);
+}
 
 /**
  * Fetches a file (with the key) and saves it under the name the server gives in

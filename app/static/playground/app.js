@@ -1,6 +1,7 @@
 // The playground: a layer list edited through forms generated from GET /v1/layers, a live
 // summary from POST /v1/models/summary, and a training panel on POST /v1/jobs + its SSE stream.
 import * as api from "./api.js";
+import { initUploads } from "./datasets.js";
 import { specFields } from "./forms.js";
 import { foldRepeats, paramsText, rowName } from "./summary.js";
 
@@ -439,6 +440,7 @@ async function main() {
   state.examples = body?.examples ?? {};
   for (const [name, ex] of Object.entries(state.examples)) $("#example").add(new Option(ex.summary ?? name, name));
   fillTrainChoices(spec.body);
+  initUploads();
 
   $("#example").addEventListener("change", (e) => loadExample(e.target.value));
   $("#clear").addEventListener("click", () => {

@@ -1,0 +1,1 @@
+"""Uploaded datasets: received, recognised, described, stored and owned per API key (issue 19)."""
