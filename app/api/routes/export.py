@@ -6,12 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request, Response
 
-from app.analysis import check_limits
 from app.api.deps import GUARD_RESPONSES, guard
-from app.core.traces import CLIENT_GONE
-from app.exports import FILES_CONTENT, attachment, export
+from app.exports import FILES_CONTENT, Download, download
 from app.schemas.export import ExportRequest
-from layers.analysis.budget import TraceCancelled
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], dependencies=[Depends(guard)], responses=GUARD_RESPONSES
@@ -53,10 +50,5 @@ async def export_model(
     request: Annotated[ExportRequest, Body(openapi_examples=EXAMPLE)], http: Request
 ) -> Response:
     """The model as one Python file importing only torch, or as an ONNX file (freshly initialised)."""
-    check_limits(request.model)
-    shape = tuple(request.input_shape)
-    try:
-        content = await export(http, request.format, request.model, shape, request.input_dtype, ABOUT)
-    except TraceCancelled:
-        return Response(status_code=CLIENT_GONE)
-    return attachment(content, request.format, "model")
+    what = Download(request.model, tuple(request.input_shape), request.input_dtype, ABOUT, "model")
+    return await download(http, request.format, what)
