@@ -124,11 +124,6 @@ class _Tracer(Builder):
         self.nodes.append(traced)
         self.traced[node.path] = traced
 
-    @contextmanager
-    def at(self, node: Node) -> Iterator[None]:
-        with self.located(self.traced[node.path]):
-            yield
-
     def leaf(self, node: Node, x: torch.Tensor) -> TracedLayer:
         traced = self.traced[node.path]
         twin = None if node.twin is None else self.traced[node.twin]
@@ -175,7 +170,7 @@ class _Tracer(Builder):
             raise self.over_budget(loc, spec, path, "before") from e
 
     @contextmanager
-    def located(self, node: TracedLayer) -> Iterator[None]:
+    def at(self, node: Node) -> Iterator[None]:
         """Turns the user's errors inside one layer into a ``SpecError`` that names that layer:
         ours (a ``SpecError``) and torch refusing the layer. Anything else is a bug of ours and
         goes on as it is, noting the layer."""
@@ -184,11 +179,12 @@ class _Tracer(Builder):
         except TraceCancelled:
             raise
         except BudgetExceeded as exc:
-            raise self.over_budget(node.loc, node.spec, node.path, "in") from exc
+            raise self.over_budget(node.loc, self.traced[node.path].spec, node.path, "in") from exc
         except Exception as exc:
+            traced = self.traced[node.path]
             if isinstance(exc, SpecError) or _raised_by_torch(exc):
-                raise self.locate(node, exc) from exc
-            exc.add_note(f"while tracing {node.spec.type} at module path '{node.path}'")
+                raise self.locate(traced, exc) from exc
+            exc.add_note(f"while tracing {traced.spec.type} at module path '{node.path}'")
             raise
 
     def over_budget(self, loc: Loc, spec: LayerSpec, path: str, where: str) -> LimitError:

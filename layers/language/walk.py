@@ -133,12 +133,13 @@ class Walk(Generic[R, S]):
 
     def layer(self, node: Node, x: Any) -> R:
         self.enter(node, x)
-        with self.at(node):
-            self.claim(node)
         if isinstance(node.spec, ContainerSpec):
+            with self.at(node):
+                self.claim(node)
             result = self._container(node, node.spec, x)
         else:
             with self.at(node):
+                self.claim(node)
                 result = self.leaf(node, x)
         if node.spec.name is not None:
             self.named[node.spec.name].done = True

@@ -6,11 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
 
-from app.core.spec_limits import check_model
-from app.core.traces import CLIENT_GONE
-from app.exports import FILES_CONTENT, attachment, export
+from app.exports import FILES_CONTENT, Download, download
 from app.schemas.export import ExportRequest
-from layers.analysis.budget import TraceCancelled
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -50,10 +47,5 @@ async def export_model(
     request: Annotated[ExportRequest, Body(openapi_examples=EXAMPLE)], http: Request
 ) -> Response:
     """The model as one Python file importing only torch, or as an ONNX file (freshly initialised)."""
-    check_model(request.model)
-    shape = tuple(request.input_shape)
-    try:
-        content = await export(http, request.format, request.model, shape, request.input_dtype, ABOUT)
-    except TraceCancelled:
-        return Response(status_code=CLIENT_GONE)
-    return attachment(content, request.format, "model")
+    what = Download(request.model, tuple(request.input_shape), request.input_dtype, ABOUT, "model")
+    return await download(http, request.format, what)

@@ -7,15 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from app.api.deps import JobDep
 from app.core.config import settings
-from app.core.spec_limits import check_model
-from app.core.traces import CLIENT_GONE
-from app.exports import FILES_CONTENT, attachment, export
+from app.exports import FILES_CONTENT, Download, download
 from app.jobs.domain import ACTIVE, Job, JobStatus
 from app.jobs.retention import job_dir
 from app.jobs.trained import MODELS, POOL, predict
@@ -23,7 +22,6 @@ from app.jobs.weights import WEIGHTS_FILE, load_weights, read_metadata, weights_
 from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest, PredictResponse
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
-from layers.analysis.budget import TraceCancelled
 from layers.analysis.trace import InputDType
 
 router = APIRouter(prefix="/jobs", tags=["trained models"])
@@ -114,13 +112,11 @@ async def export_job(
         f"The model of Model Builder job {job_id}. Its trained weights: GET /v1/jobs/{job_id}/weights\n"
         f"(safetensors, sha256 {weights.sha256})."
     )
-    check_model(spec)
-    trained = lambda: load_weights(weights.path)[1]  # noqa: E731  (loaded only by the formats that carry weights)
-    try:
-        content = await export(http, format, spec, input_shape, dtype, about, trained)
-    except TraceCancelled:
-        return Response(status_code=CLIENT_GONE)
-    return attachment(content, format, job_id)
+
+    def trained() -> torch.nn.Module:  # loaded only by the formats that carry weights
+        return load_weights(weights.path)[1]
+
+    return await download(http, format, Download(spec, input_shape, dtype, about, job_id, trained))
 
 
 @router.post(
