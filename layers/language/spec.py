@@ -7,8 +7,8 @@ import typing
 from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, model_validator
+from pydantic_core import CoreSchema, PydanticCustomError
 
 
 def _accepts_bool(annotation: Any) -> bool:
@@ -19,13 +19,39 @@ def _has_bool(value: Any) -> bool:
     return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
 
 
+def _strict_bools(node: Any, owner: type) -> None:
+    """Mark every boolean of ``owner``'s core schema strict, in place. Other models met on the way
+    are left as they are: the specs among them made their own booleans strict."""
+    if isinstance(node, dict):
+        if node.get("type") == "model" and node.get("cls") is not owner:
+            return
+        if node.get("type") == "bool":
+            node["strict"] = True
+        for key, value in node.items():
+            if key != "cls":
+                _strict_bools(value, owner)
+    elif isinstance(node, list):
+        for value in node:
+            _strict_bools(value, owner)
+
+
 class SpecModel(BaseModel):
     """Unknown fields are errors, NaN and infinities are refused (they parse from JSON but are
-    never a valid size or rate, and cannot be written back), and a JSON boolean never passes
-    for a number: pydantic's lax mode reads ``true`` as 1, which the schema does not allow.
+    never a valid size or rate, and cannot be written back), a JSON boolean never passes for a
+    number, and only a JSON boolean fills a boolean field: pydantic's lax mode reads ``true`` as
+    1 and ``0``, ``1.0`` or ``"yes"`` as booleans, which the schema does not allow. Numbers stay
+    lax otherwise (``3.0`` fills an int field), so the model config's ``strict`` is not an option.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        schema = handler(source)
+        _strict_bools(schema, cls)
+        return schema
 
     @model_validator(mode="before")
     @classmethod
