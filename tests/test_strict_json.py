@@ -14,6 +14,8 @@ from layers import LAYER_SPECS
 from layers.language.spec import SpecModel
 from layers.training.optimizers import OPTIMIZER_SPECS
 
+LAYER = ["body", "model", "layers", 0]
+
 CASES = {
     "layer size": ({"layers": [{"type": "Linear", "out_features": True}]}, [2, 3], "out_features"),
     "dimension": (
@@ -137,3 +139,53 @@ def test_booleans_still_fill_boolean_fields_and_the_schema_says_boolean(client) 
             continue  # an abstract base: its fields are in each concrete class
         prop = schemas[name]["properties"][field]
         assert {"type": "boolean"} in prop.get("anyOf", [prop]) or prop.get("type") == "boolean", (name, prop)
+
+
+# -- numbers are JSON numbers: no "3" for an integer field or "0.5" for a float one -------------
+
+STRING_NUMBERS = {
+    "integer": (
+        {"layers": [{"type": "Linear", "out_features": "3"}]},
+        [2, 3],
+        {},
+        [*LAYER, "Linear", "out_features"],
+    ),
+    "float": ({"layers": [{"type": "Dropout", "p": "0.5"}]}, [2, 3], {}, [*LAYER, "Dropout", "p"]),
+    "int or list": ({"layers": [{"type": "Mean", "dim": "1"}]}, [2, 3], {}, [*LAYER, "Mean", "dim"]),
+    "float in a list": (
+        {"layers": [{"type": "Upsample", "scale_factor": ["2.0"], "mode": "linear"}]},
+        [2, 3, 4],
+        {},
+        [*LAYER, "Upsample", "scale_factor"],
+    ),
+    "input shape": ({"layers": [{"type": "ReLU"}]}, ["2", 3], {}, ["body", "input_shape", 0]),
+    "optimizer": (
+        {"layers": [{"type": "Linear", "out_features": 2}]},
+        [2, 3],
+        {"training": {"optimizer": {"type": "SGD", "lr": "0.1"}}},
+        ["body", "training", "optimizer", "SGD", "lr"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STRING_NUMBERS)
+def test_a_string_for_a_number_is_a_422_at_the_field(client, case: str) -> None:
+    model, shape, extra, loc = STRING_NUMBERS[case]
+    response = client.post("/v1/models/summary", json={"model": model, "input_shape": shape, **extra})
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert all(e["loc"][: len(loc)] == loc for e in errors), errors
+    assert any(e["type"] in ("int_type", "float_type") for e in errors), errors
+
+
+def test_a_string_for_a_job_number_is_refused() -> None:
+    body = {
+        "model": {"layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 10}]},
+        "dataset": {"name": "digits", "val_fraction": "0.2"},
+        "loss": {"type": "CrossEntropyLoss"},
+        "optimizer": {"type": "Adam"},
+        "epochs": "5",
+    }
+    with pytest.raises(ValidationError) as raised:
+        JobCreate.model_validate_json(json.dumps(body))
+    assert {e["loc"] for e in raised.value.errors()} == {("dataset", "digits", "val_fraction"), ("epochs",)}

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, model_validator
-from pydantic_core import CoreSchema, PydanticCustomError
+from pydantic_core import CoreSchema, PydanticCustomError, PydanticKnownError, core_schema
 
 
 def _accepts_bool(annotation: Any) -> bool:
@@ -19,28 +19,43 @@ def _has_bool(value: Any) -> bool:
     return isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value))
 
 
-def _strict_bools(node: Any, owner: type) -> None:
-    """Mark every boolean of ``owner``'s core schema strict, in place. Other models met on the way
-    are left as they are: the specs among them made their own booleans strict."""
+def _not_a_string(value: Any) -> Any:
+    if isinstance(value, str | bytes):
+        raise PydanticKnownError("int_type")
+    return value
+
+
+def _is_wrapped(node: dict) -> bool:
+    return node.get("type") == "function-before" and node["function"].get("function") is _not_a_string
+
+
+def _strict_scalars(node: Any, owner: type) -> None:
+    """Make the booleans and numbers of ``owner``'s core schema take only JSON booleans and numbers,
+    in place. Other models met on the way are left alone: the specs among them did their own."""
     if isinstance(node, dict):
-        if node.get("type") == "model" and node.get("cls") is not owner:
-            return
-        if node.get("type") == "bool":
-            node["strict"] = True
+        if (node.get("type") == "model" and node.get("cls") is not owner) or _is_wrapped(node):
+            return  # the hook runs again each time another model refers to this one
         for key, value in node.items():
             if key != "cls":
-                _strict_bools(value, owner)
+                _strict_scalars(value, owner)
+        if node.get("type") in ("bool", "float"):
+            node["strict"] = True  # a strict float still takes a JSON integer
+        elif node.get("type") == "int":  # a strict int would refuse 3.0, which the schema allows
+            inner = dict(node)
+            node.clear()
+            node.update(core_schema.no_info_before_validator_function(_not_a_string, inner))
     elif isinstance(node, list):
         for value in node:
-            _strict_bools(value, owner)
+            _strict_scalars(value, owner)
 
 
 class SpecModel(BaseModel):
     """Unknown fields are errors, NaN and infinities are refused (they parse from JSON but are
     never a valid size or rate, and cannot be written back), a JSON boolean never passes for a
-    number, and only a JSON boolean fills a boolean field: pydantic's lax mode reads ``true`` as
-    1 and ``0``, ``1.0`` or ``"yes"`` as booleans, which the schema does not allow. Numbers stay
-    lax otherwise (``3.0`` fills an int field), so the model config's ``strict`` is not an option.
+    number, only a JSON boolean fills a boolean field and only a JSON number a number field:
+    pydantic's lax mode reads ``true`` as 1, ``0``, ``1.0`` or ``"yes"`` as booleans and ``"3"`` as
+    a number, which the schema does not allow. A whole float still fills an int field (``3.0``), so
+    the config's ``strict`` is not an option.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -50,7 +65,7 @@ class SpecModel(BaseModel):
         cls, source: type[BaseModel], handler: GetCoreSchemaHandler
     ) -> CoreSchema:
         schema = handler(source)
-        _strict_bools(schema, cls)
+        _strict_scalars(schema, cls)
         return schema
 
     @model_validator(mode="before")
