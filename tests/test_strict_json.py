@@ -4,14 +4,13 @@ JSON booleans fill boolean fields (lax mode would read `0`, `1.0` or `"yes"` as 
 from __future__ import annotations
 
 import json
-import typing
 
 import pytest
 from pydantic import ValidationError
 
 from app.schemas.jobs import JobCreate
 from layers import LAYER_SPECS
-from layers.language.spec import SpecModel
+from layers.language.spec import SpecModel, accepts
 from layers.training.optimizers import OPTIMIZER_SPECS
 
 LAYER = ["body", "model", "layers", 0]
@@ -83,16 +82,12 @@ def _spec_classes() -> list[type[SpecModel]]:
     return found
 
 
-def _accepts(annotation: object, kind: type) -> bool:
-    return annotation is kind or any(_accepts(arg, kind) for arg in typing.get_args(annotation))
-
-
 BOOLEAN_FIELDS = sorted(
     {
         (cls.__name__, name): cls
         for cls in _spec_classes()
         for name, field in cls.model_fields.items()
-        if _accepts(field.annotation, bool)
+        if accepts(field.annotation, bool)
     }.items()
 )
 

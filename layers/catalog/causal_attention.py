@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
-from layers.language.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
+from layers.language.base import Float32, LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
 from layers.language.errors import ShapeError
 
 
@@ -112,7 +112,9 @@ class CausalSelfAttentionSpec(LayerSpec):
         description="key/value heads (grouped-query attention); must divide num_heads. Default num_heads",
     )
     rope: bool = Field(True, description="rotary position embedding on queries and keys")
-    rope_theta: float = Field(10000.0, gt=0, description="RoPE base")
+    rope_theta: Float32 = Field(
+        10000.0, gt=0, description="RoPE base (a float32, as the tables made from it)"
+    )
     bias: bool = False
     dropout: float = Field(0.0, ge=0.0, le=1.0, description="on the attention weights, when training")
 

@@ -93,8 +93,11 @@ class Builder:
 
     def leaf(self, spec: LayerSpec, path: str) -> nn.Module:
         """Build a leaf layer and tie its weight (errors relative to the layer)."""
+        moved = self.param_dtype not in (None, torch.get_default_dtype())
+        if moved:  # the schema holds values to the default dtype; .to() would turn the rest inf
+            spec.check_held(self.param_dtype)
         module = spec.build()
-        if self.param_dtype not in (None, torch.get_default_dtype()):  # .to() walks every tensor
+        if moved:  # .to() walks every tensor
             module.to(self.param_dtype)
         target_name = spec.weight_tie()
         if target_name is not None:

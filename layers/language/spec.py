@@ -11,8 +11,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchem
 from pydantic_core import CoreSchema, PydanticCustomError, PydanticKnownError, core_schema
 
 
-def _accepts_bool(annotation: Any) -> bool:
-    return annotation is bool or any(_accepts_bool(arg) for arg in typing.get_args(annotation))
+def accepts(annotation: Any, kind: type) -> bool:
+    """Whether a field's annotation takes ``kind`` (``bool``, ``float``), alone or in a union or list."""
+    return annotation is kind or any(accepts(arg, kind) for arg in typing.get_args(annotation))
 
 
 def _has_bool(value: Any) -> bool:
@@ -76,7 +77,7 @@ class SpecModel(BaseModel):
         if isinstance(data, dict):
             for name, value in data.items():
                 field = cls.model_fields.get(name)
-                if field is not None and _has_bool(value) and not _accepts_bool(field.annotation):
+                if field is not None and _has_bool(value) and not accepts(field.annotation, bool):
                     raise ValueError(f"{name}: expected a number, got a boolean ({value!r})")
         return data
 
