@@ -38,6 +38,7 @@ def test_boolean_for_a_number_is_a_422_naming_the_field(client, case):
     assert response.status_code == 422
     (detail,) = response.json()["detail"]
     assert f"{field}: expected a number, got a boolean" in detail["msg"]
+    assert detail["loc"][-1] == field, detail  # at the field, not at the model holding it
 
 
 def test_booleans_still_fill_boolean_fields_and_whole_floats_fill_ints(client):
@@ -65,8 +66,9 @@ def test_training_fields_refuse_booleans_too():
         "optimizer": {"type": "Adam", "lr": 0.001},
         "epochs": True,
     }
-    with pytest.raises(ValidationError, match="epochs: expected a number, got a boolean"):
+    with pytest.raises(ValidationError, match="epochs: expected a number, got a boolean") as raised:
         JobCreate.model_validate(body)
+    assert [e["loc"] for e in raised.value.errors()] == [("epochs",)]
 
 
 # -- booleans are JSON booleans: no 0, 1, "true" or 1.0 for a boolean field ---------------------
