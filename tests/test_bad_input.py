@@ -14,6 +14,9 @@ from torch import nn
 from torch_modules import CausalSelfAttention, Concat, Permute, PositionalEmbedding, Residual, Select
 
 from app.core.config import settings
+from app.schemas.jobs import JobCreate
+from layers import ModelSpec
+from layers.analysis.trace import trace_model
 from layers.training.losses import AnyLoss
 from layers.training.optimizers import AnyOptimizer
 
@@ -686,6 +689,13 @@ REFUSED: dict[str, tuple[list[dict], list[int], str, Callable[[], nn.Module], in
         0,
     ),
     "int_into_rmsnorm": ([{"type": "RMSNorm"}], [2, 5], "int64", lambda: nn.RMSNorm(5), 0),
+    "prelu_init_past_float32": (
+        [{"type": "PReLU", "init": 1e300}],
+        [2, 3],
+        "float32",
+        lambda: nn.PReLU(1, 1e300),
+        0,
+    ),
 }
 
 
@@ -702,6 +712,88 @@ def test_what_torch_refuses_is_a_422_at_that_layer(client, case: str) -> None:
     error = detail(post(client, {"layers": layers}, shape, input_dtype=dtype))
     assert error["loc"][:4] == [*LAYERS, index], error
     assert layers[index]["type"] in error["msg"] or error["loc"][4:5] == [layers[index]["type"]], error
+
+
+# -- values torch cannot hold: a float field that becomes a parameter, in the parameters' dtype --
+
+
+def test_a_prelu_init_past_float32_is_refused_by_every_route(client) -> None:
+    """It was a 200 summary, exported code that died, a 500 ONNX export and a job that failed."""
+    model = {
+        "layers": [
+            {"type": "Flatten"},
+            {"type": "PReLU", "init": -1e300},
+            {"type": "Linear", "out_features": 10},
+        ]
+    }
+    for url, extra in [
+        (URL, {}),
+        ("/v1/models/export", {"format": "pytorch"}),
+        ("/v1/models/export", {"format": "onnx"}),
+    ]:
+        error = detail(client.post(url, json={"model": model, "input_shape": [2, 1, 8, 8], **extra}))
+        assert error["loc"] == [*LAYERS, 1, "PReLU", "init"] and error["type"] == "float32_overflow", error
+        assert "from -3.40282e+38 to 3.40282e+38; got -1e+300" in error["msg"], error
+    job = {
+        "model": model,
+        "dataset": {"name": "digits"},
+        "loss": {"type": "CrossEntropyLoss"},
+        "optimizer": {"type": "Adam"},
+    }
+    with pytest.raises(ValidationError) as raised:
+        JobCreate.model_validate_json(json.dumps(job))
+    assert [e["loc"] for e in raised.value.errors()] == [("model", "layers", 1, "PReLU", "init")]
+
+
+def test_the_largest_float32_init_builds_what_torch_builds(client) -> None:
+    largest = float(torch.finfo(torch.float32).max)
+    for init in (largest, -largest):
+        assert post(client, {"layers": [{"type": "PReLU", "init": init}]}, (2, 3)).status_code == 200
+        traced = trace_model(ModelSpec(layers=[{"type": "PReLU", "init": init}]), (2, 3))
+        torch.testing.assert_close(traced.spec.build()[0].weight, nn.PReLU(1, init).weight)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "fits", "too_big"), [("float16", 65504.0, 1e5), ("bfloat16", 3.38e38, 3.4e38)]
+)
+def test_an_init_past_the_parameter_dtype_is_refused_at_the_field(
+    client, dtype: str, fits: float, too_big: float
+) -> None:
+    """Parameters follow a floating input's dtype: a float16 PReLU cannot start at 1e5 (torch
+    makes it inf)."""
+    assert not nn.PReLU(1, too_big).to(getattr(torch, dtype)).weight.isfinite().all()
+    for url, extra in [
+        (URL, {}),
+        ("/v1/models/export", {"format": "pytorch"}),
+        ("/v1/models/export", {"format": "onnx"}),
+    ]:
+        body = {
+            "model": {"layers": [{"type": "PReLU", "init": too_big}]},
+            "input_shape": [2, 3],
+            "input_dtype": dtype,
+            **extra,
+        }
+        error = detail(client.post(url, json=body))
+        assert error["loc"] == [*LAYERS, 0, "init"], error
+        assert dtype in error["msg"] and error["ctx"]["dtype"] == dtype, error
+    assert (
+        post(client, {"layers": [{"type": "PReLU", "init": fits}]}, (2, 3), input_dtype=dtype).status_code
+        == 200
+    )
+    traced = trace_model(ModelSpec(layers=[{"type": "PReLU", "init": fits}]), (2, 3), dtype)
+    ours = traced.spec.build().to(traced.param_dtype)[0].weight
+    torch.testing.assert_close(ours, nn.PReLU(1, fits).to(getattr(torch, dtype)).weight)
+    assert bool(ours.isfinite().all())
+
+
+def test_a_rope_theta_past_float32_is_refused(client) -> None:
+    """torch computes the rotary tables in float32: a base of 1e39 turns inf, and every frequency
+    but the first becomes 0 (1e39 ** -0.5 is 3.2e-20, which float32 holds)."""
+    assert (1e39 ** (-torch.arange(0, 4, 2, dtype=torch.float32) / 4)).tolist() == [1.0, 0.0]
+    layer = {"type": "CausalSelfAttention", "num_heads": 2, "rope_theta": 1e39}
+    error = detail(post(client, {"layers": [layer]}, (2, 4, 8)))
+    assert error["loc"] == [*LAYERS, 0, "CausalSelfAttention", "rope_theta"], error
+    assert post(client, {"layers": [{**layer, "rope_theta": 3e38}]}, (2, 4, 8)).status_code == 200
 
 
 # -- limits: layer count and container nesting (settings, checked before building) ------------

@@ -50,6 +50,7 @@ from torch_modules import (
 
 from layers import LAYER_SPECS, ModelSpec
 from layers.analysis.trace import DTYPES, trace_model
+from layers.language.spec import accepts
 
 
 @dataclass
@@ -675,3 +676,38 @@ def test_built_model_trains_as_torch_does(layer_type: str) -> None:
     ):
         assert ours_p.grad is not None and theirs_p.grad is not None, name
         torch.testing.assert_close(ours_p.grad, theirs_p.grad, msg=name)
+
+
+# What a float field can hold: 1e300 fits no float32, 1e5 no float16, -3.4e38 no bfloat16 (the
+# parameters follow a floating input's dtype). Each float field of each sample either is refused
+# at its loc, or the real module built with it (what exported code and a job build) holds only
+# finite parameters and buffers.
+UNHOLDABLE = [(1e300, "float32"), (-1e300, "float32"), (1e5, "float16"), (-3.4e38, "bfloat16")]
+
+
+@pytest.mark.parametrize(("value", "dtype"), UNHOLDABLE, ids=[f"{v:g}-{d}" for v, d in UNHOLDABLE])
+def test_a_float_torch_cannot_hold_is_refused_at_its_field(
+    layer_type: str, value: float, dtype: str, client
+) -> None:
+    sample = SAMPLES.get(layer_type) or VARIANTS.get(layer_type)
+    assert sample is not None, f"registered layer type {layer_type!r} has no sample in tests/test_registry.py"
+    cls = LAYER_SPECS[sample.spec["type"]]
+    floats = [name for name, f in cls.model_fields.items() if accepts(f.annotation, float)]
+    input_dtype = dtype if sample.input_dtype.startswith("float") else sample.input_dtype
+    shape = sample.input_shape
+    body = {"model": {"layers": [sample.spec]}, "input_shape": shape, "input_dtype": input_dtype}
+    if not floats or client.post("/v1/models/summary", json=body).status_code != 200:
+        return  # no float field, or this layer does not take the dtype anyway
+    for name in floats:
+        spec = {**sample.spec, name: value}
+        response = client.post("/v1/models/summary", json={**body, "model": {"layers": [spec]}})
+        if response.status_code == 422:
+            for error in response.json()["detail"]:
+                assert error["loc"][:4] == ["body", "model", "layers", 0] and name in error["loc"], error
+            continue
+        assert response.status_code == 200, response.text
+        traced = trace_model(ModelSpec(layers=[spec]), tuple(shape), input_dtype)
+        module = traced.spec.build().to(traced.param_dtype)
+        for tensor_name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if tensor.is_floating_point():
+                assert bool(tensor.isfinite().all()), f"{name}={value:g} makes {tensor_name} non-finite"

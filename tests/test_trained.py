@@ -7,6 +7,7 @@ which reproduces the job's validation split in plain code and must find the job'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -204,7 +205,7 @@ def test_bad_inputs_are_a_422_at_inputs(api: TestClient, job: dict, inputs: list
     response = api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": inputs})
     assert response.status_code == 422, response.text
     [detail] = response.json()["detail"]
-    assert detail["loc"] == ["body", "inputs"]
+    assert detail["loc"][:2] == ["body", "inputs"]  # and the element, for a bad one
     assert says in detail["msg"]
 
 
@@ -282,42 +283,49 @@ def test_a_key_is_required_when_keys_are_set(method: str, path: str) -> None:
         app.state.api_lock = saved
 
 
-def test_predict_on_token_ids_and_on_a_regression(api: TestClient) -> None:
+TOKENS_JOB = {
+    "model": {
+        "layers": [
+            {"type": "Embedding", "num_embeddings": 20, "embedding_dim": 4},
+            {"type": "Flatten"},
+            {"type": "Linear", "out_features": 3},
+        ]
+    },
+    "dataset": {
+        "name": "synthetic",
+        "shape": [5],
+        "dtype": "int64",
+        "vocab_size": 20,
+        "num_classes": 3,
+        "samples": 64,
+    },
+    "loss": {"type": "CrossEntropyLoss"},
+    "optimizer": {"type": "SGD", "lr": 0.1},
+    "epochs": 1,
+    "batch_size": 16,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="module")
+def token_job(api: TestClient) -> str:
+    """A classifier of 5 token ids (vocabulary 20), trained once: its job id."""
+    result = api.post("/v1/train", json=TOKENS_JOB).json()
+    assert result["status"] == "succeeded", result
+    return result["id"]
+
+
+def test_predict_on_token_ids_and_on_a_regression(api: TestClient, token_job: str) -> None:
     """Token ids are checked against the job's vocabulary; a regression job answers no classes."""
-    tokens = {
-        "model": {
-            "layers": [
-                {"type": "Embedding", "num_embeddings": 20, "embedding_dim": 4},
-                {"type": "Flatten"},
-                {"type": "Linear", "out_features": 3},
-            ]
-        },
-        "dataset": {
-            "name": "synthetic",
-            "shape": [5],
-            "dtype": "int64",
-            "vocab_size": 20,
-            "num_classes": 3,
-            "samples": 64,
-        },
-        "loss": {"type": "CrossEntropyLoss"},
-        "optimizer": {"type": "SGD", "lr": 0.1},
-        "epochs": 1,
-        "batch_size": 16,
-        "device": "cpu",
-    }
     regression = {
-        **tokens,
+        **TOKENS_JOB,
         "model": {"layers": [{"type": "Linear", "out_features": 2}]},
         "dataset": {"name": "synthetic", "shape": [3], "task": "regression", "targets": 2, "samples": 64},
         "loss": {"type": "MSELoss"},
     }
-    ids = []
-    for body in (tokens, regression):
-        result = api.post("/v1/train", json=body).json()
-        assert result["status"] == "succeeded", result
-        ids.append(result["id"])
-    token_job, regression_job = ids
+    result = api.post("/v1/train", json=regression).json()
+    assert result["status"] == "succeeded", result
+    regression_job = result["id"]
 
     answer = api.post(
         f"/v1/jobs/{token_job}/predict", json={"inputs": [[1, 2, 3, 4, 19], [0, 0, 0, 0, 0]]}
@@ -330,3 +338,65 @@ def test_predict_on_token_ids_and_on_a_regression(api: TestClient) -> None:
     answer = api.post(f"/v1/jobs/{regression_job}/predict", json={"inputs": [0.5, -1.0, 2.0]}).json()
     assert answer["output_shape"] == [2] and len(answer["outputs"]) == 2
     assert answer["predictions"] is None and answer["probabilities"] is None
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (2**63, "int64"),  # one past the largest int64
+        (-(2**63) - 1, "int64"),
+        (1e20, "int64"),  # a whole float past int64
+        (10**400, "int64"),
+        (20, "0..19"),  # an int64, outside the job's vocabulary
+        (-1, "0..19"),
+        (1.5, "integer token ids"),
+        (True, "only numbers"),
+    ],
+    ids=["2**63", "-2**63-1", "1e20", "10**400", "20", "-1", "1.5", "true"],
+)
+def test_a_token_id_torch_cannot_take_is_a_422_at_the_element(
+    api: TestClient, token_job: str, bad: object, says: str
+) -> None:
+    """It was a 500 for the first four: torch cannot make an int64 of them."""
+    if says == "int64":
+        with pytest.raises((RuntimeError, OverflowError, ValueError)):
+            torch.tensor([bad], dtype=torch.int64)
+    inputs = [[1, 2, 3, 4, 5], [6, 7, bad, 8, 9]]
+    response = api.post(f"/v1/jobs/{token_job}/predict", json={"inputs": inputs})
+    assert response.status_code == 422, response.text
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == ["body", "inputs", 1, 2], detail
+    assert says in detail["msg"] and "inputs[1][2]" in detail["msg"], detail
+    one = api.post(f"/v1/jobs/{token_job}/predict", json={"inputs": inputs[1]}).json()["detail"]
+    # A flat list holding a boolean is refused by the request's schema, at the field.
+    assert one[0]["loc"] == (["body", "inputs"] if bad is True else ["body", "inputs", 2]), one
+
+
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        (10**400, "float32"),
+        (1e300, "float32"),
+        (-3.5e38, "float32"),
+        (2**128, "float32"),
+        ("1", "only numbers"),
+    ],
+    ids=["10**400", "1e300", "-3.5e38", "2**128", "a string"],
+)
+def test_a_number_a_float32_cannot_hold_is_a_422_at_the_element(
+    api: TestClient, job: dict, bad: object, says: str
+) -> None:
+    """10**400 was a 500, 1e300 a 200 with null outputs: torch makes it inf (or cannot convert it)."""
+    if not isinstance(bad, str):
+        with contextlib.suppress(OverflowError, RuntimeError):  # 10**400: torch cannot convert it at all
+            assert torch.tensor([bad], dtype=torch.float32).isinf().all()
+    batch = validation_split()[0][:2].tolist()
+    batch[1][0][3][5] = bad
+    response = api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": batch})
+    assert response.status_code == 422, response.text
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == ["body", "inputs", 1, 0, 3, 5], detail
+    assert says in detail["msg"] and "inputs[1][0][3][5]" in detail["msg"], detail
+    largest = float(torch.finfo(torch.float32).max)
+    batch[1][0][3][5] = -largest  # the edge itself is a float32
+    assert api.post(f"/v1/jobs/{job['id']}/predict", json={"inputs": batch}).status_code == 200

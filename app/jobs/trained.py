@@ -4,7 +4,8 @@ Loaded models are kept in a small LRU (``MB_PREDICT_CACHE_SIZE``) keyed by job i
 sha256, and run under ``torch.inference_mode()`` in a bounded thread pool (``MB_PREDICT_THREADS``).
 Inputs are checked before any tensor is made: numbers only, rectangular, within
 ``MB_MAX_PREDICT_SAMPLES`` and ``MB_MAX_PREDICT_NUMEL``, shaped like one of the job's dataset
-samples or a batch of them; anything else is a ``SpecError`` at ``inputs``.
+samples or a batch of them, each number one the input tensor holds (an int64 token id, or a
+float32); anything else is a ``SpecError`` at ``inputs`` or at the element (``inputs[1][0]``).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from app.jobs.domain import Job
 from app.jobs.weights import load_weights
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
-from layers.language.base import shape_str
+from layers.language.base import FLOAT32_MAX, shape_str
 from layers.language.errors import LimitError, ShapeError
 from layers.training.datasets import DatasetInfo
 from layers.training.losses import LossSpec
 
 POOL = ThreadPoolExecutor(max_workers=settings.predict_threads, thread_name_prefix="predict")
 INPUTS = ("inputs",)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -76,9 +78,9 @@ class TrainedModels:
 MODELS = TrainedModels(settings.predict_cache_size)
 
 
-def _shape_of(values: Any, integers: bool) -> list[int]:
-    """The shape of a nested list of numbers, level by level; ``SpecError`` at ``inputs`` when
-    it is ragged, holds something else than numbers, or is too large."""
+def _shape_of(values: Any) -> tuple[list[int], list[Any]]:
+    """The shape of a nested list, level by level, and its leaves in order; ``SpecError`` at
+    ``inputs`` when it is ragged or too large."""
     shape: list[int] = []
     level = [values]
     while level and isinstance(level[0], list):
@@ -97,20 +99,44 @@ def _shape_of(values: Any, integers: bool) -> list[int]:
             )
         shape.append(size)
         level = [item for v in level for item in v]
-    for v in level:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise ShapeError(INPUTS, f"inputs must hold only numbers, got {type(v).__name__}")
-        if integers and not (isinstance(v, int) or float(v).is_integer()):
-            raise ShapeError(INPUTS, f"this model takes integer token ids, got {v!r}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ShapeError(INPUTS, "inputs must be finite numbers")
-    return shape
+    return shape, level
+
+
+def _show(v: int | float) -> str:
+    """``v`` for a message; a huge integer by its length (10**400 has 401 digits)."""
+    text = repr(v)
+    return text if len(text) <= 40 else f"an integer of {len(text.lstrip('-'))} digits"
+
+
+def _wrong_with(v: Any, integers: bool) -> str | None:
+    """Why one input element cannot go into the model's input tensor (int64 token ids or
+    float32 numbers), or None when it can."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return f"inputs must hold only numbers, got {type(v).__name__}"
+    if isinstance(v, float) and not math.isfinite(v):
+        return "inputs must be finite numbers"
+    if integers and not (isinstance(v, int) or v.is_integer()):
+        return f"this model takes integer token ids, got {v!r}"
+    if integers and not INT64_MIN <= v <= INT64_MAX:
+        return f"token ids are int64, from {INT64_MIN} to {INT64_MAX}; got {_show(v)}"
+    if not integers and abs(v) > FLOAT32_MAX:  # torch would make it inf, or fail to convert it
+        return f"this model takes float32 inputs, from -{FLOAT32_MAX:g} to {FLOAT32_MAX:g}; got {_show(v)}"
+    return None
+
+
+def _refuse_at(flat: int, shape: list[int], msg: str, ctx: dict[str, Any] | None = None) -> ShapeError:
+    """A ``ShapeError`` at the element ``flat`` (row-major) of inputs of ``shape``: ``inputs[1][0]``."""
+    index: list[int] = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.insert(0, i)
+    return ShapeError((*INPUTS, *index), f"inputs{''.join(f'[{i}]' for i in index)}: {msg}", ctx)
 
 
 def to_batch(model: TrainedModel, inputs: Any) -> tuple[torch.Tensor, bool]:
     """The inputs as a batch tensor, and whether they were one sample (not a batch)."""
     integers = model.data.dtype == "int64"
-    shape = _shape_of(inputs, integers)
+    shape, elements = _shape_of(inputs)
     sample = list(model.data.sample_shape)
     single = shape == sample
     if not single and shape[1:] != sample:
@@ -126,13 +152,16 @@ def to_batch(model: TrainedModel, inputs: Any) -> tuple[torch.Tensor, bool]:
             f"a batch of {shape[0]} samples; 1 to {settings.max_predict_samples} are accepted",
             {"limit": settings.max_predict_samples, "got": shape[0]},
         )
+    for flat, v in enumerate(elements):
+        if (wrong := _wrong_with(v, integers)) is not None:
+            raise _refuse_at(flat, shape, wrong)
     x = torch.tensor(inputs, dtype=torch.int64 if integers else torch.float32)
-    if integers and model.data.tokens is not None and bool(((x < 0) | (x >= model.data.tokens)).any()):
-        raise ShapeError(
-            INPUTS,
-            f"token ids must be in 0..{model.data.tokens - 1} (the job's dataset vocabulary)",
-            {"expected": [0, model.data.tokens - 1]},
-        )
+    if integers and model.data.tokens is not None:
+        outside = ((x < 0) | (x >= model.data.tokens)).flatten().nonzero()
+        if len(outside):
+            flat, last = int(outside[0]), model.data.tokens - 1
+            msg = f"token ids must be in 0..{last} (the job's dataset vocabulary), got {elements[flat]}"
+            raise _refuse_at(flat, shape, msg, {"expected": [0, last], "got": elements[flat]})
     return (x.unsqueeze(0) if single else x), single
 
 

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal, Self
 from pydantic import Field
 from torch import nn
 
-from layers.language.base import Dim, Shape, ShapePreservingSpec, Size, expect_dim, shape_str
+from layers.language.base import Dim, ParameterValue, Shape, ShapePreservingSpec, Size, expect_dim, shape_str
 from layers.language.errors import ShapeError
 
 # The names a block may choose (``ConvBlock.activation``): a closed table, never a lookup.
@@ -177,7 +177,7 @@ class PReLUSpec(ActivationSpec):
 
     type: Literal["PReLU"] = "PReLU"
     num_parameters: Size = Field(1, description="1 (one shared a) or the number of channels (dimension 1)")
-    init: float = Field(0.25, description="initial value of a")
+    init: ParameterValue = Field(0.25, description="initial value of a (within float32's range)")
 
     def infer(self, shape: Shape) -> Self:
         if self.num_parameters != 1:

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from layers.language.base import (
+    Float32,
     LayerSpec,
     OptionalSize,
     Shape,
@@ -113,7 +114,9 @@ class CausalSelfAttentionSpec(LayerSpec):
         description="key/value heads (grouped-query attention); must divide num_heads. Default num_heads",
     )
     rope: bool = Field(True, description="rotary position embedding on queries and keys")
-    rope_theta: float = Field(10000.0, gt=0, description="RoPE base")
+    rope_theta: Float32 = Field(
+        10000.0, gt=0, description="RoPE base (a float32, as the tables made from it)"
+    )
     bias: bool = Field(
         False,
         description="shorthand: a bias on all four projections (q, k, v, o); qkv_bias and out_bias, "

@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from layers.language.base import OptionalSize, Shape, ShapePreservingSpec, infer_size
+from layers.language.base import OptionalSize, ParameterValue, Shape, ShapePreservingSpec, infer_size
 
 
 class LayerScale(nn.Module):
@@ -35,7 +35,7 @@ class LayerScaleSpec(ShapePreservingSpec):
     category: ClassVar[str] = "linear"  # a diagonal linear map
     type: Literal["LayerScale"] = "LayerScale"
     dim: OptionalSize = Field(None, description="channels of the last dimension; inferred from the input")
-    init: float = Field(1e-6, description="the factors' initial value (ConvNeXt: 1e-6)")
+    init: ParameterValue = Field(1e-6, description="the factors' initial value (ConvNeXt: 1e-6)")
 
     def infer(self, shape: Shape) -> Self:
         return self.model_copy(update={"dim": infer_size(self.dim, shape, -1, "dim", "channels")})

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 
 import torch
-from pydantic import Field, GetJsonSchemaHandler, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, GetJsonSchemaHandler, ValidationInfo, field_validator
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import core_schema
+from pydantic_core import PydanticCustomError, core_schema
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -28,6 +28,35 @@ MAX_SIZE = 1 << 20
 Size = Annotated[int, Field(gt=0, le=MAX_SIZE)]
 OptionalSize = Annotated[int | None, Field(gt=0, le=MAX_SIZE)]
 Dim = Annotated[int, Field(ge=-8, le=8, description="tensor dimension; negative counts from the end")]
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _fits_float32(value: float) -> float:
+    if abs(value) > FLOAT32_MAX:
+        raise PydanticCustomError(
+            "float32_overflow",
+            f"expected a value a float32 holds, from -{FLOAT32_MAX:g} to {FLOAT32_MAX:g}; got {value:g} "
+            "(torch would make it infinite)",
+            {"largest": FLOAT32_MAX, "got": value},
+        )
+    return value
+
+
+# A float that torch turns into a float32 (its default dtype): refused past float32's range.
+Float32 = Annotated[
+    float,
+    AfterValidator(_fits_float32),
+    Field(json_schema_extra={"minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}),
+]
+
+
+class HeldInParameters:
+    """Marks a float field whose value is stored in the layer's parameters (PReLU's ``init``): the
+    build checks it against the parameters' dtype too (``LayerSpec.check_held``), which a floating
+    input sets (a float16 one holds at most 65504)."""
+
+
+ParameterValue = Annotated[Float32, HeldInParameters()]  # made in float32, then moved to that dtype
 # A layer's name, for other layers to refer to (``tie_weight``): an identifier, unique in the model.
 # The length bound is inside the pattern: a fuzzer generating from the schema then never draws a
 # long name only to throw it away (with a separate maxLength, schemathesis ran 2.5x slower).
@@ -73,6 +102,21 @@ class LayerSpec(TypedSpec):
     def build(self) -> nn.Module:
         """Construct the module. Called on an inferred spec, under a device context."""
         raise NotImplementedError
+
+    def check_held(self, dtype: torch.dtype) -> None:
+        """Raise ``ShapeError`` at a ``ParameterValue`` field that parameters of ``dtype`` cannot hold
+        (torch would make them infinite)."""
+        largest = torch.finfo(dtype).max
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if any(isinstance(m, HeldInParameters) for m in field.metadata) and abs(value) > largest:
+                kind = str(dtype).removeprefix("torch.")
+                raise ShapeError(
+                    (name,),
+                    f"{name} {value:g} does not fit in this model's {kind} parameters (at most {largest:g} "
+                    f"in size; the parameters follow the {kind} input)",
+                    {"expected": [-largest, largest], "got": value, "dtype": kind},
+                )
 
     def weight_tie(self) -> str | None:
         """The name of the layer whose ``tieable_weight`` this layer's weight is (``tie_weight``)."""

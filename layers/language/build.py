@@ -43,8 +43,11 @@ class Builder(Walk[nn.Module, nn.Sequential]):
 
     def build(self, node: Node, spec: LayerSpec) -> nn.Module:
         """Build a leaf layer from ``spec`` (the node's, inferred) and tie its weight."""
+        moved = self.param_dtype not in (None, torch.get_default_dtype())
+        if moved:  # the schema holds values to the default dtype; .to() would turn the rest inf
+            spec.check_held(self.param_dtype)
         module = spec.build()
-        if self.param_dtype not in (None, torch.get_default_dtype()):  # .to() walks every tensor
+        if moved:  # .to() walks every tensor
             module.to(self.param_dtype)
         target = self.tie_target(node)
         if target is not None:
