@@ -175,6 +175,27 @@ def test_recurrent_layers_scale_to_what_a_real_run_keeps(kind: str) -> None:
         assert abs(kept.internal - real.internal) <= 0.02 * real.internal, (kept, real, how)
 
 
+def test_a_model_without_parameters_has_no_optimizer_state(client: TestClient) -> None:
+    # torch's optimizer refuses an empty parameter list: the estimate is the step without it.
+    layers, shape = [{"type": "ReLU"}, {"type": "Softmax", "dim": -1}], [4, 8]
+    body = {"model": {"layers": layers}, "input_shape": shape}
+    training = {"optimizer": {"type": "Adam"}, "device": "cpu"}
+    response = client.post("/v1/models/summary", json={**body, "training": training})
+    assert response.status_code == 200, response.text
+    memory = response.json()["memory"]
+    model, x = ModelSpec.model_validate({"layers": layers}).build(), torch.randn(shape)
+    tracker = MemTracker()
+    tracker.track_external(model, x)
+    with tracker:
+        model(x).float().pow(2).mean()
+    assert memory["training_peak_bytes"] == tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+    assert memory["breakdown"]["optimizer_state"] == memory["breakdown"]["gradients"] == 0
+    fit = {**FIT, **body, "device": "cpu"}
+    response = client.post("/v1/models/fit", json=fit)
+    assert response.status_code == 200, response.text
+    assert response.json()["breakdown"]["optimizer_state"] == 0
+
+
 def test_backward_flops_are_flop_counters_on_a_real_backward() -> None:
     traced, model, x = traced_and_real("resnet_basic_block")
     out = model(x)

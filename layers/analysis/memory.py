@@ -315,8 +315,10 @@ def _training_pass(
 ) -> _Step:
     """The training step's peak live bytes on meta, what it saved for backward, FLOPs and sizes."""
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = spec.build(params)
-    for group in optimizer.param_groups:
+    # Nothing to train (no parameters, or all frozen): torch refuses an empty optimizer, and the
+    # step would change nothing; the estimate is forward and backward with no optimizer state.
+    optimizer = spec.build(params) if params else None
+    for group in optimizer.param_groups if optimizer is not None else []:
         # What the optimizer picks on that device: CUDA's foreach kernels (a parameter-sized
         # temporary per state op), the CPU's per-parameter loop.
         group["foreach"] = device == "cuda"
@@ -328,9 +330,10 @@ def _training_pass(
         grads = storage_bytes([p.grad for p in params if p.grad is not None])
         before_step = tracker.peak
         tracker.phase = "optimizer step"
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    state = optimizer_state_bytes(optimizer)
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    state = optimizer_state_bytes(optimizer) if optimizer is not None else 0
     # This was the first step: the optimizer made its state in it. In every later step that
     # state is live through forward and backward too (it never changes size), so their peak is
     # this step's forward-and-backward peak plus the state; the optimizer step itself is alike
