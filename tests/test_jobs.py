@@ -186,6 +186,8 @@ BAD = [
         ["body", "model", "layers", 1],
     ),
     ("too much memory", {"model": HUGE}, ["body", "model"]),
+    # no parameters: nothing to train (torch's optimizer refuses an empty parameter list)
+    ("nothing to train", {"model": {"layers": [{"type": "ReLU"}]}}, ["body", "model"]),
     (
         "token ids past the vocabulary",
         {

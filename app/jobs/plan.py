@@ -40,6 +40,7 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
     info = job.dataset.describe(job.loss.task == "classification", settings)
     _check_steps(job, info)
     traced, step = _trace(job, info, cancelled)
+    _check_trainable(traced)
     _check_token_ids(job, info.tokens)
     last = ("model", "layers", len(job.model.layers) - 1)
     output = tuple(traced.output_shape[1:])
@@ -127,6 +128,18 @@ def _check_memory(job: JobCreate, traced: TracedModel, step: TrainingMemory, inf
             {"limit": settings.max_artifact_bytes, "got": weights},
         )
     return memory
+
+
+def _check_trainable(traced: TracedModel) -> None:
+    """A job trains parameters: a model without any has nothing to train (and torch's optimizer
+    refuses an empty parameter list)."""
+    if not any(p.requires_grad for p in traced.module.parameters()):
+        raise SpecError(
+            ("model",),
+            "nothing to train: this model has no trainable parameters (add a layer with weights, "
+            "such as Linear)",
+            {"trainable_params": 0},
+        )
 
 
 def _check_token_ids(job: JobCreate, tokens: int | None) -> None:

@@ -84,6 +84,9 @@ class MemoryEstimate:
     memory: TrainingMemory
     saved_by_path: dict[str, int]  # bytes saved for backward under each layer, children included
     backward_flops: int
+    # The steady-state step's live bytes after each operator (the training peak is the largest):
+    # each is affine in the batch for almost every model (layers/analysis/fit.py).
+    timeline: list[int] = field(default_factory=list)
 
 
 def estimate_memory(
@@ -136,6 +139,7 @@ def estimate_memory(
         memory=memory,
         saved_by_path=_subtree_sums(traced, step.own),
         backward_flops=step.flops + sum(recurrent_flops.values()),
+        timeline=step.timeline,
     )
 
 
@@ -211,6 +215,7 @@ class _LiveBytes(TorchDispatchMode):
         self.peak = 0
         self.phase = "forward"
         self.peaks: dict[str, int] = {}  # phase -> the running peak when that phase last raised it
+        self.timeline: list[int] = []  # the live bytes after each operator
         self.clock = clock
         self._tracked: dict[int, weakref.ref] = {}
         # FLOPs by FlopCounterMode's own formulas, counted here: FlopCounterMode itself, nested,
@@ -237,6 +242,7 @@ class _LiveBytes(TorchDispatchMode):
         self._tracked.pop(key, None)
 
     def _mark(self) -> None:
+        self.timeline.append(self.live)
         if self.live > self.peak:
             self.peak = self.live
             self.peaks[self.phase] = self.live
@@ -302,6 +308,7 @@ class _Step:
     flops: int = 0  # of backward
     gradients: int = 0
     optimizer_state: int = 0
+    timeline: list[int] = field(default_factory=list)  # live bytes after each operator, steady state
 
 
 def _training_pass(
@@ -315,8 +322,10 @@ def _training_pass(
 ) -> _Step:
     """The training step's peak live bytes on meta, what it saved for backward, FLOPs and sizes."""
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = spec.build(params)
-    for group in optimizer.param_groups:
+    # Nothing to train (no parameters, or all frozen): torch refuses an empty optimizer, and the
+    # step would change nothing; the estimate is forward and backward with no optimizer state.
+    optimizer = spec.build(params) if params else None
+    for group in optimizer.param_groups if optimizer is not None else []:
         # What the optimizer picks on that device: CUDA's foreach kernels (a parameter-sized
         # temporary per state op), the CPU's per-parameter loop.
         group["foreach"] = device == "cuda"
@@ -326,11 +335,12 @@ def _training_pass(
         tracker.track([*module.parameters(), *module.buffers(), x])
         saved = _forward_and_backward(module, x, tracker, paths, clock, device)
         grads = storage_bytes([p.grad for p in params if p.grad is not None])
-        before_step = tracker.peak
+        before_step, forward_and_backward = tracker.peak, len(tracker.timeline)
         tracker.phase = "optimizer step"
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    state = optimizer_state_bytes(optimizer)
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    state = optimizer_state_bytes(optimizer) if optimizer is not None else 0
     # This was the first step: the optimizer made its state in it. In every later step that
     # state is live through forward and backward too (it never changes size), so their peak is
     # this step's forward-and-backward peak plus the state; the optimizer step itself is alike
@@ -338,7 +348,9 @@ def _training_pass(
     peak, phase = before_step + state, tracker.phase_at(before_step)
     if tracker.peak > peak:
         peak, phase = tracker.peak, "optimizer step"
-    return _Step(peak, phase, saved.total, saved.by_owner, tracker.flops, grads, state)
+    timeline = [live + state for live in tracker.timeline[:forward_and_backward]]
+    timeline += tracker.timeline[forward_and_backward:]
+    return _Step(peak, phase, saved.total, saved.by_owner, tracker.flops, grads, state, timeline)
 
 
 def _forward_and_backward(

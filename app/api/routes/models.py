@@ -18,7 +18,7 @@ from app.examples import FIT_EXAMPLES, SUMMARY_EXAMPLES
 from app.schemas.fit import BatchProbe, FitResult
 from app.schemas.summary import FitRequest, ModelSummary, SummaryRequest
 from layers.analysis.budget import TraceBudget, TraceCancelled
-from layers.analysis.fit import largest_batch
+from layers.analysis.fit import NotBatchSeparable, largest_batch
 from layers.language.errors import LimitError, SpecError
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -75,12 +75,15 @@ def _fit(request: FitRequest, cancelled: threading.Event) -> FitResult:
     """The fit, in the thread pool under a trace slot (``run_trace``)."""
     budget = TraceBudget(settings.max_trace_seconds, cancelled)
     traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
-    memory = estimate(traced, request.optimizer, request.device, budget, inference=False).memory
+    at_input = estimate(traced, request.optimizer, request.device, budget, inference=False)
+    memory = at_input.memory
     sample_numel = math.prod(traced.input_shape[1:])
     max_batch = min(settings.max_input_dim, settings.max_input_numel // sample_numel)
     limit = request.device_memory_bytes
     try:
-        fit = largest_batch(traced, request.optimizer, request.device, limit, max_batch, budget)
+        fit = largest_batch(traced, request.optimizer, request.device, limit, max_batch, budget, at_input)
+    except NotBatchSeparable:
+        raise
     except SpecError as e:
         raise e.under("model") from e
     if fit.max_batch_size == 0:
