@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     )
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs of the embedded Ray (default: all)")
     ray_eager_start: bool = Field(True, description="start Ray with the API rather than on the first job")
+    embedded_ray_idle_seconds: float = Field(
+        300, gt=0, description="the embedded Ray stops itself after this long with no API and no job"
+    )
     max_restarts: int = Field(
         2, ge=0, description="times Ray restarts a job's worker that died; it resumes from its checkpoint"
     )
