@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     embedded_ray_idle_seconds: float = Field(
         300, gt=0, description="the embedded Ray stops itself after this long with no API and no job"
     )
+    warm_workers: int = Field(
+        2, ge=0, description="job actors each API process keeps started ahead, so a job starts at once"
+    )
+    warm_worker_memory_bytes: int = Field(
+        1 << 30,
+        gt=0,
+        description="memory a warm job actor reserves; a job with a larger allowance starts its own",
+    )
     max_restarts: int = Field(
         2, ge=0, description="times Ray restarts a job's worker that died; it resumes from its checkpoint"
     )

@@ -33,6 +33,7 @@ from app.jobs import ray_runtime
 from app.jobs.collect import Collector
 from app.jobs.plan import JobPlan
 from app.jobs.store import JobStore, StoreUnavailable
+from app.jobs.warm_pool import WarmPool
 from app.jobs.worker import MAX_CONCURRENCY, JobActor
 from layers.language.errors import SpecError
 
@@ -57,6 +58,7 @@ class JobEngine:
     def __init__(self, store: JobStore) -> None:
         self.store = store  # not touched here: the API starts even with the database down
         self.collector = Collector(store)
+        self.pool = WarmPool()  # job actors started ahead (started with the reaper)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -76,6 +78,7 @@ class JobEngine:
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap_forever, name="job-reaper", daemon=True)
                 self._reaper.start()
+                self.pool.start()
 
     def check_device(self, device: str) -> int:
         """GPUs the job should ask Ray for; ``SpecError`` when ``cuda`` is asked of a GPU-less cluster."""
@@ -98,7 +101,7 @@ class JobEngine:
         num_gpus = self.check_device(device)
         with self._lock:  # per process; several processes may overshoot the limit by one each
             self._check_room()
-            job_id = uuid.uuid4().hex
+            job_id = self._new_job_id(num_gpus, plan.payload.get("memory_allowance_bytes"))
             self.store.create(job_id, request, plan.memory_estimate_bytes, owner=owner)
             queued = self.store.get(job_id)
             try:
@@ -109,6 +112,10 @@ class JobEngine:
         self.collector.watch(job_id)
         return queued
 
+    def _new_job_id(self, num_gpus: int, memory: int | None) -> str:
+        """A warm actor's id when one fits the job (it then starts at once), else a new one."""
+        return self.pool.take(num_gpus, memory) or uuid.uuid4().hex
+
     def _check_room(self) -> None:
         if self.store.count_active() >= settings.max_queued_jobs:
             raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
@@ -116,6 +123,9 @@ class JobEngine:
     def _start_actor(self, job_id: str, payload: dict, num_gpus: int) -> None:
         data_dir = settings.data_dir.resolve()
         payload = {**payload, "job_id": job_id, "artifact_dir": str(data_dir / "jobs" / job_id)}
+        if self.pool.claim(job_id, payload):
+            return  # a warm actor took it
+        self.pool.make_room()  # an actor of its own: warm ones may hold the room it needs
         url = settings.database_url.get_secret_value() if settings.database_url else None
         ray_runtime.start_actor(
             JobActor,
@@ -152,6 +162,7 @@ class JobEngine:
         """Stop this process's reaper. Jobs keep running: they belong to Ray, not to this process."""
         self._stop.set()
         self.collector.close()
+        self.pool.close()
         if self._reaper is not None:
             self._reaper.join(timeout=2 * REAP_EVERY_S)
         self.store.close()
@@ -185,6 +196,8 @@ class JobEngine:
                 if ray_up and state is not None:
                     ray_runtime.kill_actor(name)
         self._waiting_since = waiting
+        if waiting:
+            self.pool.make_room()  # a job waits for room that a warm actor may hold
         return failed
 
 

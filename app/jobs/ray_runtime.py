@@ -51,7 +51,9 @@ _starting: subprocess.Popen | None = None  # the `ray start` under way, if any
 _abandoned: subprocess.Popen | None = None  # the one ``leave`` stopped
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "model-builder"
-PRELOAD = "app.jobs.worker,sklearn.datasets"  # what a job's worker imports (see _start_head)
+# What a job's worker imports (see _head_env). torch._dynamo too: torch imports it (with sympy,
+# 800 modules, seconds) at a job's first step, from torch.manual_seed and the optimizers.
+PRELOAD = "app.jobs.worker,sklearn.datasets,torch._dynamo"
 PRELOAD_ENV = "RAY_preload_python_modules"  # Ray's config: modules its workers import before work
 _remote_classes: dict[type, Any] = {}
 
@@ -361,6 +363,21 @@ def gpu_count() -> float:
     return ray.cluster_resources().get("GPU", 0.0)
 
 
+def room_for(memory: int) -> int:
+    """How many more actors of 1 CPU and ``memory`` bytes Ray has room for now (cluster-wide)."""
+    import ray
+
+    free = ray.available_resources()
+    return int(min(free.get("CPU", 0.0), free.get("memory", 0.0) / memory))
+
+
+def named_actors() -> list[str]:
+    """The names of the live named actors in the ``model-builder`` namespace."""
+    import ray
+
+    return ray.util.list_named_actors()
+
+
 def actor_name(job_id: str) -> str:
     """The name of a job's actor in the ``model-builder`` namespace."""
     return f"job-{job_id}"
@@ -375,8 +392,9 @@ def start_actor(
     max_restarts: int,
     memory: int | None = None,
     max_concurrency: int = 1,
-) -> None:
-    """Start a detached, named actor: it outlives this process, and any API process finds it by name.
+) -> Any:
+    """Start a detached, named actor (its handle): it outlives this process, and any API process
+    finds it by name.
 
     ``memory``: bytes Ray reserves for it (placed only where that much is free);
     ``max_concurrency``: its method calls served at once (each in a thread of its own).
@@ -386,7 +404,7 @@ def start_actor(
     remote = _remote_classes.get(actor_class)
     if remote is None:
         remote = _remote_classes[actor_class] = ray.remote(actor_class)
-    remote.options(
+    return remote.options(
         name=name,
         namespace=NAMESPACE,
         lifetime="detached",
