@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -51,10 +52,12 @@ def payload_path(data_dir: str, job_id: str) -> Path:
 class WarmJobActor(JobActor):
     """A job's actor started before its job (see the module docstring)."""
 
-    def __init__(self, job_id: str, data_dir: str, database_url: str | None) -> None:
+    def __init__(
+        self, job_id: str, data_dir: str, database_url: str | None, lease_s: float = LEASE_S
+    ) -> None:
         self._job = (job_id, data_dir, database_url)
         self._lock = threading.Lock()
-        self._renewed = time.monotonic()
+        self._lease_s, self._renewed = lease_s, time.monotonic()
         path = payload_path(data_dir, job_id)
         self._taken = path.exists()  # claimed or retired: no claim from now on
         if self._taken:  # Ray restarted it after its claim: the job resumes
@@ -94,7 +97,7 @@ class WarmJobActor(JobActor):
     def _expire(self) -> None:
         while not self._taken:
             time.sleep(1.0)
-            if time.monotonic() - self._renewed > LEASE_S and self.retire():
+            if time.monotonic() - self._renewed > self._lease_s and self.retire():
                 log.warning("warm job actor %s: its API stopped renewing it; ending", self._job[0])
 
 
@@ -208,7 +211,7 @@ class WarmPool:
                 log.warning("could not end warm job actor %s", job_id)
 
     def _keep(self) -> None:
-        while not self._stop.wait(POLL_S):
+        while not self._stop.wait(POLL_S * random.uniform(0.5, 1.5)):  # processes' rounds drift apart
             try:
                 if ray_runtime.started() and ray_runtime.alive():
                     self._tend()
@@ -239,14 +242,17 @@ class WarmPool:
         self._fill()
 
     def _fill(self) -> None:
+        """Start one more warm actor if one is missing and Ray has room for it: one a round, so
+        that API processes filling theirs at once see each other's (Ray counts one once placed)."""
         with self._lock:
-            missing = self.size - len(self._warm)
-            starting = sum(not warm.ready for warm in self._warm.values())
-        room = ray_runtime.room_for(self.memory) - starting if missing > 0 else 0
-        if missing > 0 and room <= 0 and not starting:
-            self._was_ready = True  # no room for one: jobs hold it all, they start as room frees
-        for _ in range(min(missing, room)):
+            missing = self.size > len(self._warm)
+            starting = any(not warm.ready for warm in self._warm.values())
+        if not missing:
+            return
+        if ray_runtime.room_for(self.memory) >= 1:
             self._add()
+        elif not starting:
+            self._was_ready = True  # no room for one: jobs hold it all; they start as room frees
 
     def _add(self) -> None:
         job_id = uuid.uuid4().hex
