@@ -1,7 +1,13 @@
-"""Shared fixtures: in-process clients for the app (no network, no server)."""
+"""Shared fixtures: in-process clients for the app (no network, no server); and, at the end of
+the run, a check that it left no process behind (no Ray, no server)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +20,12 @@ from app.jobs import ray_runtime
 from app.jobs.engine import JobEngine
 from app.jobs.store import JobStore
 from app.main import app
+
+# Every process this run starts inherits it (servers, their embedded Rays, Ray's workers), so
+# what is left at the end is found by it, and other runs' processes on the machine are not.
+RUN_VARIABLE = "MODEL_BUILDER_TEST_RUN"
+os.environ[RUN_VARIABLE] = uuid.uuid4().hex
+LEFTOVER_GRACE_S = 15.0  # processes killed at the very end may take this long to go
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +74,33 @@ def datasets_dir(tmp_path: Path) -> Iterator[Path]:
 def datasets_api(datasets_dir: Path) -> TestClient:
     """A client of the app set up by ``datasets_dir``."""
     return TestClient(app)
+
+
+def leftovers() -> dict[int, str]:
+    """This run's processes still alive, but for this one: pid -> command line."""
+    marker = f"{RUN_VARIABLE}={os.environ[RUN_VARIABLE]}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if it left a process behind (a Ray, a server); kill what it left."""
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if not left:
+        return
+    lines = "\n".join(f"  {pid}: {cmd[:200]}" for pid, cmd in sorted(left.items()))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        said = f"\nthe test run left {len(left)} processes behind (now killed):\n{lines}"
+        reporter.write_line(said, red=True)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

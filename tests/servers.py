@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-START_S = 120  # upper bound on a server (and its embedded Ray) coming up on a busy 2-core machine
+START_S = 300  # upper bound on a server (embedded Ray, warm job actor) coming up on a busy 2-core machine
 
 
 def free_port() -> int:

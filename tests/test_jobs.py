@@ -280,7 +280,7 @@ def test_cancel_stops_a_running_job(api: TestClient) -> None:
         assert api.delete(f"/v1/jobs/{job_id}").status_code == 409  # active: cancel first
         response = cancel(api, job_id)
         assert response.status_code == 202 and response.json()["status"] == "cancelled"
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30  # "at once", with room for a loaded machine
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not pid_alive(pid), "the worker still runs after its job was cancelled"

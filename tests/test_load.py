@@ -4,12 +4,15 @@ One server process (embedded Ray, a temporary data directory) takes concurrent s
 sizes (small CNNs to a 12-layer transformer, repeated and unique, valid and invalid) while
 training jobs are submitted, and a probe keeps calling ``/healthz``. Asserted: no 5xx, every
 answer is the expected one, every accepted job reaches a final state and is listed, the server's
-resident memory stays bounded from one round to the next, and ``/healthz`` keeps answering
-(a generous sanity bound, not a latency target: timings belong to ``bench/``).
+resident memory stays bounded from one round to the next, and ``/healthz`` keeps answering.
 
-A second test queues many slow summaries at once (far more than the trace slots) and holds the
-routes that do not trace to a latency target meanwhile: ``/readyz``, the job routes and a job's
-SSE stream answer within 200 ms at the 99th percentile (waiting summaries hold no thread).
+A second test queues many slow summaries at once (far more than the trace slots) while the routes
+that do not trace are probed: every probe answers, and each route answers many times while the
+summaries still wait (a waiting summary holds no thread).
+
+Only what cannot depend on the machine is asserted. How long a job may take is scaled from one job
+timed alone in the same run (``calibration``); the latencies are printed (``-s``) and measured for
+real by ``bench/load_latency.py``, with the load average beside them.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from app.examples import LSTM_CLASSIFIER, SEED_MODEL, SMALL_CNN, digits_job
 CONCURRENCY = 16
 ROUNDS = 3
 PER_ROUND = 60  # summaries per round, mixed
-HEALTHZ_SANITY_S = 5.0  # even on a busy 2-core CI machine a liveness probe answers within this
 RSS_GROWTH_LIMIT = 150 << 20  # after the warm-up round, growth stays under this
 QUEUED_SUMMARIES = 120  # at once (3x the 40 threads of the pool), each tenths of a second of tracing, 2 slots
-PROBE_P99_S = 0.2
+JOBS = 6  # submitted while the summaries run
+# A job under this test's load may take this many times as long as one timed alone in the same
+# run, plus the floor: enough at load 20 on 2 cores, where the calibration is slow too.
+SLOWDOWN = 10
+FLOOR_S = 60.0
+HANG_S = 900.0  # a request that takes longer hangs (a guard, not a speed check)
 
 TRANSFORMER_12 = {
     "layers": [
@@ -82,16 +89,51 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for process {pid}")
 
 
+def server_env(data_dir: Path) -> dict[str, str]:
+    """The load server's environment: its own data directory, one CPU for jobs, a short queue."""
+    return {**os.environ, "MB_DATA_DIR": str(data_dir), "MB_MAX_QUEUED_JOBS": "4", "MB_RAY_NUM_CPUS": "1"}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    env = {
-        **os.environ,
-        "MB_DATA_DIR": str(tmp_path_factory.mktemp("load-jobs")),
-        "MB_MAX_QUEUED_JOBS": "4",
-        "MB_RAY_NUM_CPUS": "1",
-    }
+    env = server_env(tmp_path_factory.mktemp("load-jobs"))
     with running_server(env, args=("--log-level", "warning")) as (url, proc):
         yield url, proc.pid
+
+
+async def wait_jobs(client: httpx.AsyncClient, job_ids: list[str], timeout_s: float) -> dict[str, str]:
+    """Job id -> final status, for those of ``job_ids`` that end within ``timeout_s``."""
+    finished: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(finished) < len(job_ids) and time.monotonic() < deadline:
+        for job_id in set(job_ids) - set(finished):
+            job = (await client.get(f"/v1/jobs/{job_id}")).json()
+            if job["status"] not in ("queued", "running"):
+                finished[job_id] = job["status"]
+        await asyncio.sleep(0.2)
+    return finished
+
+
+async def time_one_job(url: str) -> float:
+    """Seconds from POST to the end of one job on the idle server (the calibration)."""
+    async with httpx.AsyncClient(base_url=url, timeout=HANG_S) as client:
+        started = time.monotonic()
+        job_ids = await submit_jobs(client, 1)
+        assert await wait_jobs(client, job_ids, 600) == {job_ids[0]: "succeeded"}
+        return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def calibration(server: tuple[str, int]) -> float:
+    """How long one job takes on this machine, now, with nothing else on the server."""
+    seconds = asyncio.run(time_one_job(server[0]))
+    print(f"\ncalibration: one job alone took {seconds:.1f} s (load average {os.getloadavg()[0]:.1f})")
+    return seconds
+
+
+def job_deadline(calibration: float, jobs: int) -> float:
+    """Seconds ``jobs`` jobs may take under this test's load (they run one at a time)."""
+    return FLOOR_S + SLOWDOWN * calibration * jobs
 
 
 async def summaries(client: httpx.AsyncClient, count: int) -> list[tuple[int, int]]:
@@ -140,28 +182,21 @@ async def submit_jobs(client: httpx.AsyncClient, count: int) -> list[str]:
     return ids
 
 
-async def load(url: str, pid: int) -> dict:
+async def load(url: str, pid: int, jobs_timeout_s: float) -> dict:
     limits = httpx.Limits(max_connections=CONCURRENCY + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=HANG_S, limits=limits) as client:
         stop = asyncio.Event()
         probe = asyncio.create_task(probe_health(client, stop))
         statuses = await summaries(client, PER_ROUND)  # warm-up round: caches, lazy imports
         rss = [rss_bytes(pid)]
-        jobs = asyncio.create_task(submit_jobs(client, 6))
+        jobs = asyncio.create_task(submit_jobs(client, JOBS))
         for _ in range(ROUNDS):
             statuses += await summaries(client, PER_ROUND)
             rss.append(rss_bytes(pid))
         job_ids = await jobs
         stop.set()
         health = await probe
-        finished = {}
-        deadline = time.monotonic() + 120
-        while len(finished) < len(job_ids) and time.monotonic() < deadline:
-            for job_id in job_ids:
-                job = (await client.get(f"/v1/jobs/{job_id}")).json()
-                if job["status"] not in ("queued", "running"):
-                    finished[job_id] = job["status"]
-            await asyncio.sleep(0.2)
+        finished = await wait_jobs(client, job_ids, jobs_timeout_s)
         listed = (await client.get("/v1/jobs", params={"limit": 100})).json()
     return {
         "statuses": statuses,
@@ -173,9 +208,9 @@ async def load(url: str, pid: int) -> dict:
     }
 
 
-def test_concurrent_summaries_and_jobs_hold_up(server: tuple[str, int]) -> None:
+def test_concurrent_summaries_and_jobs_hold_up(server: tuple[str, int], calibration: float) -> None:
     url, pid = server
-    result = asyncio.run(load(url, pid))
+    result = asyncio.run(load(url, pid, job_deadline(calibration, JOBS)))
 
     statuses = result["statuses"]
     assert len(statuses) == PER_ROUND * (ROUNDS + 1)
@@ -189,8 +224,8 @@ def test_concurrent_summaries_and_jobs_hold_up(server: tuple[str, int]) -> None:
     rss = result["rss"]
     assert max(rss) - rss[0] < RSS_GROWTH_LIMIT, f"resident memory per round (MiB): {[r >> 20 for r in rss]}"
     health = result["health"]
-    assert health and max(health) < HEALTHZ_SANITY_S, f"slowest /healthz: {max(health):.2f} s"
-    print(  # shown with -s: the figures behind the bounds
+    assert health, "no /healthz probe answered during the load"  # each one that did answered 200
+    print(  # shown with -s (bench/load_latency.py measures them)
         f"\nload: {len(statuses)} summaries, {len(result['ids'])} jobs; RSS per round (MiB) "
         f"{[r >> 20 for r in rss]}; /healthz {len(health)} probes, slowest {max(health) * 1000:.0f} ms"
     )
@@ -222,14 +257,13 @@ async def probe_routes(client: httpx.AsyncClient, job_id: str, stop: asyncio.Eve
     return latencies
 
 
-async def queued_summaries_and_probes(url: str) -> tuple[list[int], dict[str, list[float]]]:
+async def queued_summaries_and_probes(
+    url: str, job_timeout_s: float
+) -> tuple[list[int], dict[str, list[float]]]:
     limits = httpx.Limits(max_connections=QUEUED_SUMMARIES + 8)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
-        job_id = (await submit_jobs(client, 1))[0]
-        deadline = time.monotonic() + 180
-        while (await client.get(f"/v1/jobs/{job_id}")).json()["status"] in ("queued", "running"):
-            assert time.monotonic() < deadline, "the probe's job did not finish"
-            await asyncio.sleep(0.2)
+    async with httpx.AsyncClient(base_url=url, timeout=HANG_S, limits=limits) as client:
+        job_id = (await submit_jobs(client, 1))[0]  # its finished stream is one of the probes
+        assert await wait_jobs(client, [job_id], job_timeout_s), "the probe's job did not finish"
         bodies = [  # unique batch sizes: every one is traced (no cache hit)
             {"model": TRANSFORMER_6, "input_shape": [100 + i, 64], "input_dtype": "int64"}
             for i in range(QUEUED_SUMMARIES)
@@ -243,16 +277,21 @@ async def queued_summaries_and_probes(url: str) -> tuple[list[int], dict[str, li
         return [r.status_code for r in responses], await probe
 
 
-def test_routes_stay_fast_while_summaries_queue(server: tuple[str, int]) -> None:
+def percentile(times: list[float], q: float) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def test_routes_answer_while_summaries_queue(server: tuple[str, int], calibration: float) -> None:
     url, _ = server
-    statuses, latencies = asyncio.run(queued_summaries_and_probes(url))
+    statuses, latencies = asyncio.run(queued_summaries_and_probes(url, job_deadline(calibration, 1)))
     assert statuses == [200] * QUEUED_SUMMARIES
-    every = sorted(t for times in latencies.values() for t in times)
-    p99 = every[min(len(every) - 1, int(0.99 * len(every)))]
+    every = [t for times in latencies.values() for t in times]
     figures = {name: f"n={len(t)} max={max(t) * 1000:.0f} ms" for name, t in latencies.items()}
     print(
-        f"\nwhile {QUEUED_SUMMARIES} summaries queued: p99 {p99 * 1000:.0f} ms over {len(every)} probes; "
-        f"{figures}"
+        f"\nwhile {QUEUED_SUMMARIES} summaries queued: p99 {percentile(every, 0.99) * 1000:.0f} ms over "
+        f"{len(every)} probes; {figures}"
     )
+    # Each probe round waits for its answers, so ten rounds while the queue drains means no route
+    # waited behind the queued summaries (a waiting summary holding a thread made them wait).
     assert all(len(t) >= 10 for t in latencies.values()), figures
-    assert p99 < PROBE_P99_S, figures

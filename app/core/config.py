@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     )
     ray_num_cpus: int | None = Field(None, gt=0, description="CPUs of the embedded Ray (default: all)")
     ray_eager_start: bool = Field(True, description="start Ray with the API rather than on the first job")
+    embedded_ray_idle_seconds: float = Field(
+        300, gt=0, description="the embedded Ray stops itself after this long with no API and no job"
+    )
+    warm_workers: int = Field(
+        2, ge=0, description="job actors each API process keeps started ahead, so a job starts at once"
+    )
+    warm_worker_memory_bytes: int = Field(
+        1 << 30,
+        gt=0,
+        description="memory a warm job actor reserves; a job with a larger allowance starts its own",
+    )
     max_restarts: int = Field(
         2, ge=0, description="times Ray restarts a job's worker that died; it resumes from its checkpoint"
     )

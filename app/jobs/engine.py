@@ -35,6 +35,7 @@ from app.jobs.plan import JobPlan
 from app.jobs.retention import pruning, remove_job_files
 from app.jobs.store import JobStore, StoreUnavailable
 from app.jobs.train import TrainPayload
+from app.jobs.warm_pool import WarmPool
 from app.jobs.worker import MAX_CONCURRENCY, JobActor
 from app.schemas.jobs import JobCreate
 from layers.language.errors import SpecError
@@ -61,6 +62,7 @@ class JobEngine:
     def __init__(self, store: JobStore) -> None:
         self.store = store  # not touched here: the API starts even with the database down
         self.collector = Collector(store)
+        self.pool = WarmPool()  # job actors started ahead (started with the reaper)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
@@ -80,6 +82,7 @@ class JobEngine:
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap_forever, name="job-reaper", daemon=True)
                 self._reaper.start()
+                self.pool.start()
 
     def check_device(self, device: str) -> int:
         """GPUs the job should ask Ray for; ``SpecError`` when ``cuda`` is asked of a GPU-less cluster."""
@@ -102,7 +105,7 @@ class JobEngine:
         num_gpus = self.check_device(job.device)
         with self._lock:  # per process; several processes may overshoot the limit by one each
             self._check_room()
-            job_id = uuid.uuid4().hex
+            job_id = self._new_job_id(num_gpus, plan.payload.memory_allowance_bytes)
             request, memory = job.model_dump(mode="json"), plan.memory_estimate_bytes
             self.store.create(job_id, request, memory, owner=owner, time_limit_s=job.time_limit_s)
             queued = self.store.get(job_id)
@@ -114,6 +117,10 @@ class JobEngine:
         self.collector.watch(job_id)
         return queued
 
+    def _new_job_id(self, num_gpus: int, memory: int | None) -> str:
+        """A warm actor's id when one fits the job (it then starts at once), else a new one."""
+        return self.pool.take(num_gpus, memory) or uuid.uuid4().hex
+
     def _check_room(self) -> None:
         if self.store.count_active() >= settings.max_queued_jobs:
             raise QueueFull(f"{settings.max_queued_jobs} jobs are already queued or running")
@@ -123,6 +130,9 @@ class JobEngine:
         payload = payload.model_copy(
             update={"job_id": job_id, "artifact_dir": str(data_dir / "jobs" / job_id)}
         )
+        if self.pool.claim(job_id, payload.model_dump(mode="json")):
+            return  # a warm actor took it
+        self.pool.make_room()  # an actor of its own: warm ones may hold the room it needs
         url = settings.database_url.get_secret_value() if settings.database_url else None
         ray_runtime.start_actor(
             JobActor,
@@ -184,6 +194,7 @@ class JobEngine:
         """Stop this process's reaper. Jobs keep running: they belong to Ray, not to this process."""
         self._stop.set()
         self.collector.close()
+        self.pool.close()
         if self._reaper is not None:
             self._reaper.join(timeout=2 * REAP_EVERY_S)
         self.store.close()
@@ -217,6 +228,8 @@ class JobEngine:
                 if ray_up and state is not None:
                     ray_runtime.kill_actor(name)
         self._waiting_since = waiting
+        if waiting:
+            self.pool.make_room()  # a job waits for room that a warm actor may hold
         return failed
 
 
@@ -252,7 +265,8 @@ def verdict(job: Job, actor: str | None, waiting_since: float | None, now: float
 
 @asynccontextmanager
 async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Open the job store, start this process's reaper and retention and, if eager, start or join Ray."""
+    """Open the job store, start this process's reaper and retention and, if eager, start or join
+    Ray; on the way out, stop a start of the embedded Ray still under way."""
     engine = JobEngine(JobStore.from_settings())
     app.state.jobs = engine
     engine.start_reaper()
@@ -262,7 +276,16 @@ async def jobs_lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with pruning(engine.store):
             yield
     finally:
+        active = _active_jobs(engine)
         engine.close()
+        ray_runtime.leave(active)  # says, in one line, what stays of Ray and for how long
+
+
+def _active_jobs(engine: JobEngine) -> int | None:
+    try:
+        return engine.store.count_active()
+    except StoreUnavailable:
+        return None
 
 
 def _start_quietly(engine: JobEngine) -> None:

@@ -8,6 +8,11 @@ restarted API, or a second API process, finds it. Token authentication is on in 
 (joining a cluster needs its token in ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``; the
 embedded Ray makes one in the data directory). Ray is imported lazily so that the loopback
 switch, which Ray reads at import, can be set first.
+
+The embedded Ray cleans up after itself: ``app.jobs.ray_idle`` runs beside it and stops it once it
+has had no API attached and no job for ``MB_EMBEDDED_RAY_IDLE_SECONDS``. An API stopped while its
+Ray is still starting stops that start (``leave``), and an API that finds the leftovers of a start
+whose API died stops them before it starts its own: one data directory, one Ray head.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.config import settings
+from app.jobs import ray_idle
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -40,9 +46,14 @@ _owner_tasks: queue.SimpleQueue = queue.SimpleQueue()
 _owner: threading.Thread | None = None
 _pending: concurrent.futures.Future | None = None
 _connected = False
+_start_lock = threading.Lock()  # a start of the embedded Ray against the API stopping (``leave``)
+_starting: subprocess.Popen | None = None  # the `ray start` under way, if any
+_abandoned: subprocess.Popen | None = None  # the one ``leave`` stopped
 LOOPBACK = "127.0.0.1"
 NAMESPACE = "model-builder"
-PRELOAD = "app.jobs.worker,sklearn.datasets"  # what a job's worker imports (see _start_head)
+# What a job's worker imports (see _head_env). torch._dynamo too: torch imports it (with sympy,
+# 800 modules, seconds) at a job's first step, from torch.manual_seed and the optimizers.
+PRELOAD = "app.jobs.worker,sklearn.datasets,torch._dynamo"
 PRELOAD_ENV = "RAY_preload_python_modules"  # Ray's config: modules its workers import before work
 _remote_classes: dict[type, Any] = {}
 
@@ -144,6 +155,7 @@ def embedded_address() -> str:
             if _answers(address):
                 return address
             log.warning("the embedded Ray at %s is gone; starting a new one", address)
+        _clear_leftovers()
         address = _start_head(state)
         tmp = state / f".address.{os.getpid()}"
         tmp.write_text(address)
@@ -173,6 +185,15 @@ def _answers(address: str, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def _clear_leftovers() -> None:
+    """Stop what is left of this data directory's Ray when its address does not answer: a start
+    whose API died midway (it would come up as a second head), or a Ray whose control store died."""
+    leftovers = embedded_pids()
+    if leftovers:
+        log.warning("stopping %d processes left of an embedded Ray that does not answer", len(leftovers))
+        stop_embedded()
+
+
 def _start_head(state: Path) -> str:
     with socket.socket() as s:  # a free port for the control store
         s.bind((LOOPBACK, 0))
@@ -184,27 +205,46 @@ def _start_head(state: Path) -> str:
     ]  # fmt: skip
     if settings.ray_num_cpus is not None:
         command.append(f"--num-cpus={settings.ray_num_cpus}")
+    env, address = _head_env(), f"{LOOPBACK}:{port}"
+    # First: should this API die before the Ray is up, the watcher still stops it in the end.
+    ray_idle.start(address, settings.data_dir, settings.embedded_ray_idle_seconds, env)
+    _run_start(command, env, state / "ray-start.log")
+    log.info("started the embedded Ray at %s (temp dir %s)", address, embedded_temp_dir())
+    return address
+
+
+def _head_env() -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])  # this checkout, importable by the workers
-    env = {
+    return {
         **os.environ,
         "RAY_AUTH_MODE": "token",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps the node on loopback
         "RAY_USAGE_STATS_ENABLED": "0",
         # Ray's idle workers import the job's code (torch, the layers, scikit-learn's datasets)
-        # before they take work: each job is a fresh actor process, so it starts warm.
+        # before they take work, so a job's actor starts warm.
         PRELOAD_ENV: os.environ.get(PRELOAD_ENV, PRELOAD),
         "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
     }
-    with open(state / "ray-start.log", "wb") as out:
+
+
+def _run_start(command: list[str], env: dict[str, str], log_path: Path) -> None:
+    """Run `ray start`; ``leave`` may stop it meanwhile (then this raises)."""
+    global _starting
+    with _start_lock, open(log_path, "wb") as out:
         # Its own session: a signal to the API's process group (Ctrl-C, kill -- -PID) spares it.
-        result = subprocess.run(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, timeout=300
+        proc = _starting = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    if result.returncode != 0:
-        tail = (state / "ray-start.log").read_text(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"ray start failed ({result.returncode}): {' / '.join(tail)}")
-    log.info("started the embedded Ray at %s:%d (temp dir %s)", LOOPBACK, port, embedded_temp_dir())
-    return f"{LOOPBACK}:{port}"
+    try:
+        returncode = proc.wait(timeout=300)
+    finally:
+        with _start_lock:
+            _starting = None
+            if _abandoned is proc:  # ``leave`` stopped it, and stops what it started
+                raise RuntimeError("the API stopped while its embedded Ray was starting")
+    if returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"ray start failed ({returncode}): {' / '.join(tail)}")
 
 
 def embedded_pids(data_dir: Path | None = None) -> dict[int, str]:
@@ -251,6 +291,40 @@ def _session(pid: int) -> int | None:
         return None
 
 
+def leave(active_jobs: int | None) -> str:
+    """What stays of Ray when this API process stops, said in one log line (returned): a start
+    of the embedded Ray still under way is stopped (and with it what it started); a running Ray
+    stays with its jobs. ``active_jobs``: the store's queued and running jobs (None: unknown)."""
+    global _abandoned
+    with _start_lock:
+        starting = _abandoned = _starting
+        if starting is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(starting.pid, signal.SIGKILL)
+    if starting is not None:
+        stop_embedded()
+        line = "the embedded Ray was still starting: stopped it; nothing stays"
+    else:
+        line = _what_stays(active_jobs)
+    log.warning("%s", line)
+    return line
+
+
+def _what_stays(active_jobs: int | None) -> str:
+    jobs = "its jobs" if active_jobs is None else f"{active_jobs} active jobs"
+    address = cluster_address()
+    if address is not None:
+        return f"{jobs} stay on the Ray cluster at {address}"
+    if not embedded_pids():
+        return "no embedded Ray runs: nothing stays"
+    idle = settings.embedded_ray_idle_seconds
+    return (
+        f"the embedded Ray of {settings.data_dir} stays up with {jobs}; it stops itself once it "
+        f"has had no API and no job for {idle:g} s (MB_EMBEDDED_RAY_IDLE_SECONDS), or now with "
+        "`make stop-ray`"
+    )
+
+
 def started() -> bool:
     """Whether this process has connected to Ray (without importing it: see ensure_ray)."""
     return _connected and sys.modules["ray"].is_initialized()
@@ -289,6 +363,21 @@ def gpu_count() -> float:
     return ray.cluster_resources().get("GPU", 0.0)
 
 
+def room_for(memory: int) -> int:
+    """How many more actors of 1 CPU and ``memory`` bytes Ray has room for now (cluster-wide)."""
+    import ray
+
+    free = ray.available_resources()
+    return int(min(free.get("CPU", 0.0), free.get("memory", 0.0) / memory))
+
+
+def named_actors() -> list[str]:
+    """The names of the live named actors in the ``model-builder`` namespace."""
+    import ray
+
+    return ray.util.list_named_actors()
+
+
 def actor_name(job_id: str) -> str:
     """The name of a job's actor in the ``model-builder`` namespace."""
     return f"job-{job_id}"
@@ -303,8 +392,9 @@ def start_actor(
     max_restarts: int,
     memory: int | None = None,
     max_concurrency: int = 1,
-) -> None:
-    """Start a detached, named actor: it outlives this process, and any API process finds it by name.
+) -> Any:
+    """Start a detached, named actor (its handle): it outlives this process, and any API process
+    finds it by name.
 
     ``memory``: bytes Ray reserves for it (placed only where that much is free);
     ``max_concurrency``: its method calls served at once (each in a thread of its own).
@@ -314,7 +404,7 @@ def start_actor(
     remote = _remote_classes.get(actor_class)
     if remote is None:
         remote = _remote_classes[actor_class] = ray.remote(actor_class)
-    remote.options(
+    return remote.options(
         name=name,
         namespace=NAMESPACE,
         lifetime="detached",

@@ -86,11 +86,19 @@ class JobActor:
     def __init__(self, job_id: str, payload: dict, data_dir: str, database_url: str | None) -> None:
         import ray
 
-        context = ray.get_runtime_context()
-        self.restarted = context.was_current_actor_reconstructed
-        node = node_info(context.get_node_id(), ray.util.get_node_ip_address())
+        restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self._start(job_id, payload, data_dir, database_url, restarted)
+
+    def _start(
+        self, job_id: str, payload: dict, data_dir: str, database_url: str | None, restarted: bool
+    ) -> None:
+        """Run the job in a thread of this actor; ``restarted``: an earlier run of it died."""
+        import ray
+
+        node = node_info(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
+        self.restarted = restarted
         self.handoff = Handoff()
-        args = (job_id, payload, data_dir, database_url, node, self.restarted)
+        args = (job_id, payload, data_dir, database_url, node, restarted)
         threading.Thread(target=self._run, args=args, name=f"job-{job_id[:8]}", daemon=True).start()
 
     def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:

@@ -20,7 +20,12 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str
     device: str
-    ray: str = Field(description="training backend: up, starting (not connected yet), down, or off")
+    ray: str = Field(
+        description="training backend: up, starting (not yet able to start a job at once), down, or off"
+    )
+    warm_workers: int | None = Field(
+        None, description="this API process's warm job actors, up and idle: the jobs that can start at once"
+    )
     store: str = Field("off", description="job store: up, down, or off")
     database: str | None = Field(None, description="the job store's database (no password)")
     reason: str | None = Field(None, description="why the store is down")
@@ -38,11 +43,14 @@ async def healthz() -> Health:
 
 
 def ray_state(request: Request) -> str:
-    if getattr(request.app.state, "jobs", None) is None:
+    engine = getattr(request.app.state, "jobs", None)
+    if engine is None:
         return "off"  # the app runs without its lifespan: no training
     if not ray_runtime.started():
         return "starting"
-    return "up" if ray_runtime.alive() else "down"
+    if not ray_runtime.alive():
+        return "down"
+    return "up" if engine.pool.ready() else "starting"  # until a warm job actor is up
 
 
 def store_state(request: Request) -> tuple[str, str | None, str | None]:
@@ -62,6 +70,7 @@ async def readyz(request: Request, response: Response) -> Readiness:
     """Readiness, with the compute device; 503 once Ray, started, stops answering, or while the
     job store's database does not answer."""
     ray = await run_in_threadpool(ray_state, request)
+    engine = getattr(request.app.state, "jobs", None)
     store, database, reason = await run_in_threadpool(store_state, request)
     ready = ray != "down" and store != "down"
     if not ready:
@@ -70,6 +79,7 @@ async def readyz(request: Request, response: Response) -> Readiness:
         status="ready" if ready else "not ready",
         device=compute_device(),
         ray=ray,
+        warm_workers=engine.pool.idle() if engine is not None else None,
         store=store,
         database=database,
         reason=reason,
