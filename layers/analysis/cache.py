@@ -103,7 +103,7 @@ class _Output(torch.autograd.Function):
         raise NotImplementedError("a cached trace output is never differentiated")
 
 
-def copy_module(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Module:
+def copy_module(module: nn.Module, memo: dict[Any, Any] | None = None) -> nn.Module:
     """A copy of a meta module with its own parameters, buffers, submodules and hook tables (a
     pass may add hooks, gradients or a patched ``forward`` to it), sharing the rest; a tensor
     used twice in ``module`` is one tensor in the copy."""
@@ -117,11 +117,18 @@ def copy_module(module: nn.Module, memo: dict[int, Any] | None = None) -> nn.Mod
     return new
 
 
-def _copy_tensor(t: torch.Tensor | None, memo: dict[int, Any]) -> torch.Tensor | None:
+def _copy_tensor(t: torch.Tensor | None, memo: dict[Any, Any]) -> torch.Tensor | None:
+    """A meta tensor like ``t`` on a storage of its own (of the same size, shared where ``t``'s is
+    shared in the module): the memory passes tell tensors apart by their storages."""
     if t is None:
         return None
     if id(t) not in memo:
-        data = t.detach()
+        storage = t.untyped_storage()
+        key = ("storage", storage._cdata)
+        if key not in memo:
+            memo[key] = torch.UntypedStorage(storage.nbytes(), device="meta")
+        data = torch.empty((0,), dtype=t.dtype, device="meta")
+        data.set_(memo[key], t.storage_offset(), t.shape, t.stride())
         memo[id(t)] = nn.Parameter(data, t.requires_grad) if isinstance(t, nn.Parameter) else data
     return memo[id(t)]
 

@@ -133,7 +133,6 @@ class _Tracer(Builder):
         self.traced: dict[str, TracedLayer] = {}  # by module path
         self.keys: dict[str, str] = {}  # by module path, with a cache: what the layer's trace depends on
         self.found: dict[str, TracedOutput] = {}  # by module path: the layers found in the cache
-        self.copying: TracedLeaf | None = None  # a found leaf being built: ``make`` copies its module
 
     def enter(self, node: Node, x: torch.Tensor) -> None:
         self.check_time(node.loc, node.path, node.spec)
@@ -162,10 +161,8 @@ class _Tracer(Builder):
         found = self.found.get(node.path)
         if isinstance(found, TracedLeaf):
             with _disable_current_modes():  # copying a module and making a meta tensor
-                self.copying = found
                 traced.spec = found.spec
                 traced.module = self.build(node, traced.spec)
-                self.copying = None
                 output = twin.output if twin else found.output()
             traced.output, traced.flops = output, found.flops
             self.mode.uncounted |= found.uncounted
@@ -181,7 +178,8 @@ class _Tracer(Builder):
         return traced
 
     def make(self, node: Node, spec: LayerSpec) -> nn.Module:
-        return self.copying.module() if self.copying else super().make(node, spec)
+        found = self.found.get(node.path)
+        return found.module() if isinstance(found, TracedLeaf) else super().make(node, spec)
 
     def run(self, node: Node, traced: TracedLayer, x: torch.Tensor) -> None:
         """The layer on meta: its output and FLOPs, and the composites in it whose FLOPs torch
