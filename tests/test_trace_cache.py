@@ -112,7 +112,7 @@ def operators(case: dict, cache: TraceCache) -> int:
 def test_a_model_found_in_the_cache_runs_nothing_on_meta_but_its_input() -> None:
     cache = TraceCache(1 << 30)
     case = CASES["resnet50"]
-    assert operators(case, cache) > 500
+    assert operators(case, cache) > 100
     assert operators(case, cache) == 1  # torch.empty of the input
 
 
