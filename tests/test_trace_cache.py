@@ -13,7 +13,8 @@ import torch
 from reference_specs import CASES
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from app.analysis import summary
+from app.analysis import TRACE_CACHE, summary
+from app.core.config import Settings, settings
 from app.schemas.summary import SummaryRequest
 from layers.analysis.cache import TraceCache
 from layers.analysis.memory import estimate_memory
@@ -138,3 +139,10 @@ def test_a_tied_layer_is_traced_again_and_stays_tied() -> None:
     assert head.weight is embedding.weight
     assert traced.module[3][0][0].linear1.weight is not traced.module[3][1][0].linear1.weight
     assert all(p.device == torch.device("meta") for p in traced.module.parameters())
+
+
+def test_the_service_cache_is_bounded_by_its_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(_env_file=None).trace_cache_bytes == 64 << 20
+    monkeypatch.setenv("MB_TRACE_CACHE_BYTES", "1000")
+    assert Settings(_env_file=None).trace_cache_bytes == 1000
+    assert TRACE_CACHE.max_bytes == settings.trace_cache_bytes
