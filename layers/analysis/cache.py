@@ -9,7 +9,10 @@ runs nothing on meta: the module is a copy of the prototype (copying a module's 
 a tenth of building it, which runs its initialisation through the dispatcher) and the output a
 fresh meta tensor of the same metadata.
 
-A tied layer (``tie_weight``) is not kept: its module holds its owner's weight.
+A container's entry is its inferred spec and output: found, it neither re-infers nor combines
+(its children are visited, and found, as ever). A tied layer (``tie_weight``) is not kept: its
+module holds its owner's weight. The memory passes (layers/analysis/memory.py) are not kept
+either: they run the whole model's modules, copies included, once per request.
 """
 
 from __future__ import annotations
