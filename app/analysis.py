@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import torch
 
+from app.core.config import settings
 from app.schemas.summary import LayerSummary, ModelSummary, RepeatInfo
 from layers import ModelSpec
 from layers.analysis.budget import TraceBudget
+from layers.analysis.cache import TraceCache
 from layers.analysis.memory import Device, MemoryEstimate, estimate_memory
 from layers.analysis.params import count_params
 from layers.analysis.trace import InputDType, TracedModel, trace_model
 from layers.language.errors import SpecError
 from layers.training.optimizers import OptimizerSpec
 
+# Each layer's trace, kept for this process's later traces: an edited model re-traces only the
+# layers the edit changed.
+TRACE_CACHE = TraceCache(settings.trace_cache_bytes)
+
 
 def trace(
     model: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType, budget: TraceBudget
 ) -> TracedModel:
     try:
-        return trace_model(model, input_shape, input_dtype, budget)
+        return trace_model(model, input_shape, input_dtype, budget, TRACE_CACHE)
     except SpecError as e:
         raise e.under("model") from e
 

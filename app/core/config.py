@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     summary_cache_bytes: int = Field(
         64 << 20, ge=0, description="bytes of the kept summaries (their JSON), all together"
     )
+    trace_cache_bytes: int = Field(
+        64 << 20, ge=0, description="bytes of the layers' traces kept for re-tracing edited models"
+    )
     max_concurrent_traces: int = Field(
         2, gt=0, description="summaries traced at once; more wait their turn (tracing holds the GIL)"
     )

@@ -14,8 +14,10 @@ from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import _disable_current_modes
 
 from layers.analysis.budget import BudgetExceeded, BudgetMode, TraceBudget, TraceCancelled
+from layers.analysis.cache import TraceCache, TracedLeaf, TracedOutput, layer_key, output_of
 from layers.language.base import ContainerSpec, LayerSpec, Shape, shape_str
 from layers.language.build import Builder
 from layers.language.errors import LimitError, Loc, NamingError, ShapeError, SpecError
@@ -79,6 +81,7 @@ def trace_model(
     input_shape: Shape,
     input_dtype: InputDType = "float32",
     budget: TraceBudget | None = None,
+    cache: TraceCache | None = None,
 ) -> TracedModel:
     """Build ``spec`` on meta for an input of ``input_shape``; raise ``SpecError`` naming the layer.
 
@@ -86,11 +89,15 @@ def trace_model(
     trace running past it stops at the next operator with a ``LimitError`` naming the layer, and
     once cancelled with ``TraceCancelled``. A failure inside our own layer code (not torch
     refusing the input) is raised as it is: a bug, not the user's mistake.
+
+    With a ``cache`` (layers/analysis/cache.py), a leaf layer traced before at the same input is
+    not run again: the answer is the same, made faster.
     """
     dtype = DTYPES[input_dtype]
-    tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), budget or TraceBudget(None))
+    mode = BudgetMode(budget or TraceBudget(None))
+    tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), mode, cache)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
-    with BudgetMode(tracer.budget) as mode:
+    with mode:
         layers, out = tracer.model(spec.layers, x)
     return TracedModel(
         spec=spec.model_copy(update={"layers": [node.spec for node in layers]}),
@@ -108,55 +115,117 @@ def trace_model(
 class _Tracer(Builder):
     """The build pass (``layers.language.build``) with size inference and meta shapes around each
     step. A node of a Repeat's later copy is built like its twin in the first copy, whose spec,
-    shapes and FLOPs it has: the copies are alike, so only the first is run."""
+    shapes and FLOPs it has: the copies are alike, so only the first is run.
 
-    def __init__(self, input_shape: Shape, param_dtype: torch.dtype, budget: TraceBudget) -> None:
+    With a cache, a leaf found there (or whose twin was) is not run: its module is a copy of the
+    cached one (``make``) and its output a tensor like the cached one."""
+
+    def __init__(
+        self, input_shape: Shape, param_dtype: torch.dtype, mode: BudgetMode, cache: TraceCache | None
+    ) -> None:
         super().__init__(param_dtype)
         self.input_shape = input_shape
         self.param_dtype: torch.dtype = param_dtype
-        self.budget = budget
+        self.mode = mode
+        self.budget = mode.budget
+        self.cache = cache
         self.nodes: list[TracedLayer] = []  # in forward (pre-)order
         self.traced: dict[str, TracedLayer] = {}  # by module path
+        self.keys: dict[str, str] = {}  # by module path, with a cache: what the layer's trace depends on
+        self.found: dict[str, TracedOutput] = {}  # by module path: the layers found in the cache
 
     def enter(self, node: Node, x: torch.Tensor) -> None:
         self.check_time(node.loc, node.path, node.spec)
         traced = TracedLayer(node.loc, node.path, node.depth, node.spec, tuple(x.shape), repeat=node.repeat)
         self.nodes.append(traced)
         self.traced[node.path] = traced
+        if self.cache is None:
+            return
+        found = None
+        if node.twin is None:
+            key = self.keys[node.path] = layer_key(node.spec, x, self.param_dtype)
+            found = self.cache.get(key)
+        else:  # its twin's entry, if any: a leaf's module is copied from it
+            found = self.found.get(node.twin)
+        if found is not None:
+            self.found[node.path] = found
 
     def leaf(self, node: Node, x: torch.Tensor) -> TracedLayer:
         traced = self.traced[node.path]
         twin = None if node.twin is None else self.traced[node.twin]
-        traced.spec = twin.spec if twin else node.spec.infer(tuple(x.shape))
-        with torch.device("meta"):
-            traced.module = self.build(node, traced.spec)
+        found = self.found.get(node.path)
+        if isinstance(found, TracedLeaf):
+            with _disable_current_modes():  # copying a module and making a meta tensor
+                traced.spec = found.spec
+                traced.module = self.build(node, traced.spec)
+                output = twin.output if twin else found.output()
+            traced.output, traced.flops = output, found.flops
+            self.mode.uncounted |= found.uncounted
+        else:
+            traced.spec = twin.spec if twin else node.spec.infer(tuple(x.shape))
+            with torch.device("meta"):
+                traced.module = self.build(node, traced.spec)
+            if twin:
+                traced.output, traced.flops = twin.output, twin.flops
+            else:
+                self.run(node, traced, x)
         traced.tied = self.tied.get(node.path, {})
-        traced.output, traced.flops = (
-            (twin.output, twin.flops) if twin else traced.spec.trace(traced.module, x)
-        )
         return traced
+
+    def make(self, node: Node, spec: LayerSpec) -> nn.Module:
+        found = self.found.get(node.path)
+        return found.module() if isinstance(found, TracedLeaf) else super().make(node, spec)
+
+    def run(self, node: Node, traced: TracedLayer, x: torch.Tensor) -> None:
+        """The layer on meta: its output and FLOPs, and the composites in it whose FLOPs torch
+        misses; kept in the cache unless the layer is tied (its module holds another's weight)."""
+        outer, self.mode.uncounted = self.mode.uncounted, set()
+        try:
+            assert traced.module is not None
+            traced.output, traced.flops = traced.spec.trace(traced.module, x)
+            uncounted = self.mode.uncounted
+        finally:
+            self.mode.uncounted = outer | self.mode.uncounted
+        if self.cache is not None and node.path not in self.tied:
+            with _disable_current_modes():
+                found = TracedLeaf.of(traced.spec, traced.module, traced.output, traced.flops, uncounted)
+            self.cache.put(self.keys[node.path], found)
+            self.found[node.path] = found
 
     def made_sequence(self, results: list[TracedLayer]) -> list[TracedLayer]:
         return results
 
     def first_copy(self, node: Node, x: torch.Tensor, out: torch.Tensor) -> None:
         assert isinstance(node.spec, ContainerSpec)
-        node.spec.combine(x, [out])  # before the other copies are built
+        if node.path not in self.found:  # a container found in the cache combined this input before
+            node.spec.combine(x, [out])  # before the other copies are built
 
     def container(
         self, node: Node, x: torch.Tensor, sequences: list[list[TracedLayer]], outputs: list[torch.Tensor]
     ) -> TracedLayer:
         traced = self.traced[node.path]
         twin = None if node.twin is None else self.traced[node.twin]
+        found = None if twin else self.found.get(node.path)
         traced.children = [child for sequence in sequences for child in sequence]
         traced.flops = sum(child.flops for child in traced.children)
         assert isinstance(node.spec, ContainerSpec)
-        spec = twin.spec if twin else node.spec.with_sequences([[c.spec for c in seq] for seq in sequences])
+        if twin or found:
+            spec = (twin or found).spec
+        else:
+            spec = node.spec.with_sequences([[c.spec for c in seq] for seq in sequences])
         assert isinstance(spec, ContainerSpec)
         traced.spec = spec
         modules = [nn.Sequential(*(child.module for child in sequence)) for sequence in sequences]
         traced.module = self.assemble(node, spec, modules)
-        traced.output = twin.output if twin else spec.combine(x, outputs)
+        if twin:
+            traced.output = twin.output
+        elif found:
+            with _disable_current_modes():
+                traced.output = found.output()
+        else:
+            traced.output = spec.combine(x, outputs)
+            if self.cache is not None:
+                self.cache.put(self.keys[node.path], output_of(spec, traced.output))
         return traced
 
     def output(self, result: TracedLayer) -> torch.Tensor:

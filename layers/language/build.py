@@ -43,16 +43,21 @@ class Builder(Walk[nn.Module, nn.Sequential]):
 
     def build(self, node: Node, spec: LayerSpec) -> nn.Module:
         """Build a leaf layer from ``spec`` (the node's, inferred) and tie its weight."""
+        module = self.make(node, spec)
+        target = self.tie_target(node)
+        if target is not None:
+            self.tie(spec, module, target)
+        self._keep(node, module)
+        return module
+
+    def make(self, node: Node, spec: LayerSpec) -> nn.Module:
+        """The leaf's own module, untied, in the parameter dtype."""
         moved = self.param_dtype not in (None, torch.get_default_dtype())
         if moved:  # the schema holds values to the default dtype; .to() would turn the rest inf
             spec.check_held(self.param_dtype)
         module = spec.build()
         if moved:  # .to() walks every tensor
             module.to(self.param_dtype)
-        target = self.tie_target(node)
-        if target is not None:
-            self.tie(spec, module, target)
-        self._keep(node, module)
         return module
 
     def assemble(self, node: Node, spec: ContainerSpec, sequences: list[nn.Sequential]) -> nn.Module:
