@@ -24,13 +24,14 @@ from app.examples import DIGITS_MLP, digits_job
 from app.jobs import checkpoint, ray_runtime
 from app.jobs import store as store_module
 from app.jobs.collect import Collector
-from app.jobs.domain import JobStatus, Metrics
-from app.jobs.events import Done, Failed
+from app.jobs.domain import JobStatus
+from app.jobs.events import Failed
 from app.jobs.retention import job_dir, prune
 from app.jobs.store import JobStore, StoreNotWritable, StoreUnavailable, events, jobs
 from app.jobs.train import node_info, train
 from app.jobs.worker import Handoff, run
 from app.main import app
+from tests.actors import WeightsHolder
 from tests.databases import postgres_schema, sqlite_write_lock
 from tests.disks import full, read_only, small_disk
 from tests.test_store_api import JOB_ROUTES
@@ -302,7 +303,7 @@ def test_a_job_whose_checkpoint_hits_a_full_disk_fails_with_that_reason_through_
     "the job's worker is gone") and its worker ends."""
     monkeypatch.setattr(settings, "worker_db_retry_seconds", 2)
     monkeypatch.setattr(settings, "progress_every_steps", 10**9)  # the checkpoint is the next write
-    dataset = {"name": "synthetic", "shape": [16], "samples": 50_000}
+    dataset = {"name": "synthetic", "shape": [16], "samples": 8_000}
     model = {"layers": [{"type": "Linear", "out_features": 10}]}
     body = {**digits_job(model, epochs=2, batch_size=1, device="cpu"), "dataset": dataset}
     with serve(disk) as api:
@@ -334,21 +335,6 @@ def failed(job: dict) -> dict | None:
 
 def started(job: dict) -> dict | None:
     return job if job["status"] != "queued" else None
-
-
-class WeightsHolder:
-    """A job's actor at the end of a successful run: a real ``Handoff`` with the weights' bytes."""
-
-    def __init__(self, weights: bytes) -> None:
-        self.handoff = Handoff()
-        metrics = Metrics(train_loss=0.1, val_loss=0.2, val_accuracy=None)
-        self.handoff.publish(Done(metrics=metrics, duration_s=1.0, weights=weights))
-
-    def result(self, claimant: str, wait_s: float) -> dict | None:
-        return self.handoff.result(claimant, wait_s)
-
-    def chunk(self, claimant: str, index: int) -> bytes:
-        return self.handoff.chunk(claimant, index)
 
 
 def test_weights_whose_sidecar_does_not_fit_on_the_disk_leave_no_file(
