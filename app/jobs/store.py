@@ -7,7 +7,8 @@ while the database waits. The schema is migrated with Alembic (``app/jobs/migrat
 store first connects, so a data directory from an earlier release is upgraded in place. Reads
 return the job domain's ``Job`` (``app.jobs.domain``); writes take its models.
 
-Every call retries a busy or lost database with backoff for ``retry_seconds``, then raises
+Every call retries a busy or lost database with backoff for ``retry_seconds`` (a write whose
+commit landed though its answer was lost is not made twice, nor refused), then raises
 ``StoreUnavailable`` naming the database (a 503 on a route); a write the database refuses (a full
 disk, a read-only file or server) raises its subclass ``StoreNotWritable``, which readiness reports
 (``check_writable`` makes one real write to find out). Status changes out of ``queued`` /
@@ -304,7 +305,12 @@ class JobStore:
             "restarts": 0,
             "time_limit_s": time_limit_s,
         }
-        self._write(lambda conn: conn.execute(jobs.insert().values(**values)))
+
+        def work(conn: Connection) -> None:
+            if not _landed(conn, job_id, jobs.c.created_at, values["created_at"]):
+                conn.execute(jobs.insert().values(**values))
+
+        self._write(work)
 
     def get(self, job_id: str, *, with_request: bool = True, owner: str | None = None) -> Job | None:
         """The job, or None when there is none. With ``owner``, only that owner's job: another
@@ -352,22 +358,34 @@ class JobStore:
         return self._query(lambda conn: list(conn.execute(statement).scalars()))
 
     def mark_running(self, job_id: str, device: str, node: NodeInfo) -> bool:
+        """Move a queued job to ``running`` on ``node``; False (and no change) when it was not queued."""
+        now = time.time()
         statement = (
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
-            .values(status=JobStatus.RUNNING, started_at=time.time(), device=device, node=node.model_dump())
+            .values(status=JobStatus.RUNNING, started_at=now, device=device, node=node.model_dump())
         )
-        return self._write(lambda conn: conn.execute(statement).rowcount == 1)
+        return self._write(
+            lambda conn: (
+                conn.execute(statement).rowcount == 1 or _landed(conn, job_id, jobs.c.started_at, now)
+            )
+        )
 
     def add_restart(self, job_id: str, node: NodeInfo | None = None) -> int:
-        """Count one more restart of the job's worker (now on ``node``, when given); the new count."""
-        values: dict[str, Any] = {"restarts": jobs.c.restarts + 1}
+        """Count one more restart of the job's worker (now on ``node``, when given); the new count.
+        Counted once: the increment is conditional on the count read first, so a retry whose
+        first commit landed though its answer was lost changes nothing."""
+        where = jobs.c.id == job_id
+        before = self._query(lambda conn: conn.execute(sa.select(jobs.c.restarts).where(where)).scalar())
+        if before is None:
+            return 0
+        values: dict[str, Any] = {"restarts": before + 1}
         if node is not None:
             values["node"] = node.model_dump()
 
         def work(conn: Connection) -> int:
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
-            return conn.execute(sa.select(jobs.c.restarts).where(jobs.c.id == job_id)).scalar() or 0
+            conn.execute(jobs.update().where(where, jobs.c.restarts == before).values(**values))
+            return conn.execute(sa.select(jobs.c.restarts).where(where)).scalar() or 0
 
         return self._write(work)
 
@@ -435,7 +453,11 @@ class JobStore:
             else sa.case((jobs.c.started_at.is_(None), sa.null()), else_=now - jobs.c.started_at)
         )
         statement = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)).values(**values)
-        return self._write(lambda conn: conn.execute(statement).rowcount == 1)
+        return self._write(
+            lambda conn: (
+                conn.execute(statement).rowcount == 1 or _landed(conn, job_id, jobs.c.finished_at, now)
+            )
+        )
 
     def delete(self, job_id: str) -> bool:
         """Remove a finished job and its events; False (and no change) when it is missing or active."""
@@ -455,6 +477,13 @@ def _lock_job(conn: Connection, job_id: str) -> sa.Row | None:
     SQLite's BEGIN IMMEDIATE already holds the database); None when there is no such job."""
     statement = sa.select(jobs.c.history, jobs.c.progress).where(jobs.c.id == job_id).with_for_update()
     return conn.execute(statement).first()
+
+
+def _landed(conn: Connection, job_id: str, column: sa.Column, value: float) -> bool:
+    """Whether the job's ``column`` holds ``value``, the time this very call wrote: it is retrying
+    a write whose commit reached the database though the answer was lost (a connection cut at
+    that moment), so the write is done, and must not be refused or made twice."""
+    return conn.execute(sa.select(column).where(jobs.c.id == job_id)).scalar() == value
 
 
 def _repeats(new: Progress, last: dict | None) -> bool:

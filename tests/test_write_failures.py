@@ -1,5 +1,6 @@
-"""Writes that fail on real disks (tests/disks.py): a full disk under the job store and the jobs'
-files, and read-only directories (issue 21 item 14, and the same defect beside it).
+"""Writes that fail: on real disks (tests/disks.py), a full disk under the job store and the
+jobs' files, and read-only directories (issue 21 item 14, and the same defect beside it); and on
+PostgreSQL, a commit whose answer is lost with its connection.
 
 A job whose disk fills up fails with that reason, never "the job's worker is gone": its worker
 hands the reason to the API through Ray when the store will not take it, and the API shows it at
@@ -32,7 +33,7 @@ from app.jobs.train import node_info, train
 from app.jobs.worker import Handoff, run
 from app.main import app
 from tests.actors import WeightsHolder
-from tests.databases import postgres_schema, sqlite_write_lock
+from tests.databases import LostCommit, postgres_schema, sqlite_write_lock
 from tests.disks import full, read_only, small_disk
 from tests.test_store_api import JOB_ROUTES
 from tests.test_training import payload
@@ -128,6 +129,49 @@ def test_a_read_only_postgres_is_a_store_that_takes_no_writes() -> None:
                 store.finish("a", JobStatus.CANCELLED)
         finally:
             store.close()
+
+
+@pytest.fixture
+def lost_commit() -> Iterator[tuple[LostCommit, JobStore]]:
+    """A store on PostgreSQL behind a proxy that can lose a commit's answer."""
+    with postgres_schema() as url:
+        proxy = LostCommit(url)
+        store = JobStore(Path("."), proxy.url.render_as_string(hide_password=False), retry_seconds=10)
+        try:
+            yield proxy, store
+        finally:
+            store.close()
+            proxy.close()
+
+
+def test_writes_whose_commit_answer_is_lost_are_made_once_and_reported_made(
+    lost_commit: tuple[LostCommit, JobStore],
+) -> None:
+    """The store retries a write whose connection died; when the commit had landed, the retry must
+    neither make it twice nor call it refused."""
+    proxy, store = lost_commit
+
+    def cut(write: Callable[[], object]) -> object:
+        proxy.armed.set()
+        result = write()
+        assert proxy.cut.is_set()
+        proxy.cut.clear()
+        return result
+
+    store.create("a", {}, 1)
+    assert cut(lambda: store.create("b", {}, 1)) is None  # not an IntegrityError (a 500 on the route)
+    assert store.list(0, 10)[1] == 2
+    assert cut(lambda: store.mark_running("a", "cpu", node_info())) is True  # else the worker ends itself
+    moved = node_info().model_copy(update={"pid": 1})
+    assert cut(lambda: store.add_restart("a", moved)) == 1
+    assert cut(lambda: store.finish("a", JobStatus.CANCELLED, "cancelled by request")) is True  # 202, not 409
+    job = store.get("a")
+    assert (job.status, job.restarts, job.node) == (JobStatus.CANCELLED, 1, moved)
+    # What is really refused still is.
+    assert store.finish("a", JobStatus.FAILED, "too late") is False
+    assert store.mark_running("a", "cpu", node_info()) is False
+    with pytest.raises(sa.exc.IntegrityError):
+        store.create("b", {}, 1)
 
 
 # The API: readiness, and 503s rather than 500s.
