@@ -28,12 +28,12 @@ from app.jobs.collect import Collector
 from app.jobs.domain import JobStatus
 from app.jobs.events import Failed
 from app.jobs.retention import job_dir, prune
-from app.jobs.store import JobStore, StoreNotWritable, StoreUnavailable, events, jobs
+from app.jobs.store import JobStore, StoreNotWritable, events, jobs
 from app.jobs.train import node_info, train
 from app.jobs.worker import Handoff, run
 from app.main import app
 from tests.actors import WeightsHolder
-from tests.databases import LostCommit, postgres_schema, sqlite_write_lock
+from tests.databases import LostCommit, postgres_schema
 from tests.disks import full, read_only, small_disk
 from tests.test_store_api import JOB_ROUTES
 from tests.test_training import payload
@@ -94,21 +94,6 @@ def test_a_full_disk_refuses_writes_reads_go_on_and_the_probe_says_so(disk: Path
         store.create("b", {}, 1)
         with store._read() as conn:  # the probe's row never stays
             assert conn.execute(sa.select(sa.func.count()).select_from(events)).scalar() == 0
-    finally:
-        store.close()
-
-
-def test_a_held_write_lock_is_busy_not_a_refusal_and_the_probe_does_not_wait_for_it(tmp_path: Path) -> None:
-    store = JobStore(tmp_path, retry_seconds=0.3)
-    try:
-        store.create("a", {}, 1)
-        with sqlite_write_lock(tmp_path / "jobs.sqlite3", 10):
-            started = time.monotonic()
-            store.check_writable()
-            assert time.monotonic() - started < 0.5
-            with pytest.raises(StoreUnavailable, match="database is locked") as busy:
-                store.create("b", {}, 1)
-            assert not isinstance(busy.value, StoreNotWritable)
     finally:
         store.close()
 

@@ -205,7 +205,7 @@ class JobEngine:
             try:
                 self.reap()
             except StoreUnavailable as e:  # /readyz and the routes report it; try again later
-                log.warning("the job reaper could not read the store: %s", e)
+                log.warning("the job reaper could not use the store: %s", e)
             except Exception:
                 log.exception("the job reaper failed; it tries again")
 
