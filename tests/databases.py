@@ -4,9 +4,12 @@ through scripts/install_system_deps.sh), so parallel runs never share tables."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,3 +84,52 @@ def sqlite_write_lock(path: Path, seconds: float) -> Iterator[subprocess.Popen]:
     finally:
         proc.kill()
         proc.wait()
+
+
+COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-query message psycopg sends to commit
+
+
+class LostCommit:
+    """A TCP proxy in front of PostgreSQL that, once ``armed``, lets the next COMMIT reach the
+    server and cuts the connection before the answer comes back, as a network cut or a failover at
+    that moment would: the transaction is committed, and its client cannot know it."""
+
+    def __init__(self, url: str) -> None:
+        self.server = sa.make_url(url)
+        self.armed = threading.Event()
+        self.cut = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = self.server.set(host="127.0.0.1", port=self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed
+            while True:
+                client, _ = self._listener.accept()
+                upstream = socket.create_connection((self.server.host, self.server.port or 5432))
+                committing = threading.Event()
+                threading.Thread(target=self._up, args=(client, upstream, committing), daemon=True).start()
+                threading.Thread(target=self._down, args=(upstream, client, committing), daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket, committing: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(65536):
+                if COMMIT in data and self.armed.is_set():
+                    self.armed.clear()
+                    committing.set()
+                upstream.sendall(data)
+
+    def _down(self, upstream: socket.socket, client: socket.socket, committing: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if committing.is_set():  # the server's answer to that COMMIT: never delivered
+                    self.cut.set()
+                    break
+                client.sendall(data)
+        for end in (client, upstream):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()

@@ -113,7 +113,7 @@ def test_a_jobs_own_time_limit_is_kept_in_its_row_for_the_reaper(
     job = JobCreate.model_validate({**BODY, "time_limit_s": 5})
     plan = plan_job(job)
     queued = JobEngine(store).submit(job, plan)
-    (_, _, (job_id, payload, _, _)), options = started[0]
+    (_, _, (job_id, payload, *_)), options = started[0]
     assert job_id == queued.id and queued.time_limit_s == 5 and queued.request["time_limit_s"] == 5
     sent = TrainPayload.model_validate(payload)  # as the worker reads it
     assert (sent.job_id, sent.time_limit_s, sent.artifact_dir) == (job_id, 5, str(job_dir(job_id)))

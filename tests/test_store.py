@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from app.core.config import settings
 from app.jobs import retention
 from app.jobs.domain import EpochResult, JobMemory, JobStatus, Metrics, NodeInfo, Progress
-from app.jobs.store import MIGRATIONS, JobStore, StoreUnavailable, jobs
+from app.jobs.store import MIGRATIONS, JobStore, StoreNotWritable, StoreUnavailable, jobs
 from tests.databases import drop_connections, postgres_schema, sqlite_write_lock
 
 BACKENDS = ["sqlite", "postgresql"]
@@ -371,14 +371,18 @@ def test_a_held_write_lock_is_waited_out_and_reads_go_on(tmp_path: Path) -> None
 
 
 def test_a_write_lock_held_past_the_retries_is_store_unavailable(tmp_path: Path) -> None:
+    """Busy, not refusing writes: readiness's write probe neither waits on the lock nor fails."""
     store = JobStore(tmp_path, retry_seconds=0.5)
     try:
         store.create("j", {}, 1)
         with sqlite_write_lock(tmp_path / "jobs.sqlite3", 10.0) as lock:
+            store.check_writable()  # a busy lock is not a store that takes no writes
+            assert lock.poll() is None, "the probe came back while the lock was held"
             with pytest.raises(StoreUnavailable) as caught:
                 store.finish("j", JobStatus.CANCELLED)
             assert lock.poll() is None  # it gave up while the lock was still held (about two 1 s waits)
         assert str(tmp_path / "jobs.sqlite3") in str(caught.value) and "locked" in str(caught.value)
+        assert not isinstance(caught.value, StoreNotWritable)
         assert store.finish("j", JobStatus.CANCELLED), "the store works again once the lock is gone"
     finally:
         store.close()

@@ -74,7 +74,7 @@ def start_warm(data_dir: Path, lease_s: float) -> tuple[str, object]:
     job_id = os.urandom(16).hex()
     name = ray_runtime.actor_name(job_id)
     handle = ray_runtime.start_actor(
-        WarmJobActor, name, (job_id, str(data_dir), None, lease_s), num_gpus=0, max_restarts=0
+        WarmJobActor, name, (job_id, str(data_dir), None, 5.0, lease_s), num_gpus=0, max_restarts=0
     )
     return name, handle
 
@@ -98,10 +98,11 @@ def test_an_unclaimed_warm_actor_retires_or_lapses_and_a_claimed_one_stays(api: 
     job_id = name.removeprefix("job-")
     store = app.state.jobs.store
     store.create(job_id, LONG, 1)
-    payload = {**plan_job(JobCreate.model_validate(LONG)).payload, "job_id": job_id}
+    payload = plan_job(JobCreate.model_validate(LONG)).payload.model_copy(update={"job_id": job_id})
+    payload = payload.model_dump(mode="json")
     try:
         assert ray.get(handle.claim.remote(payload), timeout=60) is True
-        wait_for("the claimed job to run", lambda: store.get(job_id)["status"] == "running")
+        wait_for("the claimed job to run", lambda: store.get(job_id).status == "running")
         time.sleep(3)  # past its lease: a claimed actor has none
         assert ray.get(handle.claim.remote(payload), timeout=60) is False
         assert ray.get(handle.retire.remote(), timeout=60) is False

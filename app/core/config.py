@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     db_retry_seconds: float = Field(
         5, ge=0, description="how long a store call retries a busy or unreachable database; then 503"
     )
+    worker_db_retry_seconds: float = Field(
+        60, ge=0, description="how long a job's worker retries the store; then the job fails"
+    )
     job_retention_days: float = Field(
         30, ge=0, description="finished jobs older than this are deleted with their files; 0: kept"
     )

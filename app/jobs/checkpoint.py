@@ -8,7 +8,8 @@ Layout under a job's artifact directory (``settings.data_dir/jobs/<id>/checkpoin
     LATEST                          the name of the newest complete epoch directory
 
 A checkpoint is written to a temporary directory, renamed into place, then ``LATEST`` is
-replaced atomically: a worker killed at any moment leaves the previous checkpoint intact.
+replaced atomically: a worker killed at any moment leaves the previous checkpoint intact (and the
+next attempt removes what it left); one that fails to write removes its temporary files itself.
 Only safetensors and JSON are read back (never pickle).
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 
 LATEST = "LATEST"
@@ -48,39 +49,74 @@ def save(
     history: list[dict[str, Any]],
     elapsed_s: float,
 ) -> None:
-    """Write the state after ``epoch`` and make it the one ``load`` finds."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the state after ``epoch`` and make it the one ``load`` finds.
+
+    A checkpoint that cannot be written (a full or read-only disk) raises ``OSError`` saying so,
+    and leaves the previous one as it was and nothing of its own behind.
+    """
     name = f"epoch-{epoch:05d}"
     tmp = directory / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    tensors, metadata = _optimizer_state(optimizer)
-    tensors.update({f"rng.{key}": value.contiguous() for key, value in rng.items()})
-    metadata.update(
-        epoch=str(epoch), step=str(step), history=json.dumps(history), elapsed_s=repr(float(elapsed_s))
-    )
-    save_file(tensors, str(tmp / "state.safetensors"), metadata=metadata)
-    for file in tmp.iterdir():
-        _fsync(file)
-    final = directory / name
-    shutil.rmtree(final, ignore_errors=True)  # a leftover of an attempt killed after this rename
-    os.rename(tmp, final)
-    pointer = directory / f".{LATEST}.tmp-{os.getpid()}"
-    pointer.write_text(name)
-    _fsync(pointer)
-    os.replace(pointer, directory / LATEST)
-    _fsync(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(directory)
+        tmp.mkdir()
+        save_model(model, str(tmp / "model.safetensors"))
+        tensors, metadata = _optimizer_state(optimizer)
+        tensors.update({f"rng.{key}": value.contiguous() for key, value in rng.items()})
+        metadata.update(
+            epoch=str(epoch), step=str(step), history=json.dumps(history), elapsed_s=repr(float(elapsed_s))
+        )
+        save_file(tensors, str(tmp / "state.safetensors"), metadata=metadata)
+        for file in tmp.iterdir():
+            _fsync(file)
+        final = directory / name
+        shutil.rmtree(final, ignore_errors=True)  # a leftover of an attempt killed after this rename
+        os.rename(tmp, final)
+        _point_to(directory, name)
+    except (OSError, SafetensorError) as e:  # safetensors says ENOSPC in its own words
+        if _latest(directory) != name:  # renamed into place but not pointed to: nobody reads it
+            shutil.rmtree(directory / name, ignore_errors=True)
+        raise OSError(f"could not write the checkpoint of epoch {epoch} to {directory}: {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone once renamed; else what was written of it
     for old in directory.glob("epoch-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _point_to(directory: Path, name: str) -> None:
+    """Replace ``LATEST`` with ``name``, atomically (no temporary file is left if it fails)."""
+    pointer = directory / f".{LATEST}.tmp-{os.getpid()}"
+    try:
+        pointer.write_text(name)
+        _fsync(pointer)
+        os.replace(pointer, directory / LATEST)
+    finally:
+        pointer.unlink(missing_ok=True)
+    _fsync(directory)
+
+
+def _latest(directory: Path) -> str | None:
+    """The name ``LATEST`` holds, or None when there is none yet."""
+    try:
+        return (directory / LATEST).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Temporary files of earlier attempts (a worker killed mid-write has another pid than this one)."""
+    for leftover in directory.glob(".*.tmp-*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+
+
 def load(directory: Path) -> Checkpoint | None:
     """The newest complete checkpoint, or None (no checkpoint yet)."""
-    try:
-        name = (directory / LATEST).read_text().strip()
-    except FileNotFoundError:
+    name = _latest(directory)
+    if name is None:
         return None
     path = directory / name
     with safe_open(str(path / "state.safetensors"), framework="pt") as f:

@@ -8,10 +8,15 @@ the job ``succeeded`` in the store (so a succeeded job always has its weights), 
 ended.
 
 The API process that submitted a job waits for its result in a thread (``watch``). Every API
-process's reaper also asks each running job's actor (``poll``), so a job whose API died is
+process's reaper also asks each active job's actor (``poll``), so a job whose API died is
 collected by another one, or by the API when it is started again. The actor lets one API
 process at a time fetch the bytes (a claim it renews on each chunk); should two still race, both
 write the same file, and the store lets one finish the job.
+
+A run can also end in a failure that its worker could not write to the store (a full disk, say):
+the actor then holds the reason instead. So does this process when the store refuses the failure
+it has to record (weights it could not store, or one such reason): it shows the job as failed
+with that reason (``known``) and records it at the next ``poll``, once the store takes writes.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import uuid
 from typing import Any
 
 from app.jobs import ray_runtime
-from app.jobs.domain import ACTIVE, JobMemory, JobStatus, Metrics
+from app.jobs.domain import ACTIVE, Job, JobMemory, JobStatus, Metrics
 from app.jobs.retention import job_dir
-from app.jobs.store import JobStore
+from app.jobs.store import JobStore, StoreUnavailable
 from app.jobs.weights import remove_weights, write_weights
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,7 @@ class Collector:
     def __init__(self, store: JobStore) -> None:
         self.store = store
         self._watched: set[str] = set()
+        self._unrecorded: dict[str, str] = {}  # job id -> why its run failed, not yet in the store
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -54,9 +60,24 @@ class Collector:
         name = f"collect-{job_id[:8]}"
         threading.Thread(target=self._watch, args=(job_id,), name=name, daemon=True).start()
 
+    def known(self, job: Job) -> Job:
+        """``job`` as this process knows it: failed, with its reason, when it holds a failure of
+        the job that the store did not take yet; else as stored."""
+        reason = self._unrecorded.get(job.id)
+        if reason is None or job.status not in ACTIVE:
+            return job
+        return job.model_copy(update={"status": JobStatus.FAILED, "error": reason})
+
+    def holds(self, job_id: str) -> bool:
+        """Whether this process holds a failure of ``job_id`` that the store did not take yet."""
+        return job_id in self._unrecorded
+
     def poll(self, job_id: str) -> bool:
-        """Collect ``job_id`` now if its run has succeeded and no watcher of this process has it;
-        whether the job was finished here."""
+        """Record a failure of ``job_id`` held here, or collect the job now if its run is over and
+        no watcher of this process has it; whether the job was finished here. ``StoreUnavailable``
+        while the store does not take a failure (this process holds it meanwhile)."""
+        if (reason := self._unrecorded.get(job_id)) is not None:
+            return self._fail(job_id, reason)
         with self._lock:
             if job_id in self._watched:
                 return False
@@ -81,7 +102,9 @@ class Collector:
                 job = self.store.get(job_id, with_request=False)
                 if job is None or job.status not in ACTIVE:
                     return
-        except Exception:  # the reapers poll this job from now on
+        except StoreUnavailable as e:  # the reapers poll this job from now on
+            log.warning("job %s: %s; the reapers try again", job_id, e)
+        except Exception:
             log.exception("watching job %s failed", job_id)
         finally:
             with self._lock:
@@ -99,9 +122,12 @@ class Collector:
     def _collect(self, job_id: str, handle: Any, result: dict[str, Any]) -> bool:
         """Fetch the weights, store them, finish the job, end the actor; whether this process
         finished the job. A Ray error leaves all as it was (the next poll tries again); bytes
-        that cannot be stored or arrive damaged fail the job, with the reason."""
+        that cannot be stored or arrive damaged fail the job, with the reason, as does a failure
+        the worker could not record."""
         import ray
 
+        if "error" in result:
+            return self._fail(job_id, result["error"])
         directory = job_dir(job_id)
         chunks = (ray.get(handle.chunk.remote(CLAIMANT, i), timeout=CALL_S) for i in range(result["chunks"]))
         try:
@@ -111,9 +137,9 @@ class Collector:
             return False
         except (OSError, ValueError) as e:
             reason = f"the trained weights could not be stored under MB_DATA_DIR: {type(e).__name__}: {e}"
-            finished = self.store.finish(job_id, JobStatus.FAILED, reason)
-            ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
-            return finished
+            if not self._succeeded(job_id):  # the weights file without its sidecar, say (a full disk)
+                remove_weights(directory)
+            return self._fail(job_id, reason)
         memory = None if result["memory"] is None else JobMemory.model_validate(result["memory"])
         finished = self.store.finish(
             job_id,
@@ -124,6 +150,15 @@ class Collector:
         )
         if not finished and not self._succeeded(job_id):
             remove_weights(directory)  # cancelled meanwhile: nothing to keep
+        ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
+        return finished
+
+    def _fail(self, job_id: str, reason: str) -> bool:
+        """Fail the job with ``reason`` and end its actor; whether this process finished the job.
+        The reason is held here until the store takes it (``StoreUnavailable`` until then)."""
+        self._unrecorded[job_id] = reason
+        finished = self.store.finish(job_id, JobStatus.FAILED, reason)
+        self._unrecorded.pop(job_id, None)
         ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
         return finished
 

@@ -33,7 +33,7 @@ from app.jobs.collect import Collector
 from app.jobs.domain import TERMINAL, Job, JobStatus
 from app.jobs.plan import JobPlan
 from app.jobs.retention import pruning, remove_job_files
-from app.jobs.store import JobStore, StoreUnavailable
+from app.jobs.store import JobStore, StoreNotWritable, StoreUnavailable
 from app.jobs.train import TrainPayload
 from app.jobs.warm_pool import WarmPool
 from app.jobs.worker import MAX_CONCURRENCY, JobActor
@@ -137,7 +137,7 @@ class JobEngine:
         ray_runtime.start_actor(
             JobActor,
             ray_runtime.actor_name(job_id),
-            (job_id, payload.model_dump(mode="json"), str(data_dir), url),
+            (job_id, payload.model_dump(mode="json"), str(data_dir), url, settings.worker_db_retry_seconds),
             num_gpus=num_gpus,
             max_restarts=settings.max_restarts,
             memory=payload.memory_allowance_bytes,  # the allowance the worker holds it to
@@ -168,26 +168,38 @@ class JobEngine:
     # Reads and deletes: the routes' way to the store.
 
     def job(self, job_id: str, *, with_request: bool = True, owner: str | None = None) -> Job | None:
-        """The job (only ``owner``'s, when given: another's is not even read); None when there is none."""
-        return self.store.get(job_id, with_request=with_request, owner=owner)
+        """The job (only ``owner``'s, when given: another's is not even read); None when there is
+        none. Failed, with its reason, if this process knows so though the store does not yet."""
+        job = self.store.get(job_id, with_request=with_request, owner=owner)
+        return None if job is None else self.collector.known(job)
 
     def jobs(self, offset: int, limit: int, owner: str | None = None) -> tuple[list[Job], int]:
         """A page of jobs (of ``owner`` when given), newest first, without requests; and their count."""
-        return self.store.list(offset, limit, owner)
+        jobs, count = self.store.list(offset, limit, owner)
+        return [self.collector.known(job) for job in jobs], count
 
     def events_after(self, job_id: str, seq: int) -> list[tuple[int, str, dict]]:
         """The job's events after number ``seq``: ``(seq, kind, data)``, oldest first."""
         return self.store.events_after(job_id, seq)
 
     def delete(self, job: Job) -> bool:
-        """Delete a finished job with its files and events; False when it was already gone."""
+        """Delete a finished job with its files and events; False when it was already gone.
+        ``StoreNotWritable`` when its files cannot be removed (a read-only data directory)."""
         assert job.status in TERMINAL
-        remove_job_files(job.id)  # files first: a failure leaves the job listed, to delete again
+        if self.collector.holds(job.id):  # failed as far as this process knows: stored first
+            self.collector.poll(job.id)
+        try:
+            remove_job_files(job.id)  # files first: a failure leaves the job listed, to delete again
+        except OSError as e:
+            data_dir = f"MB_DATA_DIR {settings.data_dir.resolve()}"
+            raise StoreNotWritable(data_dir, f"{type(e).__name__}: {e}") from e
         return self.store.delete(job.id)
 
     def ping(self) -> str:
-        """The store's database in words, once it answered; ``StoreUnavailable`` when it does not."""
+        """The store's database in words, once it answered a read and took a write;
+        ``StoreUnavailable`` when it does not answer, ``StoreNotWritable`` when it refuses writes."""
         self.store.ping()
+        self.store.check_writable()
         return self.store.database
 
     def close(self) -> None:
@@ -204,7 +216,7 @@ class JobEngine:
             try:
                 self.reap()
             except StoreUnavailable as e:  # /readyz and the routes report it; try again later
-                log.warning("the job reaper could not read the store: %s", e)
+                log.warning("the job reaper could not use the store: %s", e)
             except Exception:
                 log.exception("the job reaper failed; it tries again")
 
@@ -217,8 +229,8 @@ class JobEngine:
         for job in self.store.active():
             name = ray_runtime.actor_name(job.id)
             state = ray_runtime.actor_state(name) if ray_up else "UNKNOWN"
-            if state == "ALIVE" and job.status == JobStatus.RUNNING and self.collector.poll(job.id):
-                continue  # it succeeded: a run that ends after its limit, but before the reaper, counts
+            if (state == "ALIVE" or self.collector.holds(job.id)) and self.collector.poll(job.id):
+                continue  # its run is over (a run that ends after its limit, but before the reaper, counts)
             if state in WAITING:
                 waiting[job.id] = self._waiting_since.get(job.id, now)
             reason = verdict(job, state, waiting.get(job.id), now)

@@ -38,17 +38,25 @@ def remove_job_files(job_id: str) -> None:
 
 def prune(store: JobStore, retention_days: float, now: float | None = None) -> list[str]:
     """Delete the jobs that finished more than ``retention_days`` ago, with their events and files;
-    their ids. Safe in several processes at once (a job already deleted is skipped)."""
+    their ids. Safe in several processes at once (a job already deleted is skipped). A job whose
+    files cannot be removed (a read-only directory) is kept, with a warning, for the next pass;
+    the others are deleted."""
     if retention_days <= 0:
         return []
     before = (time.time() if now is None else now) - retention_days * 86400
     deleted: list[str] = []
     while ids := store.finished_before(before):
+        kept = 0
         for job_id in ids:
-            remove_job_files(job_id)
+            try:
+                remove_job_files(job_id)
+            except OSError as e:
+                log.warning("could not remove the files of old job %s: %s; keeping it", job_id, e)
+                kept += 1
+                continue
             if store.delete(job_id):
                 deleted.append(job_id)
-        if len(ids) < 500:
+        if len(ids) < 500 or kept == len(ids):  # a page of kept jobs only: the next pass tries them
             break
     return deleted
 

@@ -7,8 +7,11 @@ while the database waits. The schema is migrated with Alembic (``app/jobs/migrat
 store first connects, so a data directory from an earlier release is upgraded in place. Reads
 return the job domain's ``Job`` (``app.jobs.domain``); writes take its models.
 
-Every call retries a busy or lost database with backoff for ``retry_seconds``, then raises
-``StoreUnavailable`` naming the database (a 503 on a route). Status changes out of ``queued`` /
+Every call retries a busy or lost database with backoff for ``retry_seconds`` (a write whose
+commit landed though its answer was lost is not made twice, nor refused), then raises
+``StoreUnavailable`` naming the database (a 503 on a route); a write the database refuses (a full
+disk, a read-only file or server) raises its subclass ``StoreNotWritable``, which readiness reports
+(``check_writable`` makes one real write to find out). Status changes out of ``queued`` /
 ``running`` are conditional updates, so a cancel and a finishing worker (or two replicas
 cancelling) cannot both win.
 """
@@ -21,6 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +53,12 @@ SQLITE_BUSY_S = 1.0  # one attempt's wait on a SQLite write lock; retries add up
 CONNECT_TIMEOUT_S = 5
 MIGRATIONS = Path(__file__).with_name("migrations")
 PG_MIGRATION_LOCK = 0x4D42_0001  # pg_advisory_xact_lock key: one replica migrates at a time
+PROBE_EVERY_S = 1.0  # readiness writes to the database at most this often; in between, the last answer
+PROBE_BUSY_S = 0.05  # a probe does not wait on another writer's lock: a busy database takes writes
+# Errors of a database that refuses writes: SQLite's result codes (extended ones start with these)
+# and PostgreSQL's SQLSTATEs (disk_full, read_only_sql_transaction).
+SQLITE_REFUSALS = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+POSTGRES_REFUSALS = ("53100", "25006")
 
 Json = sa.JSON(none_as_null=True)  # json on PostgreSQL (keeps key order), text on SQLite
 # Text in the database (the enum's values); a ``JobStatus`` in Python.
@@ -91,10 +101,18 @@ _WITHOUT_REQUEST = [c for c in jobs.c if c.name != "request"]
 class StoreUnavailable(Exception):
     """The database does not answer (down, locked past the retries, unreadable): retry later."""
 
+    state = "is unavailable"
+
     def __init__(self, database: str, reason: str) -> None:
-        super().__init__(f"the job store ({database}) is unavailable: {reason}")
+        super().__init__(f"the job store ({database}) {self.state}: {reason}")
         self.database = database
         self.reason = reason
+
+
+class StoreNotWritable(StoreUnavailable):
+    """The database refuses writes (its disk is full, its file or server is read-only): reads go on."""
+
+    state = "takes no writes"
 
 
 def describe(url: sa.URL) -> str:
@@ -128,6 +146,8 @@ class JobStore:
         self._migrate = migrate
         self._opened = False
         self._open_lock = threading.Lock()  # only for the first connection's migration
+        self._probe_id = f"probe-{uuid.uuid4().hex}"  # never a job's id (those are bare hex)
+        self._probed: tuple[float, str | None] = (-PROBE_EVERY_S, None)  # (when, why writes failed)
         self._engine = _sqlite_engine(self.url) if self._sqlite else _server_engine(self.url)
 
     @classmethod
@@ -149,10 +169,13 @@ class JobStore:
             if self._opened:
                 return
             if self._migrate and self.path is not None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with _file_lock(self.path.with_name(self.path.name + ".lock")):
-                    _move_aside_if_corrupt(self.path)
-                    self._upgrade()
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    with _file_lock(self.path.with_name(self.path.name + ".lock")):
+                        _move_aside_if_corrupt(self.path)
+                        self._upgrade()
+                except OSError as e:  # a read-only data directory, say: a 503, not a 500
+                    raise StoreUnavailable(self.database, f"{type(e).__name__}: {e}") from e
             elif self._migrate:
                 self._upgrade()
             self._opened = True
@@ -169,7 +192,9 @@ class JobStore:
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
-    def _retry(self, operation: Callable[[], T], retry_seconds: float | None = None) -> T:
+    def _retry(
+        self, operation: Callable[[], T], retry_seconds: float | None = None, *, writing: bool = False
+    ) -> T:
         """``operation()``, retried with backoff while the database is busy or unreachable."""
         deadline = time.monotonic() + (self.retry_seconds if retry_seconds is None else retry_seconds)
         delay = 0.05
@@ -178,16 +203,20 @@ class JobStore:
                 self.open()
                 return operation()
             except _TRANSIENT as e:
-                reason = _reason(e)
                 if time.monotonic() + delay > deadline:
-                    raise StoreUnavailable(self.database, reason) from e
-                log.info("job store %s: %s; retrying in %.2f s", self.database, reason, delay)
+                    raise self._unavailable(e, writing) from e
+                log.info("job store %s: %s; retrying in %.2f s", self.database, _reason(e), delay)
             except (exc.DatabaseError, sqlite3.DatabaseError) as e:  # unreadable: retrying will not help
                 if isinstance(e, exc.IntegrityError | exc.ProgrammingError | exc.DataError):
                     raise
-                raise StoreUnavailable(self.database, _reason(e)) from e
+                raise self._unavailable(e, writing) from e
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _unavailable(self, error: Exception, writing: bool) -> StoreUnavailable:
+        """The exception for ``error``: ``StoreNotWritable`` when a write was refused."""
+        kind = StoreNotWritable if writing and _refuses_writes(error) else StoreUnavailable
+        return kind(self.database, _reason(error))
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -195,14 +224,22 @@ class JobStore:
         with self._engine.connect().execution_options(mb_read=True) as conn:
             yield conn
 
-    def _write(self, work: Callable[[Connection], T]) -> T:
-        """``work`` in one transaction (SQLite: BEGIN IMMEDIATE), retried as a whole."""
+    def _write(self, work: Callable[[Connection], T], busy_s: float | None = None) -> T:
+        """``work`` in one transaction (SQLite: BEGIN IMMEDIATE), retried as a whole. With
+        ``busy_s``: tried once, waiting at most that long for another writer's lock."""
 
         def attempt() -> T:
-            with self._engine.begin() as conn:
-                return work(conn)
+            with self._engine.connect() as conn:
+                if busy_s is not None and self._sqlite:
+                    _busy_timeout(conn, busy_s)
+                try:
+                    with conn.begin():
+                        return work(conn)
+                finally:
+                    if busy_s is not None and self._sqlite:
+                        _busy_timeout(conn, SQLITE_BUSY_S)
 
-        return self._retry(attempt)
+        return self._retry(attempt, None if busy_s is None else 0, writing=True)
 
     def _query(self, work: Callable[[Connection], T]) -> T:
         def attempt() -> T:
@@ -214,6 +251,34 @@ class JobStore:
     def ping(self) -> None:
         """One quick round trip (readiness); ``StoreUnavailable`` when it fails."""
         self._retry(lambda: self._query_once(sa.select(1)), retry_seconds=0)
+
+    def check_writable(self) -> None:
+        """``StoreNotWritable`` when the database refuses a write (its disk is full, its file or
+        server read-only); one busy with another writer is not refused. It is asked with a real,
+        committed write (a row of ``events`` for no job, added and removed in one transaction), at
+        most every ``PROBE_EVERY_S``; in between, the last answer is given again."""
+        at, refused = self._probed
+        if time.monotonic() - at >= PROBE_EVERY_S:
+            refused = self._probe()
+            self._probed = (time.monotonic(), refused)
+        if refused is not None:
+            raise StoreNotWritable(self.database, refused)
+
+    def _probe(self) -> str | None:
+        """Why the database refuses a write now; None when it takes one (or is busy, or down)."""
+        row = {"job_id": self._probe_id, "seq": 0, "kind": "probe", "data": {}}
+
+        def work(conn: Connection) -> None:
+            conn.execute(events.insert().values(**row))
+            conn.execute(events.delete().where(events.c.job_id == self._probe_id))
+
+        try:
+            self._write(work, busy_s=PROBE_BUSY_S)
+        except StoreNotWritable as e:
+            return e.reason
+        except StoreUnavailable:  # locked by another writer, or down (``ping`` says so)
+            return None
+        return None
 
     def _query_once(self, statement: sa.Executable) -> Any:
         with self._read() as conn:
@@ -240,7 +305,12 @@ class JobStore:
             "restarts": 0,
             "time_limit_s": time_limit_s,
         }
-        self._write(lambda conn: conn.execute(jobs.insert().values(**values)))
+
+        def work(conn: Connection) -> None:
+            if not _landed(conn, job_id, jobs.c.created_at, values["created_at"]):
+                conn.execute(jobs.insert().values(**values))
+
+        self._write(work)
 
     def get(self, job_id: str, *, with_request: bool = True, owner: str | None = None) -> Job | None:
         """The job, or None when there is none. With ``owner``, only that owner's job: another
@@ -288,22 +358,34 @@ class JobStore:
         return self._query(lambda conn: list(conn.execute(statement).scalars()))
 
     def mark_running(self, job_id: str, device: str, node: NodeInfo) -> bool:
+        """Move a queued job to ``running`` on ``node``; False (and no change) when it was not queued."""
+        now = time.time()
         statement = (
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED)
-            .values(status=JobStatus.RUNNING, started_at=time.time(), device=device, node=node.model_dump())
+            .values(status=JobStatus.RUNNING, started_at=now, device=device, node=node.model_dump())
         )
-        return self._write(lambda conn: conn.execute(statement).rowcount == 1)
+        return self._write(
+            lambda conn: (
+                conn.execute(statement).rowcount == 1 or _landed(conn, job_id, jobs.c.started_at, now)
+            )
+        )
 
     def add_restart(self, job_id: str, node: NodeInfo | None = None) -> int:
-        """Count one more restart of the job's worker (now on ``node``, when given); the new count."""
-        values: dict[str, Any] = {"restarts": jobs.c.restarts + 1}
+        """Count one more restart of the job's worker (now on ``node``, when given); the new count.
+        Counted once: the increment is conditional on the count read first, so a retry whose
+        first commit landed though its answer was lost changes nothing."""
+        where = jobs.c.id == job_id
+        before = self._query(lambda conn: conn.execute(sa.select(jobs.c.restarts).where(where)).scalar())
+        if before is None:
+            return 0
+        values: dict[str, Any] = {"restarts": before + 1}
         if node is not None:
             values["node"] = node.model_dump()
 
         def work(conn: Connection) -> int:
-            conn.execute(jobs.update().where(jobs.c.id == job_id).values(**values))
-            return conn.execute(sa.select(jobs.c.restarts).where(jobs.c.id == job_id)).scalar() or 0
+            conn.execute(jobs.update().where(where, jobs.c.restarts == before).values(**values))
+            return conn.execute(sa.select(jobs.c.restarts).where(where)).scalar() or 0
 
         return self._write(work)
 
@@ -371,7 +453,11 @@ class JobStore:
             else sa.case((jobs.c.started_at.is_(None), sa.null()), else_=now - jobs.c.started_at)
         )
         statement = jobs.update().where(jobs.c.id == job_id, jobs.c.status.in_(ACTIVE)).values(**values)
-        return self._write(lambda conn: conn.execute(statement).rowcount == 1)
+        return self._write(
+            lambda conn: (
+                conn.execute(statement).rowcount == 1 or _landed(conn, job_id, jobs.c.finished_at, now)
+            )
+        )
 
     def delete(self, job_id: str) -> bool:
         """Remove a finished job and its events; False (and no change) when it is missing or active."""
@@ -393,6 +479,13 @@ def _lock_job(conn: Connection, job_id: str) -> sa.Row | None:
     return conn.execute(statement).first()
 
 
+def _landed(conn: Connection, job_id: str, column: sa.Column, value: float) -> bool:
+    """Whether the job's ``column`` holds ``value``, the time this very call wrote: it is retrying
+    a write whose commit reached the database though the answer was lost (a connection cut at
+    that moment), so the write is done, and must not be refused or made twice."""
+    return conn.execute(sa.select(column).where(jobs.c.id == job_id)).scalar() == value
+
+
 def _repeats(new: Progress, last: dict | None) -> bool:
     """Whether progress ``new`` is at or before the ``last`` stored one."""
     last_step = (last or {}).get("step")
@@ -406,6 +499,20 @@ def _add_event(conn: Connection, job_id: str, kind: str, data: dict) -> None:
 
 def _decode(row: sa.Row) -> Job:
     return Job.model_validate(dict(row._mapping))
+
+
+def _refuses_writes(error: Exception) -> bool:
+    """Whether ``error`` is a database refusing a write (full, read-only), not a busy or lost one."""
+    original = getattr(error, "orig", None) or error
+    code = getattr(original, "sqlite_errorname", None)
+    if code is not None:
+        return code.startswith(SQLITE_REFUSALS)
+    return getattr(original, "sqlstate", None) in POSTGRES_REFUSALS
+
+
+def _busy_timeout(conn: Connection, seconds: float) -> None:
+    """How long SQLite waits on another writer's lock on this connection."""
+    conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
 
 def _reason(error: Exception) -> str:

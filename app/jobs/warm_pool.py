@@ -53,15 +53,20 @@ class WarmJobActor(JobActor):
     """A job's actor started before its job (see the module docstring)."""
 
     def __init__(
-        self, job_id: str, data_dir: str, database_url: str | None, lease_s: float = LEASE_S
+        self,
+        job_id: str,
+        data_dir: str,
+        database_url: str | None,
+        store_retry_s: float,
+        lease_s: float = LEASE_S,
     ) -> None:
-        self._job = (job_id, data_dir, database_url)
+        self._job = (job_id, data_dir, database_url, store_retry_s)
         self._lock = threading.Lock()
         self._lease_s, self._renewed = lease_s, time.monotonic()
         path = payload_path(data_dir, job_id)
         self._taken = path.exists()  # claimed or retired: no claim from now on
         if self._taken:  # Ray restarted it after its claim: the job resumes
-            super().__init__(job_id, json.loads(path.read_text()), data_dir, database_url)
+            super().__init__(job_id, json.loads(path.read_text()), data_dir, database_url, store_retry_s)
         else:
             threading.Thread(target=self._expire, name="warm-lease", daemon=True).start()
 
@@ -71,13 +76,13 @@ class WarmJobActor(JobActor):
             if self._taken:
                 return False
             self._taken = True
-        job_id, data_dir, database_url = self._job
+        job_id, data_dir, database_url, store_retry_s = self._job
         path = payload_path(data_dir, job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".payload.{os.getpid()}")
         tmp.write_text(json.dumps(payload))
         os.replace(tmp, path)  # before the run: a restart must find it
-        self._start(job_id, payload, data_dir, database_url, restarted=False)
+        self._start(job_id, payload, data_dir, database_url, store_retry_s, restarted=False)
         return True
 
     def renew(self) -> bool:
@@ -261,7 +266,7 @@ class WarmPool:
         handle = ray_runtime.start_actor(
             WarmJobActor,
             ray_runtime.actor_name(job_id),
-            (job_id, data_dir, url),
+            (job_id, data_dir, url, settings.worker_db_retry_seconds),
             num_gpus=0,
             max_restarts=settings.max_restarts,
             memory=self.memory,

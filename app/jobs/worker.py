@@ -11,7 +11,9 @@ worker's environment need not hold the API's settings).
 A run that succeeds does not finish its job: the job stays ``running`` until an API process has
 fetched the weights (``result``, then ``chunk`` by chunk: the worker may be on another machine)
 and stored them under its ``MB_DATA_DIR`` (``app.jobs.collect``), which then finishes the job and
-ends the actor. A failed or refused run ends the actor at once.
+ends the actor. A failed or refused run ends the actor at once, unless the store refused to take
+the failure (a full disk, say): then its reason waits in the actor for an API process, which
+shows it and records it once the store takes writes again.
 """
 
 from __future__ import annotations
@@ -27,19 +29,19 @@ from typing import Any
 
 from app.jobs.domain import JobStatus, NodeInfo
 from app.jobs.events import Done, EpochEvent, Failed, ProgressEvent, Started, WorkerEvent
-from app.jobs.store import JobStore
+from app.jobs.store import JobStore, StoreUnavailable
 from app.jobs.train import node_info, train
 
 log = logging.getLogger(__name__)
-STORE_RETRY_S = 60.0  # a worker waits longer than a request for a database that blips
 CHUNK_BYTES = 64 << 20  # the weights travel in pieces of this size: neither side holds two copies
 CLAIM_S = 60.0  # an API process fetching the weights has them to itself while it keeps asking
 MAX_CONCURRENCY = 8  # calls served at once: an API's blocking ``result`` must not hold up the others
 
 
 class Handoff:
-    """A successful run's result, held for the API: to one API process at a time (a claim that
-    lapses ``CLAIM_S`` after its holder last asked, should that process die mid-fetch)."""
+    """A run's result, held for the API. A success's goes to one API process at a time (a claim
+    that lapses ``CLAIM_S`` after its holder last asked, should that process die mid-fetch); a
+    failure's (``{"error": reason}``: one the store did not take) to any."""
 
     def __init__(self) -> None:
         self._weights = b""
@@ -48,24 +50,30 @@ class Handoff:
         self._claim: tuple[str, float] | None = None  # (API process, when it last asked)
         self._lock = threading.Lock()
 
-    def publish(self, done: Done) -> None:
-        self._weights = done.weights
+    def publish(self, outcome: Done | Failed) -> None:
+        if isinstance(outcome, Failed):
+            self._result = {"error": outcome.error}
+            self._ready.set()
+            return
+        self._weights = outcome.weights
         self._result = {  # plain values: any API process reads them, through Ray
-            "metrics": done.metrics.model_dump(),
-            "duration_s": done.duration_s,
-            "memory": None if done.memory is None else done.memory.model_dump(),
-            "size_bytes": len(done.weights),
-            "sha256": hashlib.sha256(done.weights).hexdigest(),
-            "chunks": math.ceil(len(done.weights) / CHUNK_BYTES),
+            "metrics": outcome.metrics.model_dump(),
+            "duration_s": outcome.duration_s,
+            "memory": None if outcome.memory is None else outcome.memory.model_dump(),
+            "size_bytes": len(outcome.weights),
+            "sha256": hashlib.sha256(outcome.weights).hexdigest(),
+            "chunks": math.ceil(len(outcome.weights) / CHUNK_BYTES),
         }
         self._ready.set()
 
     def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:
         """The result without the weights' bytes (metrics, duration, memory, the weights' size,
-        sha256 and chunk count), once there is one (waiting up to ``wait_s``); None before, or
-        while another API process holds the claim."""
+        sha256 and chunk count; or the failure's ``error``), once there is one (waiting up to
+        ``wait_s``); None before, or while another API process holds a success's claim."""
         if not self._ready.wait(max(0.0, wait_s)):
             return None
+        if self._result is not None and "error" in self._result:
+            return self._result
         with self._lock:
             now = time.monotonic()
             if self._claim and self._claim[0] != claimant and now - self._claim[1] < CLAIM_S:
@@ -83,14 +91,22 @@ class Handoff:
 class JobActor:
     """One job's worker process (see the module docstring)."""
 
-    def __init__(self, job_id: str, payload: dict, data_dir: str, database_url: str | None) -> None:
+    def __init__(
+        self, job_id: str, payload: dict, data_dir: str, database_url: str | None, store_retry_s: float
+    ) -> None:
         import ray
 
         restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        self._start(job_id, payload, data_dir, database_url, restarted)
+        self._start(job_id, payload, data_dir, database_url, store_retry_s, restarted)
 
     def _start(
-        self, job_id: str, payload: dict, data_dir: str, database_url: str | None, restarted: bool
+        self,
+        job_id: str,
+        payload: dict,
+        data_dir: str,
+        database_url: str | None,
+        store_retry_s: float,
+        restarted: bool,
     ) -> None:
         """Run the job in a thread of this actor; ``restarted``: an earlier run of it died."""
         import ray
@@ -98,7 +114,8 @@ class JobActor:
         node = node_info(ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
         self.restarted = restarted
         self.handoff = Handoff()
-        args = (job_id, payload, data_dir, database_url, node, restarted)
+        store = JobStore(Path(data_dir), database_url, retry_seconds=store_retry_s, migrate=False)
+        args = (store, job_id, payload, node, restarted)
         threading.Thread(target=self._run, args=args, name=f"job-{job_id[:8]}", daemon=True).start()
 
     def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:
@@ -107,16 +124,18 @@ class JobActor:
     def chunk(self, claimant: str, index: int) -> bytes:
         return self.handoff.chunk(claimant, index)
 
-    def _run(self, *args: Any) -> None:
+    def _run(self, store: JobStore, *args: Any) -> None:
         try:
-            done = run(*args)
-        except Exception:  # run() failed the job if the store let it; else the reapers do, once it is gone
+            outcome = run(store, *args)
+        except Exception:  # not a store's refusal (run() hands those over): the reapers fail the job
             log.exception("job actor failed")
-            done = None
-        if done is None:
+            outcome = None
+        finally:
+            store.close()
+        if outcome is None:
             _end_self()
         else:
-            self.handoff.publish(done)  # an API process collects it, then ends this actor
+            self.handoff.publish(outcome)  # an API process collects it, then ends this actor
 
 
 def _end_self() -> None:
@@ -130,12 +149,12 @@ def _end_self() -> None:
         os._exit(1)
 
 
-def run(
-    job_id: str, payload: dict, data_dir: str, database_url: str | None, node: NodeInfo, restarted: bool
-) -> Done | None:
-    """Train ``payload``, writing each event of job ``job_id`` to the store; the ``Done`` event of a
-    successful run (the job is still ``running``: the API finishes it), else None."""
-    store = JobStore(Path(data_dir), database_url, retry_seconds=STORE_RETRY_S, migrate=False)
+def run(store: JobStore, job_id: str, payload: dict, node: NodeInfo, restarted: bool) -> Done | Failed | None:
+    """Train ``payload``, writing each event of job ``job_id`` to ``store``. Returns what goes to
+    the API through Ray: the ``Done`` of a successful run (the job is still ``running``: the API
+    finishes it), or the ``Failed`` of a run whose failure the store did not take; else None (the
+    job is over, and the store says so)."""
+    event: WorkerEvent | None = None
     try:
         for event in train(payload, node):
             if isinstance(event, Done):
@@ -146,10 +165,22 @@ def run(
     except Exception as e:
         first_line = (str(e).strip().splitlines() or [""])[0]
         reason = f"the worker could not record the job: {type(e).__name__}: {first_line}"
+        if isinstance(event, Failed):
+            reason = event.error  # the run's own reason, not the store's
+        if isinstance(e, StoreUnavailable):  # it already retried for store_retry_s
+            log.warning("job %s: %s; its failure goes to the API: %s", job_id, e, reason)
+            return Failed(error=reason)
+        log.exception("job %s: the worker could not record an event", job_id)
+        return _fail(store, job_id, reason)
+
+
+def _fail(store: JobStore, job_id: str, reason: str) -> Failed | None:
+    """Fail the job in the store; when the store takes no writes, the ``Failed`` for the API."""
+    try:
         store.finish(job_id, JobStatus.FAILED, reason)
-        raise
-    finally:
-        store.close()
+    except StoreUnavailable:
+        return Failed(error=reason)
+    return None
 
 
 def record(store: JobStore, job_id: str, event: WorkerEvent, restarted: bool) -> bool:

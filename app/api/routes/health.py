@@ -8,7 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from app.jobs import ray_runtime
-from app.jobs.store import StoreUnavailable
+from app.jobs.store import StoreNotWritable, StoreUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -26,9 +26,11 @@ class Readiness(BaseModel):
     warm_workers: int | None = Field(
         None, description="this API process's warm job actors, up and idle: the jobs that can start at once"
     )
-    store: str = Field("off", description="job store: up, down, or off")
+    store: str = Field(
+        "off", description="job store: up, not writable (it answers reads but refuses writes), down, or off"
+    )
     database: str | None = Field(None, description="the job store's database (no password)")
-    reason: str | None = Field(None, description="why the store is down")
+    reason: str | None = Field(None, description="why the store is down or not writable")
 
 
 def compute_device() -> str:
@@ -54,25 +56,30 @@ def ray_state(request: Request) -> str:
 
 
 def store_state(request: Request) -> tuple[str, str | None, str | None]:
-    """The job store: its state, its database and, when down, why."""
+    """The job store: its state, its database and, when down or not writable, why."""
     engine = getattr(request.app.state, "jobs", None)
     if engine is None:
         return "off", None, None
     try:
         database = engine.ping()
+    except StoreNotWritable as e:
+        return "not writable", e.database, e.reason
     except StoreUnavailable as e:
         return "down", e.database, e.reason
     return "up", database, None
 
 
-@router.get("/readyz", responses={503: {"description": "not ready: Ray or the job store is down"}})
+@router.get(
+    "/readyz",
+    responses={503: {"description": "not ready: Ray or the job store is down, or the store takes no writes"}},
+)
 async def readyz(request: Request, response: Response) -> Readiness:
     """Readiness, with the compute device; 503 once Ray, started, stops answering, or while the
-    job store's database does not answer."""
+    job store's database does not answer or refuses writes."""
     ray = await run_in_threadpool(ray_state, request)
     engine = getattr(request.app.state, "jobs", None)
     store, database, reason = await run_in_threadpool(store_state, request)
-    ready = ray != "down" and store != "down"
+    ready = ray != "down" and store in ("up", "off")
     if not ready:
         response.status_code = 503
     return Readiness(
