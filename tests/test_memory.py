@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from app.core.config import settings
 from layers import ModelSpec, recurrent
 from layers.analysis import fit as fit_module
+from layers.analysis.attention import device_attention
 from layers.analysis.fit import largest_batch
 from layers.analysis.memory import (
     estimate_memory,
@@ -30,6 +31,7 @@ from layers.analysis.memory import (
     storage_bytes,
 )
 from layers.analysis.trace import trace_model
+from layers.catalog.attention import SelfAttention
 from layers.training.optimizers import OPTIMIZER_SPECS, AdamSpec, OptimizerSpec
 
 CONV = {"type": "Conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1, "bias": False}
@@ -135,15 +137,14 @@ def test_training_peak_is_memtrackers_peak_of_a_real_step(name: str) -> None:
     assert abs(estimate - real) <= 0.02 * real, (estimate, real)
 
 
-# At dropout 0 the CPU runs its fused attention kernel (no T x T matrix kept); the estimate still
-# counts the math path for these two (issue 21 item 11): 2.7x and 4.5x over on activations here.
+# At dropout 0 the CPU runs its fused attention kernel (no T x T matrix kept), also when
+# nn.MultiheadAttention calls it from inside F.multi_head_attention_forward (issue 21 item 11).
 ATTENTION_AT_DROPOUT_0 = {
     "transformer_encoder_layer": {"type": "TransformerEncoderLayer", "nhead": 4, "dim_feedforward": 64},
     "multihead_attention": {"type": "MultiheadAttention", "num_heads": 4},
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 11: F.multi_head_attention_forward's inner SDPA call")
 @pytest.mark.parametrize("name", sorted(ATTENTION_AT_DROPOUT_0))
 def test_attention_at_dropout_0_is_what_the_fused_cpu_kernel_keeps(name: str) -> None:
     spec, shape = {**ATTENTION_AT_DROPOUT_0[name], "dropout": 0.0}, (2, 128, 32)
@@ -151,6 +152,31 @@ def test_attention_at_dropout_0_is_what_the_fused_cpu_kernel_keeps(name: str) ->
     estimate = estimate_memory(traced, AdamSpec(), "cpu").memory.breakdown.activations
     real = real_saved_bytes(traced.spec.build(), torch.randn(shape))
     assert abs(estimate - real) <= 0.02 * real, (estimate, real)
+
+
+def python_dispatcher_on() -> bool:
+    return torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.PythonDispatcher)
+
+
+def test_the_python_dispatcher_is_on_only_while_attention_runs() -> None:
+    # It slows every operator: off around the attention, and off again after an error inside it.
+    model = nn.Sequential(nn.Linear(8, 8), SelfAttention(8, 2, batch_first=True), nn.Linear(8, 8)).to("meta")
+    seen: list[bool] = []
+
+    def record(mod: nn.Module, args: tuple, out: object) -> None:
+        seen.append(python_dispatcher_on())
+        if len(seen) == 4:
+            raise RuntimeError("inside the attention")
+
+    for layer in model:
+        layer.register_forward_hook(record)  # before device_attention's: still inside attention
+    x = torch.empty(2, 5, 8, device="meta")
+    with device_attention(model, "cpu"):
+        model(x)
+        with pytest.raises(RuntimeError, match="inside the attention"):
+            model[1](x)
+        assert not python_dispatcher_on()
+    assert seen == [False, True, False, True]
 
 
 OPTIMIZERS = [

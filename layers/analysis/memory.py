@@ -32,19 +32,17 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from layers.analysis.attention import Device, device_attention
 from layers.analysis.budget import BudgetExceeded, TraceBudget
 from layers.analysis.trace import TracedModel
 from layers.catalog import recurrent
 from layers.language.errors import LimitError, Loc
 from layers.training.optimizers import OptimizerSpec
 
-Device = Literal["cuda", "cpu"]
 # A recurrent layer is measured for real at up to this batch and at these step counts.
 MEASURE_BATCH = 32
 MEASURE_STEPS = (8, 16)
@@ -364,7 +362,7 @@ def _forward_and_backward(
     """The forward, with what it saves for backward counted per layer, a loss, and the backward."""
     with _module_stack(module, paths, clock) as stack:
         saved = SavedTensors([*module.parameters(), *module.buffers()], lambda: stack[-1])
-        with saved.recording(), _DeviceAttention(device):
+        with saved.recording(), device_attention(module, device):
             out = module(x)
     # A stand-in loss: like a real one it keeps and returns output-sized tensors.
     loss = out.float().pow(2).mean() if out.requires_grad else None
@@ -391,92 +389,10 @@ def _inference_pass(
 ) -> int:
     tracker = _LiveBytes(clock)
     x = _input(shape, traced)
-    with torch.no_grad(), tracker, _DeviceAttention(device):
+    with torch.no_grad(), tracker, device_attention(module, device):
         tracker.track([*module.parameters(), *module.buffers(), x])
         module(x)
     return tracker.peak
-
-
-# --- attention: the kernel the device would run ------------------------------------------------
-
-SDP_FLASH = 1  # torch._fused_sdp_choice's answer for flash attention (0 is the math path)
-
-
-class _DeviceAttention(TorchFunctionMode):
-    """Runs ``scaled_dot_product_attention`` on meta as the target device would.
-
-    On meta torch takes the math path, which keeps the whole attention matrix for backward; a
-    CPU or GPU runs a fused kernel where it can, which keeps only the output and a log-sum-exp.
-    The CPU's choice is asked of torch itself (``torch._fused_sdp_choice`` on tiny real tensors
-    of the same dtype, heads, mask, dropout and causality); on CUDA, flash attention for half
-    precision without a mask, else memory-efficient attention. Only calls made directly (as
-    ``CausalSelfAttention`` does) are seen: ``nn.MultiheadAttention`` goes through
-    ``F.multi_head_attention_forward``, inside which a function mode is not active.
-    """
-
-    def __init__(self, device: Device) -> None:
-        super().__init__()
-        self.device = device
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and args and args[0].is_meta:
-            return _fused_attention(self.device, *args, **kwargs)
-        return func(*args, **kwargs)
-
-
-def _fused_attention(
-    device: Device,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-) -> torch.Tensor:
-    args = (query, key, value, attn_mask, dropout_p, is_causal)
-    if device == "cpu":
-        if _cpu_choice(*args, scale, enable_gqa) != SDP_FLASH:
-            return F.scaled_dot_product_attention(*args, scale=scale, enable_gqa=enable_gqa)
-        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # takes fewer k/v heads
-        return flash(query, key, value, dropout_p, is_causal, attn_mask=attn_mask, scale=scale)[0]
-    key, value = _repeat_kv(query, key, value, enable_gqa)
-    if query.dtype in (torch.float16, torch.bfloat16) and attn_mask is None:
-        flash = torch.ops.aten._scaled_dot_product_flash_attention
-        return flash(query, key, value, dropout_p, is_causal, scale=scale)[0]
-    efficient = torch.ops.aten._scaled_dot_product_efficient_attention
-    return efficient(query, key, value, attn_mask, True, dropout_p, is_causal, scale=scale)[0]
-
-
-def _repeat_kv(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, gqa: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if not gqa or key.shape[-3] == query.shape[-3]:
-        return key, value
-    repeats = query.shape[-3] // key.shape[-3]
-    return key.repeat_interleave(repeats, -3), value.repeat_interleave(repeats, -3)
-
-
-def _cpu_choice(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor | None,
-    dropout_p: float,
-    is_causal: bool,
-    scale: float | None,
-    gqa: bool,
-) -> int:
-    def tiny(t: torch.Tensor) -> torch.Tensor:
-        shape = [1] * (t.dim() - 3) + [t.shape[-3], 2, t.shape[-1]]
-        return torch.zeros(shape, dtype=t.dtype)
-
-    small_mask = None if mask is None else torch.zeros([1] * (mask.dim() - 2) + [2, 2], dtype=mask.dtype)
-    return torch._fused_sdp_choice(
-        tiny(query), tiny(key), tiny(value), small_mask, dropout_p, is_causal, scale=scale, enable_gqa=gqa
-    )
 
 
 # --- recurrent layers: measured on a small real instance, scaled ---------------------------------
