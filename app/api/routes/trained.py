@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +14,7 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import GUARD_RESPONSES, guard
 from app.api.routes.jobs import JobDep
+from app.core.files import OpenFileResponse
 from app.exports import ONNX_TYPE, PYTHON_TYPE, attachment, onnx_file, python_file, trace
 from app.jobs.retention import job_dir
 from app.jobs.trained import MODELS, POOL, predict
@@ -58,6 +61,15 @@ def get_weights(job: JobDep) -> Weights:
 WeightsDep = Annotated[Weights, Depends(get_weights)]
 
 
+@contextmanager
+def _still_there(weights: Weights) -> Iterator[None]:
+    """A DELETE of the job racing this read removed its files: the 404 the job answers now."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        raise HTTPException(404, f"no job {weights.job['id']!r} (it was deleted meanwhile)") from e
+
+
 @router.get(
     "/{job_id}/weights",
     response_class=FileResponse,
@@ -72,8 +84,10 @@ def download_weights(weights: WeightsDep, request: Request) -> Response:
     etag = f'"{weights.sha256}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    return FileResponse(
-        weights.path,
+    with _still_there(weights):
+        file = open(weights.path, "rb")  # noqa: SIM115 (the response closes it, once it is sent)
+    return OpenFileResponse(
+        file,
         media_type="application/octet-stream",
         filename=f"{weights.job['id']}.safetensors",
         headers={"ETag": etag},
@@ -115,7 +129,8 @@ def export_job(
     weights: WeightsDep, format: Annotated[ExportFormat, Query(description=FORMAT_DESCRIPTION)] = "pytorch"
 ) -> Response:
     """The trained model as Python code (weights: GET /v1/jobs/{id}/weights) or ONNX (weights inside)."""
-    return _export(weights, format)
+    with _still_there(weights):
+        return _export(weights, format)
 
 
 @router.post(
@@ -129,4 +144,6 @@ async def predict_job(body: PredictRequest, weights: WeightsDep) -> PredictRespo
         model = MODELS.get(weights.job, weights.path, weights.sha256)
         return predict(model, body.inputs)
 
-    return PredictResponse.model_validate(await asyncio.wrap_future(POOL.submit(run)))
+    with _still_there(weights):
+        answer = await asyncio.wrap_future(POOL.submit(run))
+    return PredictResponse.model_validate(answer)
