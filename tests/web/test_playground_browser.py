@@ -295,3 +295,38 @@ def test_loss_optimizer_and_dataset_forms_come_from_the_jobs_schema(
     assert request["optimizer"]["type"] == "SGD"
     assert request["loss"]["type"] == "CrossEntropyLoss" and request["dataset"]["name"] == "digits"
     assert request["epochs"] == 2
+
+
+# The placeholders that do not fit their input: the text's width in the input's own font, against
+# the room inside its padding.
+CUT_OFF = """inputs => inputs.filter(i => i.placeholder && i.offsetParent !== null).map(i => {
+  const style = getComputedStyle(i);
+  const context = document.createElement("canvas").getContext("2d");
+  context.font = `${style.fontStyle} ${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+  const room = i.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  return {field: i.name, placeholder: i.placeholder, width: context.measureText(i.placeholder).width, room};
+}).filter(f => f.width > f.room)"""
+
+
+def test_every_placeholder_shows_its_default_exactly_and_whole(
+    offline_page: OfflinePage, server: str
+) -> None:
+    """LayerNorm's eps (1e-5) showed as "default 0.0000", Adam's betas as "default 0.9, 0.99": each
+    placeholder was cut by its input."""
+    page = open_playground(offline_page)
+    types = [entry["type"] for entry in httpx.get(f"{server}/v1/layers").json()["data"]]
+    page.fill("#spec-json", json.dumps({"layers": [{"type": t} for t in types]}))  # one card of each
+    expect(page.locator("#layers > li")).to_have_count(len(types))
+    layer_norm = card(page, types.index("LayerNorm"))
+    expect(layer_norm.locator('[data-field="eps"] input')).to_have_attribute("placeholder", "default 1e-5")
+    optimizer = page.locator('.choice[data-field="optimizer"]')
+    expect(optimizer.locator('[data-field="eps"] input')).to_have_attribute("placeholder", "default 1e-8")
+    assert page.locator("input").evaluate_all(CUT_OFF) == []
+    offline_page.screenshot("playground-small-defaults", layer_norm)
+
+    page.select_option("#example", "seed")  # the sizes the summary infers are placeholders too
+    expect(page.locator("#summary tbody tr")).to_have_count(4)
+    expect(card(page, 3).locator('[data-field="in_features"] input')).to_have_attribute(
+        "placeholder", re.compile("inferred")
+    )
+    assert page.locator("input").evaluate_all(CUT_OFF) == []

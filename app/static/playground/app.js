@@ -1,7 +1,7 @@
 // The playground: a layer list edited through forms generated from GET /v1/layers, a live
 // summary from POST /v1/models/summary, and a training panel on POST /v1/jobs + its SSE stream.
 import * as api from "./api.js";
-import { specFields } from "./forms.js";
+import { setPlaceholder, specFields } from "./forms.js";
 import { foldRepeats, paramsText, rowName } from "./summary.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -172,7 +172,7 @@ function showInferred(inferred) {
   inferred.forEach((spec, i) => {
     for (const input of document.querySelectorAll(`#layers > li[data-index="${i}"] [data-inferred]`)) {
       const value = spec[input.name];
-      if (input.value === "" && value !== null && value !== undefined) input.placeholder = `${value} (inferred)`;
+      if (input.value === "" && value !== null && value !== undefined) setPlaceholder(input, `${value} (inferred)`);
     }
   });
 }

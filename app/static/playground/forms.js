@@ -39,10 +39,23 @@ export function parseText(text) {
   return t;
 }
 
+/** A number as short as it is exact: 1e-5, not 0.00001 (which a narrow input cut to "0.0000"). */
+function showNumber(n) {
+  const a = Math.abs(n);
+  return a !== 0 && (a < 1e-3 || a >= 1e6) ? n.toExponential().replace("e+", "e") : String(n);
+}
+
 function showValue(value, kind) {
   if (value === undefined || value === null) return "";
   if (kind === "json") return JSON.stringify(value);
-  return Array.isArray(value) ? value.join(", ") : String(value);
+  const show = (v) => (typeof v === "number" ? showNumber(v) : String(v));
+  return Array.isArray(value) ? value.map(show).join(", ") : show(value);
+}
+
+/** Sets an input's placeholder and widens the input to show all of it (the style gives 8.5em). */
+export function setPlaceholder(input, text) {
+  input.placeholder = text;
+  input.style.minWidth = `calc(${text.length}ch + 12px)`; // the text, and the input's padding
 }
 
 /** A hint for an empty field: its default, or that the API infers it. */
@@ -92,7 +105,7 @@ export function fieldInput(name, prop, value, required, onChange) {
   }
   if (kind !== "boolean" && kind !== "enum") {
     input.value = showValue(value, kind);
-    input.placeholder = placeholder(prop, required);
+    setPlaceholder(input, placeholder(prop, required));
     if (prop.default === null && kind !== "string") input.dataset.inferred = "true"; // the summary fills it
   }
   input.name = name;
