@@ -323,6 +323,26 @@ def test_every_placeholder_shows_its_default_exactly_and_whole(
     expect(optimizer.locator('[data-field="eps"] input')).to_have_attribute("placeholder", "default 1e-8")
     assert page.locator("input").evaluate_all(CUT_OFF) == []
     offline_page.screenshot("playground-small-defaults", layer_norm)
+    # The same numbers in the training panel's losses (a loss of 2e-5 showed as 0.0000).
+    shown = page.evaluate(
+        """async () => {
+          const { exact, fixed } = await import("/static/playground/numbers.js");
+          return [exact(1e-5), exact(0.25), exact(65504), exact(3.4e38), exact(-2e-7),
+                  fixed(2e-5, 4), fixed(1.23456, 4), fixed(0, 4), fixed(-3e-7, 3), fixed(0.00005, 4)];
+        }"""
+    )
+    assert shown == [
+        "1e-5",
+        "0.25",
+        "65504",
+        "3.4e38",
+        "-2e-7",
+        "2.000e-5",
+        "1.2346",
+        "0.0000",
+        "-3.00e-7",
+        "0.0001",
+    ]
 
     page.select_option("#example", "seed")  # the sizes the summary infers are placeholders too
     expect(page.locator("#summary tbody tr")).to_have_count(4)

@@ -6,6 +6,8 @@
 //   int-or-list / string-or-int (e.g. kernel_size, padding) -> text ("3" or "3, 3" or "same"),
 //   anything structured (a container's layers, branches) -> a JSON textarea.
 
+import { exact } from "./numbers.js";
+
 const SCALARS = new Set(["integer", "number", "string", "boolean"]);
 
 /** The non-null alternatives of a property, and whether null (= inferred) is allowed. */
@@ -39,16 +41,10 @@ export function parseText(text) {
   return t;
 }
 
-/** A number as short as it is exact: 1e-5, not 0.00001 (which a narrow input cut to "0.0000"). */
-function showNumber(n) {
-  const a = Math.abs(n);
-  return a !== 0 && (a < 1e-3 || a >= 1e6) ? n.toExponential().replace("e+", "e") : String(n);
-}
-
 function showValue(value, kind) {
   if (value === undefined || value === null) return "";
   if (kind === "json") return JSON.stringify(value);
-  const show = (v) => (typeof v === "number" ? showNumber(v) : String(v));
+  const show = (v) => (typeof v === "number" ? exact(v) : String(v));
   return Array.isArray(value) ? value.map(show).join(", ") : show(value);
 }
 
