@@ -3,10 +3,18 @@ that finds the logged traceback, and no echoed string breaks the error answer it
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+import servers
+import uvicorn
 from fastapi.testclient import TestClient
 
 from app.jobs.engine import JobEngine
@@ -16,6 +24,7 @@ from layers.catalog.linear import LinearSpec
 
 SUMMARY = "/v1/models/summary"
 LONE_SURROGATE = "\\ud800"  # a JSON escape: valid JSON, but no UTF-8 can encode it
+JSON = {"content-type": "application/json"}
 
 
 @pytest.mark.parametrize(
@@ -81,3 +90,68 @@ def test_torch_refusing_a_layer_is_still_the_users_422(client: TestClient) -> No
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["type"] == "shape_mismatch" and error["loc"] == ["body", "model", "layers", 0]
+
+
+@contextmanager
+def serving(http: str) -> Iterator[str]:
+    """The app under a real uvicorn (``http``: its HTTP/1.1 implementation) in this process, so a
+    test can inject a bug; without the lifespan (no job store, no Ray); yields its base URL."""
+    port = servers.free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http, lifespan="off", log_level="critical")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        servers.wait_for("the server", lambda: server.started, timeout_s=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def _raw_request(sock: socket.socket, body: bytes) -> bytes:
+    """Send one keep-alive POST of ``body`` to the summary and read its whole answer."""
+    head = (
+        f"POST {SUMMARY} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    headers, _, rest = answer.partition(b"\r\n\r\n")
+    length = int(
+        next(h for h in headers.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1]
+    )
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return headers
+
+
+@pytest.mark.parametrize("http", ["h11", "httptools"])
+def test_after_a_500_the_server_says_it_closes_the_connection(
+    http: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server closes a connection after an unhandled error; its answer must say so
+    (``Connection: close``), or a pooled client sends its next request into a closed socket."""
+
+    def buggy_infer(self: LinearSpec, shape: tuple[int, ...]) -> LinearSpec:
+        raise KeyError("in_features")  # an injected bug of ours
+
+    monkeypatch.setattr(LinearSpec, "infer", buggy_infer)
+    good = json.dumps({"model": {"layers": [{"type": "ReLU"}]}, "input_shape": [1, 3]}).encode()
+    bad = json.dumps(
+        {"model": {"layers": [{"type": "Linear", "out_features": 2}]}, "input_shape": [1, 3]}
+    ).encode()
+    with serving(http) as url:
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as sock:
+            assert b" 200 " in _raw_request(sock, good).split(b"\r\n")[0]
+            headers = _raw_request(sock, bad)  # on the same connection, kept alive
+            assert b" 500 " in headers.split(b"\r\n")[0]
+            assert b"connection: close" in headers.lower(), headers
+            assert sock.recv(1) == b""  # and it is closed
+        with httpx.Client(base_url=url) as client:  # a pool of keep-alive connections
+            for _ in range(5):
+                assert client.post(SUMMARY, content=good, headers=JSON).status_code == 200
+                response = client.post(SUMMARY, content=bad, headers=JSON)
+                assert response.status_code == 500 and response.headers["connection"] == "close"

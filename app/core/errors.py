@@ -80,7 +80,9 @@ async def _internal_error_handler(request: Request, exc: Exception) -> JSONRespo
     log.error("internal error %s on %s %s", error_id, request.method, request.url.path, exc_info=exc)
     msg = f"internal error {error_id}: a bug in the service, not in the request; it was logged"
     detail = [{"type": "internal_error", "loc": [], "msg": msg, "ctx": {"error_id": error_id}}]
-    return ErrorJSONResponse(status_code=500, content={"detail": detail})
+    # Starlette raises the error on to the server once this is sent, and uvicorn then closes the
+    # connection: say so, or a client reusing the connection sends its next request into it.
+    return ErrorJSONResponse(status_code=500, content={"detail": detail}, headers={"Connection": "close"})
 
 
 async def send_error(

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -30,10 +30,15 @@ def job_dir(job_id: str) -> Path:
     return path
 
 
+def _skip_gone(function: Callable[..., object], path: str, exc_info: tuple) -> None:
+    if not issubclass(exc_info[0], FileNotFoundError):
+        raise exc_info[1]
+
+
 def remove_job_files(job_id: str) -> None:
-    path = job_dir(job_id)
-    if path.exists():
-        shutil.rmtree(path)
+    """Delete the job's directory; what another DELETE (or the retention) removes at the same
+    time is skipped, not an error."""
+    shutil.rmtree(job_dir(job_id), onerror=_skip_gone)
 
 
 def prune(store: JobStore, retention_days: float, now: float | None = None) -> list[str]:

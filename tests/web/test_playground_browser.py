@@ -295,3 +295,58 @@ def test_loss_optimizer_and_dataset_forms_come_from_the_jobs_schema(
     assert request["optimizer"]["type"] == "SGD"
     assert request["loss"]["type"] == "CrossEntropyLoss" and request["dataset"]["name"] == "digits"
     assert request["epochs"] == 2
+
+
+# The placeholders that do not fit their input: the text's width in the input's own font, against
+# the room inside its padding.
+CUT_OFF = """inputs => inputs.filter(i => i.placeholder && i.offsetParent !== null).map(i => {
+  const style = getComputedStyle(i);
+  const context = document.createElement("canvas").getContext("2d");
+  context.font = `${style.fontStyle} ${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+  const room = i.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  return {field: i.name, placeholder: i.placeholder, width: context.measureText(i.placeholder).width, room};
+}).filter(f => f.width > f.room)"""
+
+
+def test_every_placeholder_shows_its_default_exactly_and_whole(
+    offline_page: OfflinePage, server: str
+) -> None:
+    """LayerNorm's eps (1e-5) showed as "default 0.0000", Adam's betas as "default 0.9, 0.99": each
+    placeholder was cut by its input."""
+    page = open_playground(offline_page)
+    types = [entry["type"] for entry in httpx.get(f"{server}/v1/layers").json()["data"]]
+    page.fill("#spec-json", json.dumps({"layers": [{"type": t} for t in types]}))  # one card of each
+    expect(page.locator("#layers > li")).to_have_count(len(types))
+    layer_norm = card(page, types.index("LayerNorm"))
+    expect(layer_norm.locator('[data-field="eps"] input')).to_have_attribute("placeholder", "default 1e-5")
+    optimizer = page.locator('.choice[data-field="optimizer"]')
+    expect(optimizer.locator('[data-field="eps"] input')).to_have_attribute("placeholder", "default 1e-8")
+    assert page.locator("input").evaluate_all(CUT_OFF) == []
+    offline_page.screenshot("playground-small-defaults", layer_norm)
+    # The same numbers in the training panel's losses (a loss of 2e-5 showed as 0.0000).
+    shown = page.evaluate(
+        """async () => {
+          const { exact, fixed } = await import("/static/playground/numbers.js");
+          return [exact(1e-5), exact(0.25), exact(65504), exact(3.4e38), exact(-2e-7),
+                  fixed(2e-5, 4), fixed(1.23456, 4), fixed(0, 4), fixed(-3e-7, 3), fixed(0.00005, 4)];
+        }"""
+    )
+    assert shown == [
+        "1e-5",
+        "0.25",
+        "65504",
+        "3.4e38",
+        "-2e-7",
+        "2.000e-5",
+        "1.2346",
+        "0.0000",
+        "-3.00e-7",
+        "0.0001",
+    ]
+
+    page.select_option("#example", "seed")  # the sizes the summary infers are placeholders too
+    expect(page.locator("#summary tbody tr")).to_have_count(4)
+    expect(card(page, 3).locator('[data-field="in_features"] input')).to_have_attribute(
+        "placeholder", re.compile("inferred")
+    )
+    assert page.locator("input").evaluate_all(CUT_OFF) == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +16,7 @@ from fastapi.responses import FileResponse
 
 from app.api.deps import JobDep
 from app.core.config import settings
+from app.core.files import OpenFileResponse
 from app.exports import FILES_CONTENT, Download, download
 from app.jobs.domain import ACTIVE, Job, JobStatus
 from app.jobs.retention import job_dir
@@ -60,6 +63,15 @@ def get_weights(job: JobDep) -> Weights:
 WeightsDep = Annotated[Weights, Depends(get_weights)]
 
 
+@contextmanager
+def _still_there(weights: Weights) -> Iterator[None]:
+    """A DELETE of the job racing this read removed its files: the 404 the job answers now."""
+    try:
+        yield
+    except FileNotFoundError as e:
+        raise HTTPException(404, f"no job {weights.job.id!r} (it was deleted meanwhile)") from e
+
+
 @router.get(
     "/{job_id}/weights",
     response_class=FileResponse,
@@ -74,8 +86,10 @@ def download_weights(weights: WeightsDep, request: Request) -> Response:
     etag = f'"{weights.sha256}"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    return FileResponse(
-        weights.path,
+    with _still_there(weights):
+        file = open(weights.path, "rb")  # noqa: SIM115 (the response closes it, once it is sent)
+    return OpenFileResponse(
+        file,
         media_type="application/octet-stream",
         filename=f"{weights.job.id}.safetensors",
         headers={"ETag": etag},
@@ -106,17 +120,18 @@ async def export_job(
     format: Annotated[ExportFormat, Query(description=FORMAT_DESCRIPTION)] = "pytorch",
 ) -> Response:
     """The trained model as Python code (weights: GET /v1/jobs/{id}/weights) or ONNX (weights inside)."""
-    spec, input_shape, dtype = await run_in_threadpool(_job_model, weights)  # a request may be large
-    job_id = weights.job.id
-    about = (
-        f"The model of Model Builder job {job_id}. Its trained weights: GET /v1/jobs/{job_id}/weights\n"
-        f"(safetensors, sha256 {weights.sha256})."
-    )
+    with _still_there(weights):  # a DELETE racing the export
+        spec, input_shape, dtype = await run_in_threadpool(_job_model, weights)  # a request may be large
+        job_id = weights.job.id
+        about = (
+            f"The model of Model Builder job {job_id}. Its trained weights: GET /v1/jobs/{job_id}/weights\n"
+            f"(safetensors, sha256 {weights.sha256})."
+        )
 
-    def trained() -> torch.nn.Module:  # loaded only by the formats that carry weights
-        return load_weights(weights.path)[1]
+        def trained() -> torch.nn.Module:  # loaded only by the formats that carry weights
+            return load_weights(weights.path)[1]
 
-    return await download(http, format, Download(spec, input_shape, dtype, about, job_id, trained))
+        return await download(http, format, Download(spec, input_shape, dtype, about, job_id, trained))
 
 
 @router.post(
@@ -130,4 +145,6 @@ async def predict_job(body: PredictRequest, weights: WeightsDep) -> PredictRespo
         model = MODELS.get(weights.job, weights.path, weights.sha256)
         return predict(model, body.inputs)
 
-    return PredictResponse.model_validate(await asyncio.wrap_future(POOL.submit(run)))
+    with _still_there(weights):
+        answer = await asyncio.wrap_future(POOL.submit(run))
+    return PredictResponse.model_validate(answer)

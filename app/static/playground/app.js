@@ -2,7 +2,8 @@
 // summary from POST /v1/models/summary, and a training panel on POST /v1/jobs + its SSE stream.
 import * as api from "./api.js";
 import { initUploads } from "./datasets.js";
-import { specFields } from "./forms.js";
+import { setPlaceholder, specFields } from "./forms.js";
+import { fixed } from "./numbers.js";
 import { foldRepeats, paramsText, rowName } from "./summary.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -173,7 +174,7 @@ function showInferred(inferred) {
   inferred.forEach((spec, i) => {
     for (const input of document.querySelectorAll(`#layers > li[data-index="${i}"] [data-inferred]`)) {
       const value = spec[input.name];
-      if (input.value === "" && value !== null && value !== undefined) input.placeholder = `${value} (inferred)`;
+      if (input.value === "" && value !== null && value !== undefined) setPlaceholder(input, `${value} (inferred)`);
     }
   });
 }
@@ -276,10 +277,10 @@ async function startTraining(event) {
 function onJobEvent(name, data) {
   if (name === "progress") {
     trainStatus(`Job ${state.job.id}: running, epoch ${data.epoch}, step ${data.step} of ${data.steps_total}, `
-      + `loss ${data.loss.toFixed(4)}`);
+      + `loss ${fixed(data.loss, 4)}`);
   } else if (name === "epoch") {
     upsertEpoch(data);
-    trainStatus(`Job ${state.job.id}: running, epoch ${data.epoch} done, val loss ${data.val_loss.toFixed(4)}`);
+    trainStatus(`Job ${state.job.id}: running, epoch ${data.epoch} done, val loss ${fixed(data.val_loss, 4)}`);
   } else {
     state.job = data;
     drawHistory(data.history);
@@ -385,7 +386,7 @@ function draw() {
   const col = (key) => points.map((p) => p[key] ?? null);
   state.chart?.setData([col("epoch"), col("train_loss"), col("val_loss"), col("val_accuracy")]);
   $("#chart").dataset.points = points.length;
-  const num = (v, digits) => (v == null ? "–" : Number(v).toFixed(digits));
+  const num = (v, digits) => (v == null ? "–" : fixed(Number(v), digits));
   $("#history tbody").replaceChildren(...points.map((p) => {
     const tr = document.createElement("tr");
     for (const text of [p.epoch, num(p.train_loss, 4), num(p.val_loss, 4), num(p.val_accuracy, 3)]) {

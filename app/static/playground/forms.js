@@ -6,6 +6,8 @@
 //   int-or-list / string-or-int (e.g. kernel_size, padding) -> text ("3" or "3, 3" or "same"),
 //   anything structured (a container's layers, branches) -> a JSON textarea.
 
+import { exact } from "./numbers.js";
+
 const SCALARS = new Set(["integer", "number", "string", "boolean"]);
 
 /** The non-null alternatives of a property, and whether null (= inferred) is allowed. */
@@ -42,7 +44,14 @@ export function parseText(text) {
 function showValue(value, kind) {
   if (value === undefined || value === null) return "";
   if (kind === "json") return JSON.stringify(value);
-  return Array.isArray(value) ? value.join(", ") : String(value);
+  const show = (v) => (typeof v === "number" ? exact(v) : String(v));
+  return Array.isArray(value) ? value.map(show).join(", ") : show(value);
+}
+
+/** Sets an input's placeholder and widens the input to show all of it (the style gives 8.5em). */
+export function setPlaceholder(input, text) {
+  input.placeholder = text;
+  input.style.minWidth = `calc(${text.length}ch + 12px)`; // the text, and the input's padding
 }
 
 /** A hint for an empty field: its default, or that the API infers it. */
@@ -92,7 +101,7 @@ export function fieldInput(name, prop, value, required, onChange) {
   }
   if (kind !== "boolean" && kind !== "enum") {
     input.value = showValue(value, kind);
-    input.placeholder = placeholder(prop, required);
+    setPlaceholder(input, placeholder(prop, required));
     if (prop.default === null && kind !== "string") input.dataset.inferred = "true"; // the summary fills it
   }
   input.name = name;
