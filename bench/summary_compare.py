@@ -6,7 +6,7 @@ interleaved (checkout A, B, A, B, ...) so that the machine's load drifts over bo
 - ``trace``: the in-process summary (the analysis the summary endpoint runs, no HTTP), process CPU
   time of one call, median of the warm calls;
 - ``http``: one ``POST /v1/models/summary`` through ``TestClient`` with the summary cache off
-  (``MB_SUMMARY_CACHE_SIZE=0``): validation, limits, trace and JSON; process CPU time.
+  (``MB_SUMMARY_CACHE_SIZE=0``, ``MB_TRACE_CACHE_BYTES=0``): validation, limits, trace and JSON; process CPU time.
 
 Run by hand, not in CI; make the other checkouts with ``git worktree add /tmp/before <commit>``:
 
@@ -52,6 +52,7 @@ import json, os, sys, time
 case, warm = json.loads(sys.argv[1]), int(sys.argv[2])
 way = sys.argv[3]
 os.environ["MB_SUMMARY_CACHE_SIZE"] = "0"
+os.environ["MB_TRACE_CACHE_BYTES"] = "0"  # every call traces every layer (bench/summary_edit.py: warm edits)
 
 def summarize_function():
     # The in-process summary, wherever this checkout keeps it (by file: importing a module the
