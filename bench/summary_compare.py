@@ -6,7 +6,8 @@ interleaved (checkout A, B, A, B, ...) so that the machine's load drifts over bo
 - ``trace``: the in-process summary (the analysis the summary endpoint runs, no HTTP), process CPU
   time of one call, median of the warm calls;
 - ``http``: one ``POST /v1/models/summary`` through ``TestClient`` with the summary cache off
-  (``MB_SUMMARY_CACHE_SIZE=0``, ``MB_TRACE_CACHE_BYTES=0``): validation, limits, trace and JSON; process CPU time.
+  (``MB_SUMMARY_CACHE_SIZE=0``, ``MB_TRACE_CACHE_BYTES=0``): validation, limits, trace, JSON;
+  process CPU time.
 
 Run by hand, not in CI; make the other checkouts with ``git worktree add /tmp/before <commit>``:
 
