@@ -21,6 +21,7 @@ with that reason (``known``) and records it at the next ``poll``, once the store
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -138,7 +139,8 @@ class Collector:
         except (OSError, ValueError) as e:
             reason = f"the trained weights could not be stored under MB_DATA_DIR: {type(e).__name__}: {e}"
             if not self._succeeded(job_id):  # the weights file without its sidecar, say (a full disk)
-                remove_weights(directory)
+                with contextlib.suppress(OSError):  # best effort: its place may be a directory
+                    remove_weights(directory)
             return self._fail(job_id, reason)
         memory = None if result["memory"] is None else JobMemory.model_validate(result["memory"])
         finished = self.store.finish(
