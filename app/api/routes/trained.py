@@ -136,7 +136,11 @@ async def export_job(
 
 @router.post(
     "/{job_id}/predict",
-    responses={**NO_WEIGHTS, 422: {"description": "inputs of the wrong shape or type, or too many"}},
+    responses={
+        **NO_WEIGHTS,
+        400: {"description": "the body is not JSON"},
+        422: {"description": "inputs of the wrong shape or type, or too many"},
+    },
 )
 async def predict_job(body: PredictRequest, weights: WeightsDep) -> PredictResponse:
     """Run the trained model on one sample or a batch (classification: predictions and probabilities)."""
