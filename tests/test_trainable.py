@@ -287,3 +287,89 @@ def test_a_model_with_every_parameter_frozen_has_nothing_to_train() -> None:
     assert e.value.loc == ("model",)
     assert "nothing to train" in e.value.msg and "trainable: false" in e.value.msg
     assert e.value.ctx == {"trainable_params": 0, "total_params": 64 * 10 + 10}
+
+
+class WhisperEncoderLayer(nn.Module):
+    """Hugging Face's WhisperEncoderLayer (pre-norm; the key projection has no bias)."""
+
+    def __init__(self, d_model: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.self_attn = nn.ModuleDict(
+            {
+                "q_proj": nn.Linear(d_model, d_model),
+                "k_proj": nn.Linear(d_model, d_model, bias=False),
+                "v_proj": nn.Linear(d_model, d_model),
+                "out_proj": nn.Linear(d_model, d_model),
+            }
+        )
+        self.self_attn_layer_norm = nn.LayerNorm(d_model)
+        self.fc1, self.fc2 = nn.Linear(d_model, ffn_dim), nn.Linear(ffn_dim, d_model)
+        self.final_layer_norm = nn.LayerNorm(d_model)
+
+
+class WhisperEncoder(nn.Module):
+    """Hugging Face's WhisperEncoder, parameters only: its sinusoidal table is an ``nn.Embedding``
+    it freezes (``embed_positions.requires_grad_(False)``)."""
+
+    def __init__(self, mels: int = 80, d_model: int = 384, layers: int = 4, positions: int = 1500) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(mels, d_model, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(d_model, d_model, kernel_size=3, stride=2, padding=1)
+        self.embed_positions = nn.Embedding(positions, d_model)
+        self.embed_positions.requires_grad_(False)
+        self.layers = nn.ModuleList(WhisperEncoderLayer(d_model, 4 * d_model) for _ in range(layers))
+        self.layer_norm = nn.LayerNorm(d_model)
+
+
+# whisper-tiny's encoder: 80 mel bins x 3000 frames -> 1500 positions of width 384, 4 layers.
+# The attention is counted, not run: its parameters are those of the encoder's (unmasked) one.
+WHISPER_TINY_ENCODER = [
+    {"type": "Conv1d", "out_channels": 384, "kernel_size": 3, "padding": 1},
+    {"type": "GELU"},
+    {"type": "Conv1d", "out_channels": 384, "kernel_size": 3, "stride": 2, "padding": 1},
+    {"type": "GELU"},
+    {"type": "Transpose", "dim0": 1, "dim1": 2},
+    {"type": "PositionalEmbedding", "num_positions": 1500, "trainable": False},
+    {
+        "type": "Repeat",
+        "times": 4,
+        "layers": [
+            {
+                "type": "Residual",
+                "layers": [
+                    {"type": "LayerNorm"},
+                    {
+                        "type": "CausalSelfAttention",
+                        "num_heads": 6,
+                        "rope": False,
+                        "bias": True,
+                        "qkv_bias": [True, False, True],
+                    },
+                ],
+            },
+            {
+                "type": "Residual",
+                "layers": [
+                    {"type": "LayerNorm"},
+                    {"type": "Linear", "out_features": 1536},
+                    {"type": "GELU"},
+                    {"type": "Linear", "out_features": 384},
+                ],
+            },
+        ],
+    },
+    {"type": "LayerNorm"},
+]
+
+
+def test_whisper_tiny_encoders_positional_table_is_not_trained(client) -> None:
+    body = {"model": {"layers": WHISPER_TINY_ENCODER}, "input_shape": [1, 80, 3000]}
+    summary = client.post("/v1/models/summary", json=body).json()
+    with torch.device("meta"):
+        reference = WhisperEncoder()
+    assert summary["total_params"] == sum(p.numel() for p in reference.parameters())
+    assert summary["trainable_params"] == sum(p.numel() for p in reference.parameters() if p.requires_grad)
+    assert summary["total_params"] - summary["trainable_params"] == 1500 * 384 == 576_000
+    positions = summary["layers"][5]
+    assert positions["type"] == "PositionalEmbedding" and positions["output_shape"] == [1, 1500, 384]
+    assert [p["trainable"] for p in positions["params"]] == [False]
