@@ -88,6 +88,11 @@ CASES: dict[str, tuple[list[dict], tuple[int, ...], list[str]]] = {
         (4, 3, 12, 12),
         ["0"],
     ),
+    "frozen_lstm_first": (  # its measured stand-in keeps nothing: no gradient flows into it
+        [frozen({"type": "LSTM", "hidden_size": 8}), {"type": "Linear", "out_features": 2}],
+        (2, 5, 8),
+        ["0"],
+    ),
     "frozen_repeat_in_a_residual": (
         [
             {"type": "Linear", "out_features": 24},
