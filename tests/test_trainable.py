@@ -23,6 +23,7 @@ from app.jobs.plan import plan_job
 from app.jobs.train import train
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
+from layers.analysis.cache import TraceCache
 from layers.analysis.memory import estimate_memory, optimizer_state_bytes, storage_bytes
 from layers.analysis.trace import trace_model
 from layers.export.codegen import python_file
@@ -378,3 +379,17 @@ def test_whisper_tiny_encoders_positional_table_is_not_trained(client) -> None:
     positions = summary["layers"][5]
     assert positions["type"] == "PositionalEmbedding" and positions["output_shape"] == [1, 1500, 384]
     assert [p["trainable"] for p in positions["params"]] == [False]
+
+
+def test_the_trace_cache_tells_a_frozen_layer_from_the_same_layer_trained() -> None:
+    """A Linear traced trainable, then inside a frozen container (its own spec unchanged), then
+    trainable again: each trace builds it as torch would, never from the other's entry."""
+    linear = {"type": "Linear", "out_features": 8}
+    plain = ModelSpec.model_validate({"layers": [linear]})
+    wrapped = ModelSpec.model_validate({"layers": [frozen({"type": "Sequential", "layers": [linear]})]})
+    cache = TraceCache(1 << 24)
+    for spec, trainable in [(plain, True), (wrapped, False), (plain, True), (wrapped, False)]:
+        traced = trace_model(spec, (2, 4), cache=cache)
+        assert [p.requires_grad for p in traced.module.parameters()] == [trainable, trainable]
+        assert traced.layers[-1].output.requires_grad is trainable
+    assert len(cache) == 3  # the Linear twice (trained, frozen) and the container
