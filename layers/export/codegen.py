@@ -9,7 +9,8 @@ and the same parameter names and shapes, so trained weights load with ``strict=T
 assembles its module (``ContainerSpec.assemble``), a leaf by building its module on meta and
 calling its class with the spec's fields that its ``__init__`` takes: a torch class is written
 ``nn.Name``, one of ours is defined in the file. Specs that do not map onto their module's
-arguments one to one have a rule in ``layers.export.rules``. Nothing here evaluates or imports
+arguments one to one have a rule in ``layers.export.rules``. A frozen layer (``trainable: false``)
+is written ``<call>.requires_grad_(False)``, where it is built. Nothing here evaluates or imports
 user strings: every value written into the file is a validated spec field, written with ``repr``.
 """
 
