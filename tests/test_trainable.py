@@ -20,7 +20,7 @@ from test_training import payload
 from torch import nn
 
 from app.jobs.plan import plan_job
-from app.jobs.train import train
+from app.jobs.train import TrainPayload, _Run, train
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
 from layers.analysis.cache import TraceCache
@@ -267,6 +267,18 @@ def test_training_leaves_frozen_weights_bit_identical() -> None:
         trained["0.bias"], initial["0.bias"]
     )
     assert not torch.equal(trained["2.weight"], initial["2.weight"])
+
+
+def test_the_jobs_optimizer_holds_only_the_trainable_parameters() -> None:
+    """So a frozen one gets no state, and no weight decay or momentum can move it."""
+    model = {
+        "layers": [frozen({"type": "Linear", "out_features": 16}), {"type": "Linear", "out_features": 2}]
+    }
+    dataset = {"name": "synthetic", "task": "regression", "shape": [8], "targets": 2, "samples": 32}
+    job = TrainPayload.model_validate(payload(model, dataset, {"type": "MSELoss"}))
+    run = _Run.prepare(job, torch.device("cpu"))
+    held = [p for group in run.optimizer.param_groups for p in group["params"]]
+    assert held == [run.model[1].weight, run.model[1].bias]
 
 
 def test_a_model_with_every_parameter_frozen_has_nothing_to_train() -> None:
