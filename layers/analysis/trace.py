@@ -143,7 +143,7 @@ class _Tracer(Builder):
             return
         found = None
         if node.twin is None:
-            key = self.keys[node.path] = layer_key(node.spec, x, self.param_dtype)
+            key = self.keys[node.path] = layer_key(node.spec, x, self.param_dtype, node.frozen)
             found = self.cache.get(key)
         else:  # its twin's entry, if any: a leaf's module is copied from it
             found = self.found.get(node.twin)

@@ -151,7 +151,7 @@ class TransformerEncoderLayerSpec(LayerSpec):
         return self.model_copy(update={"d_model": d_model})
 
     def build(self) -> nn.Module:
-        args = self.model_dump(exclude={"type", "name", "causal", "activation"})
+        args = self.arguments("causal", "activation")
         return TransformerEncoderLayer(
             **args, activation=feedforward_activation(self.activation), causal=self.causal
         )

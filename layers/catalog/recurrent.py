@@ -63,7 +63,7 @@ class RecurrentSpec(LayerSpec):
         return self.model_copy(update={"input_size": infer_size(self.input_size, shape, -1, "input_size")})
 
     def build(self) -> nn.Module:
-        return self.module_class(**self.model_dump(exclude={"type", "name"}))
+        return self.module_class(**self.arguments())
 
     def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         # On meta a recurrent layer unrolls into per-step ops (seconds for long sequences), and

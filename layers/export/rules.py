@@ -27,7 +27,7 @@ def _transformer_encoder_layer(spec: TransformerEncoderLayerSpec, call: Call) ->
     activation = feedforward_activation(spec.activation)
     if isinstance(activation, nn.GELU):
         activation = call(nn.GELU, approximate=activation.approximate)
-    args = spec.model_dump(exclude={"type", "name", "activation"})
+    args = spec.arguments("activation")
     return call(TransformerEncoderLayer, **args, activation=activation)
 
 

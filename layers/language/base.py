@@ -85,11 +85,24 @@ class LayerSpec(TypedSpec):
     tieable_weight: ClassVar[str | None] = None
 
     name: Name | None = Field(None, description="a name other layers can refer to (`tie_weight`)")
+    # Left out of the spec's JSON when true (the default), so that echoed specs stay as written.
+    trainable: bool = Field(
+        True,
+        description="false freezes the layer's parameters (a container's: all inside it): counted in "
+        "the total but not trained, given no gradient and no optimizer state; a weight shared by "
+        "`tie_weight` is frozen as its owner is",
+        exclude_if=lambda trainable: trainable,
+    )
 
     @classmethod
     def description(cls) -> str:
         """The first line of the class docstring: the catalog's one-line description."""
         return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+    def arguments(self, *exclude: str) -> dict[str, Any]:
+        """The spec's fields but its own (``type``, ``name``, ``trainable``) and ``exclude``: what its
+        module's constructor takes, for the specs whose fields map onto it."""
+        return self.model_dump(exclude={*LayerSpec.model_fields, *exclude})
 
     def infer(self, shape: Shape) -> Self:
         """Fill sizes left out of the spec from the input shape, and check the given ones.

@@ -164,8 +164,9 @@ function renderSummary(s) {
     return tr;
   });
   $("#summary tbody").replaceChildren(...rows);
-  $("#summary-status").textContent = `Output [${s.output_shape.join(", ")}] · ${fmt(s.total_params)} parameters `
-    + `(${fmt(s.param_bytes)} bytes) · ${fmt(s.flops)} FLOPs`;
+  const frozen = s.trainable_params < s.total_params ? `, ${fmt(s.trainable_params)} trainable` : "";
+  $("#summary-status").textContent = `Output [${s.output_shape.join(", ")}] · ${fmt(s.total_params)} parameters`
+    + `${frozen} (${fmt(s.param_bytes)} bytes) · ${fmt(s.flops)} FLOPs`;
   showInferred(s.model.layers);
 }
 
