@@ -140,6 +140,11 @@ class LayerSpec(TypedSpec):
                 {"expected": list(missing), "got": sorted(given)},
             )
 
+    def returns(self) -> tuple[str, ...]:
+        """The names of the tensors its module returns when it returns several (as torch names
+        them: ``output``, ``h_n``, ``c_n``); empty when it returns one."""
+        return ()
+
     def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
         """Run the built module on a meta tensor ``x`` (and the tensor arguments by name): its
         output (a tuple for a layer returning several tensors) and its forward FLOPs."""
