@@ -245,7 +245,7 @@ class _Tracer(Builder):
             error = ShapeError(
                 (),
                 f"it returns {len(result.output)} tensors{what}, and a layer sequence passes on one; "
-                "use it as a node of a graph, where each is referred to as 'name.0', 'name.1', ...",
+                f"use it as a node of a graph, whose outputs are 'name.0' to 'name.{len(result.output) - 1}'",
                 {"expected": 1, "got": len(result.output)},
             )
             raise self.locate(result, error)
