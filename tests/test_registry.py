@@ -507,7 +507,13 @@ VARIANTS: dict[str, Sample] = {
         tensors={"key_padding_mask": [2, 5], "attn_mask": [5, 5]},
     ),
     "TransformerEncoderLayer/causal_masks": Sample(
-        {"type": "TransformerEncoderLayer", "nhead": 2, "dim_feedforward": 16, "dropout": 0.0, "causal": True},
+        {
+            "type": "TransformerEncoderLayer",
+            "nhead": 2,
+            "dim_feedforward": 16,
+            "dropout": 0.0,
+            "causal": True,
+        },
         [2, 5, 8],
         lambda: TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True, causal=True),
         {"d_model": 8},
@@ -521,7 +527,13 @@ VARIANTS: dict[str, Sample] = {
         tensors={"src_key_padding_mask": [2, 5]},
     ),
     "TransformerDecoderLayer/causal_masks": Sample(
-        {"type": "TransformerDecoderLayer", "nhead": 2, "dim_feedforward": 16, "dropout": 0.0, "causal": True},
+        {
+            "type": "TransformerDecoderLayer",
+            "nhead": 2,
+            "dim_feedforward": 16,
+            "dropout": 0.0,
+            "causal": True,
+        },
         [2, 5, 8],
         lambda: TransformerDecoderLayer(8, 2, 16, 0.0, batch_first=True, causal=True),
         {"d_model": 8},
