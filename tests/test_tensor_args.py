@@ -238,3 +238,14 @@ def test_a_sequence_refuses_what_only_a_graph_can_give(client, name: str) -> Non
     loc = ["body", "model", "layers", 1] + (["layers", 0] if layer["type"] == "Repeat" else [])
     assert error["loc"] == loc, error
     assert message in error["msg"], error["msg"]
+
+
+def test_the_catalog_says_what_a_node_is_wired_to(client) -> None:
+    entries = {entry["type"]: entry for entry in client.get("/v1/layers").json()["data"]}
+    decoder = entries["TransformerDecoderLayer"]
+    assert decoder["category"] == "attention" and decoder["required_tensor_args"] == ["memory"]
+    assert decoder["tensor_args"][0] == "memory" and "memory_key_padding_mask" in decoder["tensor_args"]
+    assert entries["MultiheadAttention"]["tensor_args"] == ["key", "value", "key_padding_mask", "attn_mask"]
+    assert entries["LSTM"]["tensor_args"] == ["h0", "c0"] and entries["Linear"]["tensor_args"] == []
+    for name, entry in entries.items():
+        assert entry["tensor_args"] == list(LAYER_SPECS[name].tensor_args), name
