@@ -754,12 +754,17 @@ def built_pair(sample: Sample) -> tuple[nn.Module, nn.Module]:
 
 
 def tensor_args(sample: Sample) -> dict[str, torch.Tensor]:
-    """Random tensors of the sample's shapes; a mask (boolean) hides the last position only."""
+    """Random tensors of the sample's shapes. Masks are boolean and hide different positions, so
+    that each one given matters: a key padding mask the last key, an attention mask the first key
+    from every query but the first (which, causal, sees only that key)."""
     tensors = {}
     for name, shape in (sample.tensors or {}).items():
-        if name.endswith("mask"):
+        if name.endswith("key_padding_mask"):
             tensors[name] = torch.zeros(shape, dtype=torch.bool)
             tensors[name][..., -1] = True
+        elif name.endswith("mask"):
+            tensors[name] = torch.zeros(shape, dtype=torch.bool)
+            tensors[name][..., 1:, 0] = True
         else:
             tensors[name] = torch.randn(shape)
     return tensors

@@ -32,26 +32,28 @@ def encoder(**fields: object) -> nn.Module:
     return spec_of({**layer, **fields}).infer((2, 6, 8)).build().eval()
 
 
-def padding_mask(lengths: list[int], steps: int) -> torch.Tensor:
-    """[B, T], True at the padding (torch's key_padding_mask)."""
-    return torch.arange(steps)[None, :] >= torch.tensor(lengths)[:, None]
+def padding_mask(lengths: list[int], steps: int, left: bool = False) -> torch.Tensor:
+    """[B, T], True at the padding (torch's key_padding_mask): after each sequence, or before it."""
+    positions = torch.arange(steps)[None, :]
+    lengths_ = torch.tensor(lengths)[:, None]
+    return positions < steps - lengths_ if left else positions >= lengths_
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_padding_changes_nothing_in_the_unpadded_outputs(causal: bool) -> None:
-    model, mask = encoder(causal=causal), padding_mask([4, 6], 6)
+    """Causal, the padding comes first (left padding), where later tokens would see it."""
+    model, mask = encoder(causal=causal), padding_mask([4, 6], 6, left=causal)
+    real = ~mask[0]
     x = torch.randn(2, 6, 8)
     changed = x.clone()
-    changed[0, 4:] = torch.randn(2, 8)  # the padding of the first sequence
+    changed[0, mask[0]] = torch.randn(2, 8)  # the padding of the first sequence
     with torch.no_grad():
         y, y_changed = model(x, src_key_padding_mask=mask), model(changed, src_key_padding_mask=mask)
         unmasked = model(x), model(changed)
-    torch.testing.assert_close(y[0, :4], y_changed[0, :4])
+    torch.testing.assert_close(y[0, real], y_changed[0, real])
     torch.testing.assert_close(y[1], y_changed[1])
-    # The control: without the mask the padding is seen (when causal, by the later padded position only).
-    assert not torch.allclose(unmasked[0][0, 4:], unmasked[1][0, 4:])
-    if not causal:
-        assert not torch.allclose(unmasked[0][0, :4], unmasked[1][0, :4])
+    # The control: without the mask the unpadded outputs see the padding.
+    assert not torch.allclose(unmasked[0][0, real], unmasked[1][0, real])
 
 
 def test_causal_and_a_padding_mask_both_apply() -> None:
