@@ -149,7 +149,7 @@ def feedforward_activation(name: str) -> str | nn.Module:
 
 
 class MultiheadAttentionSpec(LayerSpec):
-    """Multi-head attention: every position attends to every other (in a graph, to ``key``/``value``)."""
+    """Multi-head attention: every position attends to every other (in a graph, to `key` and `value`)."""
 
     category: ClassVar[str] = "attention"
     tensor_args: ClassVar[tuple[str, ...]] = ("key", "value", "key_padding_mask", "attn_mask")
@@ -258,8 +258,10 @@ class TransformerEncoderLayerSpec(TransformerLayerSpec):
 
 
 class TransformerDecoderLayerSpec(TransformerLayerSpec):
-    """Transformer decoder block: self-attention, attention to the encoder's output (`memory`), then
-    a feed-forward network, each with a residual; a graph node (it needs `memory`)."""
+    """Transformer decoder block: self-attention, attention to `memory` (a graph node's), feed-forward.
+
+    Each with a residual; `memory` is the encoder's output, so the layer is used in a graph only.
+    """
 
     module_class: ClassVar[ModuleClass] = TransformerDecoderLayer
     tensor_args: ClassVar[tuple[str, ...]] = (
