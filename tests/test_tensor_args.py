@@ -8,6 +8,7 @@ given the tensor arguments, and the sequence form refusing what only a graph can
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from layers import LAYER_SPECS
 from layers.analysis.attention import device_attention
 from layers.analysis.memory import SavedTensors, _recurrent_measured
+from layers.export.onnx_export import OPSET
 from layers.language.base import LayerSpec
 from layers.language.errors import ShapeError
 
@@ -184,6 +186,25 @@ def test_the_memory_stand_in_of_a_recurrent_layer_returns_its_state(name: str) -
         assert [t.shape for t in out] == [t.shape for t in expected]
         sum(t.sum() for t in out).backward()
     assert x.grad is not None and x.grad.shape == x.shape and notes
+
+
+def test_a_causal_decoder_given_memory_and_masks_exports_to_onnx() -> None:
+    """What a graph's ONNX export does with the node: its tensor arguments become named inputs, and
+    onnxruntime computes what torch does (the exporter's settings: dynamo, the service's opset)."""
+    import onnxruntime as ort
+
+    sample = VARIANTS["TransformerDecoderLayer/causal_masks"]
+    model, _ = built_pair(sample)
+    x, tensors = torch.randn(sample.input_shape), tensor_args(sample)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on skipped constant folding
+        program = torch.onnx.export(model, (x,), kwargs=tensors, dynamo=True, opset_version=OPSET)
+    session = ort.InferenceSession(program.model_proto.SerializeToString())
+    assert [i.name for i in session.get_inputs()] == ["x", *tensors]
+    feed = {"x": x.numpy(), **{name: t.numpy() for name, t in tensors.items()}}
+    with torch.no_grad():
+        expected = model(x, **tensors)
+    torch.testing.assert_close(torch.from_numpy(session.run(None, feed)[0]), expected)
 
 
 def test_an_lstm_takes_h0_and_c0_together() -> None:
