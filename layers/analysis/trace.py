@@ -46,7 +46,8 @@ class TracedLayer:
     depth: int
     spec: LayerSpec
     input_shape: Shape
-    output: torch.Tensor | None = None  # set once the layer is traced
+    # Set once the layer is traced; a tuple for a layer returning several tensors (graph nodes only).
+    output: torch.Tensor | tuple[torch.Tensor, ...] | None = None
     module: nn.Module | None = None
     flops: int = 0
     children: list[TracedLayer] = field(default_factory=list)
@@ -54,8 +55,16 @@ class TracedLayer:
     repeat: tuple[int, int] | None = None  # (copy, times) of the innermost Repeat around it
 
     @property
+    def outputs(self) -> tuple[torch.Tensor, ...]:
+        """Each tensor the layer returns (none before it is traced)."""
+        if self.output is None:
+            return ()
+        return self.output if isinstance(self.output, tuple) else (self.output,)
+
+    @property
     def output_shape(self) -> Shape:
-        return () if self.output is None else tuple(self.output.shape)
+        """The shape of its (first) output."""
+        return tuple(self.outputs[0].shape) if self.outputs else ()
 
 
 @dataclass
@@ -151,6 +160,7 @@ class _Tracer(Builder):
             self.found[node.path] = found
 
     def leaf(self, node: Node, x: torch.Tensor) -> TracedLayer:
+        node.spec.check_tensor_args(())  # a layer of a sequence is given its input only
         traced = self.traced[node.path]
         twin = None if node.twin is None else self.traced[node.twin]
         found = self.found.get(node.path)
@@ -186,7 +196,7 @@ class _Tracer(Builder):
             uncounted = self.mode.uncounted
         finally:
             self.mode.uncounted = outer | self.mode.uncounted
-        if self.cache is not None and node.path not in self.tied:
+        if self.cache is not None and node.path not in self.tied and isinstance(traced.output, torch.Tensor):
             with _disable_current_modes():
                 found = TracedLeaf.of(traced.spec, traced.module, traced.output, traced.flops, uncounted)
             self.cache.put(self.keys[node.path], found)
@@ -229,6 +239,16 @@ class _Tracer(Builder):
         return traced
 
     def output(self, result: TracedLayer) -> torch.Tensor:
+        if isinstance(result.output, tuple):  # a layer returning several tensors (an LSTM's state)
+            names = result.spec.returns()
+            what = f" ({', '.join(names)})" if names else ""
+            error = ShapeError(
+                (),
+                f"it returns {len(result.output)} tensors{what}, and a layer sequence passes on one; "
+                f"use it as a node of a graph, whose outputs are 'name.0' to 'name.{len(result.output) - 1}'",
+                {"expected": 1, "got": len(result.output)},
+            )
+            raise self.locate(result, error)
         return result.output
 
     def check_time(self, loc: Loc, path: str, spec: LayerSpec) -> None:

@@ -19,6 +19,13 @@ class LayerType(BaseModel):
     category: str
     description: str
     json_schema: dict = Field(alias="schema", description="JSON schema of the layer's fields")
+    tensor_args: list[str] = Field(
+        description="the tensor arguments a graph node of this type may be wired to by name, "
+        "besides its input (a decoder's `memory`, masks)"
+    )
+    required_tensor_args: list[str] = Field(
+        description="those it needs: a layer with any is usable only as a graph node"
+    )
 
     model_config = {"populate_by_name": True, "serialize_by_alias": True}
 
@@ -36,6 +43,8 @@ def catalog() -> dict[str, LayerType]:
             category=spec.category,
             description=spec.description(),
             json_schema=spec.model_json_schema(),
+            tensor_args=list(spec.tensor_args),
+            required_tensor_args=list(spec.required_tensor_args),
         )
         for name, spec in LAYER_SPECS.items()
     }
