@@ -99,6 +99,7 @@ def test_a_graph_preset_is_drawn_left_to_right_and_a_node_is_added_wired_and_del
     assert graph["outputs"]["logits"] == "head"
     assert drawn_edges(page) == spec_edges(graph)
     assert box_x(page)["head"] > box_x(page)["cls"]
+    offline_page.screenshot("playground-graph-node-added", page.locator("#builder"))
 
     # Its form is open (the new node is chosen): edit a field, then re-wire its input.
     panel = page.locator('#graph-panel .box-panel[data-name="head"]')
@@ -115,9 +116,15 @@ def test_a_graph_preset_is_drawn_left_to_right_and_a_node_is_added_wired_and_del
     memory = page.locator('#graph .edge[data-from="tokens"][data-to="head"][data-arg="memory"]')
     expect(memory.locator(".edge-label")).to_have_text("memory")
     assert spec_json(page)["nodes"][-1] == {
-        "name": "head", "type": "Linear", "input": "enc", "out_features": 3, "memory": "tokens"
+        "name": "head",
+        "type": "Linear",
+        "input": "enc",
+        "out_features": 3,
+        "memory": "tokens",
     }
-    page.locator('#graph-panel .box-panel[data-name="head"]').get_by_role("button", name="unwire memory").click()
+    page.locator('#graph-panel .box-panel[data-name="head"]').get_by_role(
+        "button", name="unwire memory"
+    ).click()
     expect(memory).to_have_count(0)
 
     # Deleting it takes its wires and its output away.
@@ -149,9 +156,21 @@ def test_a_graph_typed_into_the_json_view_is_drawn_and_the_sequence_form_comes_b
         "outputs": {"y": "sum"},
     }
     page.fill("#spec-json", json.dumps(graph))
+    page.locator("#spec-json").blur()  # the JSON view follows the editor again
     expect(page.locator("#graph .box")).to_have_count(4)
-    assert drawn_edges(page) == {("x", "a", "input"), ("x", "b", "input"), ("a", "sum", "inputs.0"), ("b", "sum", "inputs.1")}
+    assert drawn_edges(page) == {
+        ("x", "a", "input"),
+        ("x", "b", "input"),
+        ("a", "sum", "inputs.0"),
+        ("b", "sum", "inputs.1"),
+    }
     expect(page.locator('#graph .edge[data-to="sum"] .edge-label')).to_have_text(["inputs.0", "inputs.1"])
+    # The encoder-decoder preset: the decoder reads the encoder's output as `memory`.
+    page.select_option("#example", "encoder_decoder_graph")
+    memory = page.locator('#graph .edge[data-from="enc_norm"][data-to="decoder"][data-arg="memory"]')
+    expect(memory.locator(".edge-label")).to_have_text("memory")
+    assert drawn_edges(page) == spec_edges(spec_json(page))
+
     page.select_option("#example", "seed")
     expect(page.locator("#sequence-editor")).to_be_visible()
     expect(page.locator("#graph-editor")).to_be_hidden()
@@ -218,10 +237,17 @@ def test_the_encoder_decoder_preset_has_the_parameters_of_torch(offline_page: Of
     page.select_option("#example", "encoder_decoder_graph")
     enc = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True)
     dec = nn.TransformerDecoderLayer(64, 4, dim_feedforward=128, batch_first=True)
-    modules = [nn.Embedding(1000, 64), nn.Embedding(1000, 64), nn.TransformerEncoder(enc, 2),
-               nn.LayerNorm(64), nn.TransformerDecoder(dec, 2), nn.LayerNorm(64), nn.Linear(64, 1000)]
+    modules = [
+        nn.Embedding(1000, 64),
+        nn.Embedding(1000, 64),
+        nn.TransformerEncoder(enc, 2),
+        nn.LayerNorm(64),
+        nn.TransformerDecoder(dec, 2),
+        nn.LayerNorm(64),
+        nn.Linear(64, 1000),
+    ]
     params = sum(p.numel() for m in modules for p in m.parameters())
     expect(page.locator("#summary-status")).to_contain_text(f"{params:,} parameters")
     expect(page.locator("#summary-status")).to_contain_text("logits [2, 12, 1000]")
-    expect(page.locator('#graph .edge[data-from="enc_norm"][data-to="decoder"] .edge-label')).to_have_text("memory")
+    expect(box(page, "decoder").locator(".box-shape")).to_have_text("[2, 12, 64]")
     assert offline_page.page_errors == []

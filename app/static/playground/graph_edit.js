@@ -21,12 +21,12 @@ export function graphEditor(catalog, onChange) {
     drawGraph($("#graph"), ed.graph, {
       shapes: ed.shapes, errors: ed.errors, edges: ed.serverEdges, selected: ed.selected, onSelect: select,
     });
+    fillFromOptions();
     const panel = $("#graph-panel");
     if (!ed.selected) return panel.replaceChildren();
     const kind = ed.selected in ed.graph.inputs ? "input" : "node";
     const errors = ed.errors.get(ed.selected) ?? [];
     panel.replaceChildren(boxPanel(ed.graph, ed.selected, kind, { catalog, changed, errors }));
-    fillFromOptions();
   };
 
   /** An edit: a structural one (wires, names, boxes) redraws; a field edit only re-summarizes. */

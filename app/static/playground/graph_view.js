@@ -4,8 +4,8 @@
 import { edges, layout, outputsByNode, refBase } from "./graph_model.js";
 
 const SVG = "http://www.w3.org/2000/svg";
-const BOX = { w: 150, h: 42 };
-const PITCH = { x: 210, y: 92 };
+const BOX = { w: 128, h: 44 };
+const PITCH = { x: 190, y: 92 };
 const MARGIN = { x: 16, y: 24 };
 
 function el(name, attrs, text) {
@@ -36,17 +36,22 @@ export function drawGraph(svg, graph, view) {
   defs.append(marker);
 
   const lines = el("g", { class: "edges" });
-  for (const edge of view.edges ?? edges(graph)) {
+  // A ref to nothing is not drawn (the server names it); a box's arrows arrive spread down its side.
+  const drawable = (view.edges ?? edges(graph)).filter((e) => boxes.has(refBase(e.from)) && boxes.has(e.to));
+  const arriving = new Map();
+  for (const edge of drawable) arriving.set(edge.to, [...(arriving.get(edge.to) ?? []), edge]);
+  for (const edge of drawable) {
     const from = refBase(edge.from);
-    if (!boxes.has(from) || !boxes.has(edge.to)) continue; // a ref to nothing: the server says so
     const a = at(from);
     const b = at(edge.to);
-    const [x1, y1, x2, y2] = [a.x + BOX.w, a.y + BOX.h / 2, b.x, b.y + BOX.h / 2];
+    const siblings = arriving.get(edge.to);
+    const port = (siblings.indexOf(edge) + 1) / (siblings.length + 1);
+    const [x1, y1, x2, y2] = [a.x + BOX.w, a.y + BOX.h / 2, b.x, b.y + BOX.h * port];
     const bend = Math.max(40, (x2 - x1) / 2);
     const g = el("g", { class: "edge", "data-from": edge.from, "data-to": edge.to, "data-arg": edge.arg });
     g.append(el("path", { d: `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`, "marker-end": "url(#arrow)" }));
-    const port = edge.from === from ? "" : edge.from.slice(from.length); // ".1" of "lstm.1"
-    const label = edge.arg === "input" ? port : `${port ? `${port} → ` : ""}${edge.arg}`;
+    const output = edge.from === from ? "" : edge.from.slice(from.length); // ".1" of "lstm.1"
+    const label = edge.arg === "input" ? output : `${output ? `${output} → ` : ""}${edge.arg}`;
     if (label) g.append(el("text", { x: x2 - 6, y: y2 - 5, "text-anchor": "end", class: "edge-label" }, label));
     lines.append(g);
   }
