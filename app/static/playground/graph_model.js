@@ -96,15 +96,16 @@ export const isFree = (graph, name) => !(name in (graph.inputs ?? {})) && !graph
 
 /**
  * Splits a 422's `detail` into errors per box (a node by index or name, a graph input, or the
- * node an output names: loc = ["body", "model", "nodes" | "inputs" | "outputs", key, ...]) and
- * the rest, as "where: msg" lines.
+ * node an output names: loc = ["body", "model", ("graph",) "nodes" | "inputs" | "outputs", key,
+ * ...]) and the rest, as "where: msg" lines.
  */
 export function errorsByBox(detail, graph) {
   const byBox = new Map();
   const other = [];
   const items = Array.isArray(detail) ? detail : [{ loc: [], msg: String(detail) }];
   for (const item of items) {
-    const loc = (item.loc ?? []).filter((p) => p !== "body");
+    // ["body", "model", "graph", "nodes", 5, "Repeat", "times"]: "graph" is the form's tag, if any
+    const loc = (item.loc ?? []).filter((p, i) => p !== "body" && !(i === 2 && p === "graph"));
     const box = loc[0] === "model" ? boxAt(graph, loc[1], loc[2]) : undefined;
     if (box !== undefined) {
       if (!byBox.has(box)) byBox.set(box, []);
