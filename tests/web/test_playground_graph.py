@@ -227,6 +227,12 @@ def test_the_graph_summary_puts_torch_shapes_on_the_boxes_and_errors_on_the_node
     expect(page.locator('#graph-panel [data-field="in_features"]')).to_have_class(re.compile("error"))
     page.locator('#graph-panel [data-field="in_features"] input').fill("")
     expect(page.locator("#graph .box.has-error")).to_have_count(0)
+
+    # The graph form's own types (merges, splits) have their forms from the server's schema.
+    assert "Add" in page.locator("#node-type option").all_inner_texts()
+    box(page, "emb").click()
+    expect(page.locator("#graph-panel .desc")).to_contain_text("sum")
+    expect(page.locator('#graph-panel .wire[data-arg="inputs.1"] select')).to_have_value("typ")
     assert offline_page.page_errors == []
 
 

@@ -6,6 +6,7 @@ import { setPlaceholder, specFields } from "./forms.js";
 import { graphEditor } from "./graph_edit.js";
 import { isGraph } from "./graph_model.js";
 import { GRAPH_PRESETS } from "./graph_presets.js";
+import { nodeTypes } from "./graph_schema.js";
 import { fixed } from "./numbers.js";
 import { foldRepeats, paramsText, rowName } from "./summary.js";
 
@@ -458,7 +459,7 @@ async function main() {
     return;
   }
   fillCatalog(catalog.body.data);
-  state.graphEditor = graphEditor(state.catalog, () => changed(false));
+  state.graphEditor = graphEditor(nodeTypes(spec.body, state.catalog), () => changed(false));
   // The presets are the "Try it out" examples of POST /v1/models/summary: one source for both;
   // the graph presets are the playground's own until the server's examples include graphs.
   const body = spec.body?.paths?.["/v1/models/summary"]?.post?.requestBody?.content?.["application/json"];

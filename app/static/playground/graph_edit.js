@@ -1,20 +1,21 @@
 // The graph editor: the drawing, the form of the chosen box, "add node" and "add input", and the
 // summary's shapes and 422 errors put on the boxes they concern.
 import { errorsByBox, isFree, refs } from "./graph_model.js";
-import { boxPanel } from "./graph_panel.js";
+import { boxPanel, showPanelErrors } from "./graph_panel.js";
 import { drawGraph } from "./graph_view.js";
 
 const $ = (sel) => document.querySelector(sel);
 const shapeText = (shape) => `[${shape.join(", ")}]`;
 
 /**
- * Binds the editor in #graph-editor. `catalog`: Map(type -> entry of GET /v1/layers);
- * `onChange()` after every edit of the graph (the caller syncs the JSON and re-summarizes).
+ * Binds the editor in #graph-editor. `types`: the node types of graph_schema.js; `onChange()`
+ * after every edit of the graph (the caller syncs the JSON and re-summarizes).
  */
-export function graphEditor(catalog, onChange) {
+export function graphEditor(types, onChange) {
   const ed = { graph: null, selected: null, shapes: new Map(), errors: new Map(), serverEdges: null };
 
-  const draw = () => {
+  /** The drawing only: a summary's answer redraws it without touching a form being filled in. */
+  const drawView = () => {
     if (ed.selected && !ed.graph.nodes.some((n) => n.name === ed.selected) && !(ed.selected in ed.graph.inputs)) {
       ed.selected = null;
     }
@@ -22,11 +23,17 @@ export function graphEditor(catalog, onChange) {
       shapes: ed.shapes, errors: ed.errors, edges: ed.serverEdges, selected: ed.selected, onSelect: select,
     });
     fillFromOptions();
+    const panel = $("#graph-panel .box-panel");
+    if (panel) showPanelErrors(panel, ed.errors.get(panel.dataset.name));
+  };
+
+  const draw = () => {
+    drawView();
     const panel = $("#graph-panel");
     if (!ed.selected) return panel.replaceChildren();
     const kind = ed.selected in ed.graph.inputs ? "input" : "node";
     const errors = ed.errors.get(ed.selected) ?? [];
-    panel.replaceChildren(boxPanel(ed.graph, ed.selected, kind, { catalog, changed, errors }));
+    panel.replaceChildren(boxPanel(ed.graph, ed.selected, kind, { types, changed, errors }));
   };
 
   /** An edit: a structural one (wires, names, boxes) redraws; a field edit only re-summarizes. */
@@ -50,7 +57,13 @@ export function graphEditor(catalog, onChange) {
     from.replaceChildren(...refs(ed.graph).map((r) => new Option(r, r, false, kept.has(r))));
   };
 
-  $("#node-type").replaceChildren(...Array.from($("#catalog").children, (g) => g.cloneNode(true)));
+  // The catalog's types, and any the graph form has beyond them.
+  const graphOnly = document.createElement("optgroup");
+  graphOnly.label = "graph form";
+  const listed = new Set(Array.from($("#catalog").options, (o) => o.value));
+  for (const type of types.keys()) if (!listed.has(type)) graphOnly.append(new Option(type, type));
+  $("#node-type").replaceChildren(...Array.from($("#catalog").children, (g) => g.cloneNode(true)),
+    ...(graphOnly.children.length ? [graphOnly] : []));
   $("#add-node").addEventListener("click", () => {
     const type = $("#node-type").value;
     const name = $("#node-name").value.trim() || freeName(ed.graph, type.toLowerCase());
@@ -89,14 +102,14 @@ export function graphEditor(catalog, onChange) {
       ed.serverEdges = summary.graph?.edges ?? null;
       ed.errors = new Map();
       $("#graph").classList.remove("stale");
-      draw();
+      drawView();
     },
     /** Marks the boxes a 422 points at; returns the errors that point at no box. */
     showErrors(detail) {
       const { byBox, other } = errorsByBox(detail, ed.graph);
       ed.errors = byBox;
       $("#graph").classList.toggle("stale", byBox.size + other.length > 0);
-      draw();
+      drawView();
       return other;
     },
   };

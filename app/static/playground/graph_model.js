@@ -4,13 +4,18 @@
 // A graph is {"inputs": {name: {shape, dtype}}, "nodes": [{name, type, input | inputs, <tensor
 // arg>: ref, ...}], "outputs": {name: ref}}; a ref is an input name, a node name or "node.K".
 
-/** The torch names of the tensor arguments a node may take besides `input`/`inputs`. */
+/** The torch names of the tensor arguments a node may take besides `input`/`inputs`; the server's
+ * graph schema may name more (`knowTensorArgs`). */
 export const TENSOR_ARGS = [
   "memory", "query", "key", "value", "attn_mask", "key_padding_mask", "src_mask", "src_key_padding_mask",
   "tgt_mask", "tgt_key_padding_mask", "memory_mask", "memory_key_padding_mask",
 ];
-/** The fields wired from refs, which the node's form leaves to the wiring editor. */
-export const WIRED = new Set(["input", "inputs", ...TENSOR_ARGS]);
+const tensorArgs = new Set(TENSOR_ARGS);
+
+/** Adds the tensor arguments the server's node schemas name, so their edges are drawn too. */
+export function knowTensorArgs(names) {
+  for (const name of names) if (name !== "input" && name !== "inputs") tensorArgs.add(name);
+}
 
 export const isGraph = (model) => Array.isArray(model?.nodes);
 
@@ -28,7 +33,7 @@ export function wires(node) {
   const found = [];
   if (typeof node.input === "string") found.push({ from: node.input, arg: "input" });
   if (Array.isArray(node.inputs)) node.inputs.forEach((from, k) => found.push({ from, arg: `inputs.${k}` }));
-  for (const arg of TENSOR_ARGS) if (typeof node[arg] === "string") found.push({ from: node[arg], arg });
+  for (const arg of tensorArgs) if (typeof node[arg] === "string") found.push({ from: node[arg], arg });
   return found;
 }
 
@@ -86,7 +91,7 @@ export function deleteBox(graph, name) {
   for (const node of graph.nodes) {
     if (typeof node.input === "string" && gone(node.input)) delete node.input;
     if (Array.isArray(node.inputs)) node.inputs = node.inputs.filter((ref) => !gone(ref));
-    for (const arg of TENSOR_ARGS) if (typeof node[arg] === "string" && gone(node[arg])) delete node[arg];
+    for (const arg of tensorArgs) if (typeof node[arg] === "string" && gone(node[arg])) delete node[arg];
   }
   for (const [out, ref] of Object.entries(graph.outputs ?? {})) if (gone(ref)) delete graph.outputs[out];
 }

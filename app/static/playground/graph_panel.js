@@ -2,7 +2,8 @@
 // wires (input, inputs, tensor arguments, each from a list of refs), the graph outputs it gives,
 // and delete; or a graph input's shape and dtype.
 import { specFields } from "./forms.js";
-import { deleteBox, refs, TENSOR_ARGS, WIRED, wires } from "./graph_model.js";
+import { deleteBox, refs, wires } from "./graph_model.js";
+import { variantOf } from "./graph_schema.js";
 
 const DTYPES = ["float32", "int64", "bool"];
 
@@ -35,7 +36,7 @@ function button(text, label, onClick) {
 }
 
 /**
- * The panel for box `name`. ctx: {catalog, changed(structure), errors: [{field, msg}]};
+ * The panel for box `name`. ctx: {types (of graph_schema.js), changed(structure), errors: [{field, msg}]};
  * changed(true) after an edit that redraws the graph, changed(false) after a field edit.
  */
 export function boxPanel(graph, name, kind, ctx) {
@@ -51,7 +52,7 @@ export function boxPanel(graph, name, kind, ctx) {
     panel.append(head, inputFields(graph.inputs[name], ctx));
   } else {
     const node = graph.nodes.find((n) => n.name === name);
-    const entry = ctx.catalog.get(node.type);
+    const entry = variantOf(ctx.types, node);
     head.append(make("strong", {}, `${name} · ${node.type}`),
       make("span", { className: "desc" }, entry?.description ?? "unknown layer type"), remove);
     const fields = make("div", { className: "fields" });
@@ -62,16 +63,24 @@ export function boxPanel(graph, name, kind, ctx) {
         ctx.changed(false);
       };
       // The name is the node's ref and the wires have their own editor.
-      fields.append(...specFields(entry.schema, node, set).filter((f) => f.dataset.field !== "name" && !WIRED.has(f.dataset.field)));
+      const own = (f) => f.dataset.field !== "name" && !entry.wired.includes(f.dataset.field);
+      fields.append(...specFields(entry.schema, node, set).filter(own));
     }
-    panel.append(head, fields, wireEditor(graph, node, ctx), outputField(graph, name, ctx));
+    panel.append(head, fields, wireEditor(graph, node, entry?.wired ?? ["input", "inputs"], ctx),
+      outputField(graph, name, ctx));
   }
-  const errors = make("p", { className: "layer-error" }, (ctx.errors ?? []).map((e) => e.msg).join("\n"));
-  for (const { field } of ctx.errors ?? []) {
+  panel.append(make("p", { className: "layer-error" }));
+  showPanelErrors(panel, ctx.errors);
+  return panel;
+}
+
+/** Shows a 422's errors at the box in its panel: the messages, and the fields they name marked. */
+export function showPanelErrors(panel, errors = []) {
+  panel.querySelector(".layer-error").textContent = errors.map((e) => e.msg).join("\n");
+  for (const f of panel.querySelectorAll(".field.error")) f.classList.remove("error");
+  for (const { field } of errors) {
     for (const part of field) panel.querySelector(`.field[data-field="${part}"]`)?.classList.add("error");
   }
-  panel.append(errors);
-  return panel;
 }
 
 function inputFields(input, ctx) {
@@ -91,8 +100,9 @@ function inputFields(input, ctx) {
   return fields;
 }
 
-/** Each wire of the node (its ref can be changed, or the wire removed), and a row adding one. */
-function wireEditor(graph, node, ctx) {
+/** Each wire of the node (its ref can be changed, or the wire removed), and a row adding one for
+ * any of the `wired` fields of its type. */
+function wireEditor(graph, node, wired, ctx) {
   const box = make("div", { className: "wires" });
   box.append(make("span", { className: "help" }, "wires"));
   const sources = refs(graph, node.name);
@@ -111,7 +121,7 @@ function wireEditor(graph, node, ctx) {
     box.append(row);
   }
   const add = make("div", { className: "wire add-wire" });
-  const arg = select(["input", "inputs", ...TENSOR_ARGS], node.input === undefined ? "input" : "inputs", "argument");
+  const arg = select(wired, wired.includes("inputs") && node.input !== undefined ? "inputs" : wired[0], "argument");
   const ref = select(sources, sources.at(-1) ?? "", "from");
   add.append(arg, make("span", {}, "←"), ref, button("Wire", "wire", () => {
     if (!ref.value) return;
