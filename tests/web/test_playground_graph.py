@@ -108,26 +108,27 @@ def test_a_graph_preset_is_drawn_left_to_right_and_a_node_is_added_wired_and_del
     panel.locator('.wire[data-arg="input"] select').select_option("enc")
     expect(page.locator('#graph .edge[data-from="enc"][data-to="head"]')).to_have_count(1)
     expect(page.locator('#graph .edge[data-from="cls"][data-to="head"]')).to_have_count(0)
-    # A tensor argument is wired from the list of refs, and drawn labelled.
-    panel = page.locator('#graph-panel .box-panel[data-name="head"]')
-    panel.locator(".add-wire select").first.select_option("memory")
-    panel.locator(".add-wire select").last.select_option("tokens")
-    panel.get_by_role("button", name="wire", exact=True).click()
-    memory = page.locator('#graph .edge[data-from="tokens"][data-to="head"][data-arg="memory"]')
-    expect(memory.locator(".edge-label")).to_have_text("memory")
     assert spec_json(page)["nodes"][-1] == {
         "name": "head",
         "type": "Linear",
         "input": "enc",
         "out_features": 3,
-        "memory": "tokens",
     }
-    page.locator('#graph-panel .box-panel[data-name="head"]').get_by_role(
-        "button", name="unwire memory"
-    ).click()
-    expect(memory).to_have_count(0)
+
+    # A tensor argument is unwired, then wired again from the list of refs, and drawn labelled.
+    box(page, "enc").click()
+    enc = page.locator('#graph-panel .box-panel[data-name="enc"]')
+    enc.get_by_role("button", name="unwire src_key_padding_mask").click()
+    expect(mask_edge).to_have_count(0)
+    assert "src_key_padding_mask" not in spec_json(page)["nodes"][5]
+    enc.locator(".add-wire select").first.select_option("src_key_padding_mask")
+    enc.locator(".add-wire select").last.select_option("mask")
+    enc.get_by_role("button", name="wire", exact=True).click()
+    expect(mask_edge.locator(".edge-label")).to_have_text("src_key_padding_mask")
+    assert spec_json(page)["nodes"][5]["src_key_padding_mask"] == "mask"
 
     # Deleting it takes its wires and its output away.
+    box(page, "head").click()
     page.locator('#graph-panel .box-panel[data-name="head"]').get_by_role("button", name="delete").click()
     expect(box(page, "head")).to_have_count(0)
     assert "logits" not in spec_json(page)["outputs"]
