@@ -51,7 +51,10 @@ const ENCODER_DECODER = {
 
 /** Presets in the form of the summary endpoint's OpenAPI examples: name -> {summary, value}. */
 export const GRAPH_PRESETS = {
-  bert_small_graph: { summary: "Graph: BERT-style (tokens, types, mask; 2 layers, d 64)", value: { model: BERT_SMALL } },
+  bert_small_graph: {
+    summary: "Graph: BERT-style (tokens, types, mask; 2 layers, d 64)",
+    value: { model: BERT_SMALL },
+  },
   encoder_decoder_graph: {
     summary: "Graph: encoder-decoder (src, tgt; decoder layers with memory)",
     value: { model: ENCODER_DECODER },

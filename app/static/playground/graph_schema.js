@@ -16,7 +16,9 @@ export function nodeTypes(openapi, catalog) {
   const nodes = (items?.oneOf ?? items?.anyOf ?? []).map((ref) => schemas[ref.$ref?.split("/").pop()]).filter(Boolean);
   const types = new Map();
   if (!nodes.length) {
-    for (const [type, entry] of catalog) types.set(type, [{ schema: entry.schema, wired: FALLBACK_WIRED, description: entry.description }]);
+    for (const [type, entry] of catalog) {
+      types.set(type, [{ schema: entry.schema, wired: FALLBACK_WIRED, description: entry.description }]);
+    }
     return types;
   }
   // A ref is a string of the pattern of every node's `input`; wired fields are refs or lists of refs.

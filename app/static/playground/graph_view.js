@@ -8,6 +8,9 @@ const BOX = { w: 128, h: 44 };
 const PITCH = { x: 190, y: 92 };
 const MARGIN = { x: 16, y: 24 };
 
+/** Text cut to what fits in a box (its title has it whole). */
+const clip = (text) => (text.length > 19 ? `${text.slice(0, 18)}…` : text);
+
 function el(name, attrs, text) {
   const node = document.createElementNS(SVG, name);
   for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
@@ -31,7 +34,9 @@ export function drawGraph(svg, graph, view) {
   svg.setAttribute("width", 2 * MARGIN.x + (columns - 1) * PITCH.x + BOX.w);
   svg.setAttribute("height", 2 * MARGIN.y + (rows - 1) * PITCH.y + BOX.h + 16);
   const defs = el("defs", {});
-  const marker = el("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto" });
+  const marker = el("marker", {
+    id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto",
+  });
   marker.append(el("path", { d: "M0,0 L10,5 L0,10 z" }));
   defs.append(marker);
 
@@ -49,7 +54,8 @@ export function drawGraph(svg, graph, view) {
     const [x1, y1, x2, y2] = [a.x + BOX.w, a.y + BOX.h / 2, b.x, b.y + BOX.h * port];
     const bend = Math.max(40, (x2 - x1) / 2);
     const g = el("g", { class: "edge", "data-from": edge.from, "data-to": edge.to, "data-arg": edge.arg });
-    g.append(el("path", { d: `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`, "marker-end": "url(#arrow)" }));
+    const d = `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`;
+    g.append(el("path", { d, "marker-end": "url(#arrow)" }));
     const output = edge.from === from ? "" : edge.from.slice(from.length); // ".1" of "lstm.1"
     const label = edge.arg === "input" ? output : `${output ? `${output} → ` : ""}${edge.arg}`;
     if (label) g.append(el("text", { x: x2 - 6, y: y2 - 5, "text-anchor": "end", class: "edge-label" }, label));
@@ -62,16 +68,23 @@ export function drawGraph(svg, graph, view) {
   for (const [name, { kind }] of boxes) {
     const { x, y } = at(name);
     const errors = (view.errors?.get(name) ?? []).map((e) => e.msg);
-    const classes = ["box", kind, outputs.has(name) && "output", errors.length && "has-error", view.selected === name && "selected"];
-    const g = el("g", { class: classes.filter(Boolean).join(" "), "data-name": name, transform: `translate(${x},${y})`, tabindex: 0, role: "button" });
+    const classes = ["box", kind, outputs.has(name) && "output", errors.length && "has-error",
+      view.selected === name && "selected"].filter(Boolean).join(" ");
+    const g = el("g", {
+      class: classes, "data-name": name, transform: `translate(${x},${y})`, tabindex: 0, role: "button",
+    });
     g.append(el("title", {}, [name, ...errors].join("\n")));
     g.append(el("rect", { width: BOX.w, height: BOX.h, rx: 6 }));
-    g.append(el("text", { x: 8, y: 17, class: "box-name" }, name));
+    g.append(el("text", { x: 8, y: 17, class: "box-name" }, clip(name)));
     const dtype = graph.inputs?.[name]?.dtype ?? "float32";
-    g.append(el("text", { x: 8, y: 33, class: "box-type" }, kind === "input" ? `input · ${dtype}` : types.get(name) ?? "?"));
+    const type = kind === "input" ? `input · ${dtype}` : types.get(name) ?? "?";
+    g.append(el("text", { x: 8, y: 33, class: "box-type" }, clip(type)));
     const shape = view.shapes?.get(name);
     if (shape) g.append(el("text", { x: 0, y: BOX.h + 14, class: "box-shape" }, shape));
-    if (outputs.has(name)) g.append(el("text", { x: BOX.w, y: -6, "text-anchor": "end", class: "box-output" }, `⇒ ${outputs.get(name).join(", ")}`));
+    if (outputs.has(name)) {
+      const names = `⇒ ${outputs.get(name).join(", ")}`;
+      g.append(el("text", { x: BOX.w, y: -6, "text-anchor": "end", class: "box-output" }, names));
+    }
     const pick = () => view.onSelect?.(name, kind);
     g.addEventListener("click", pick);
     g.addEventListener("keydown", (e) => (e.key === "Enter" || e.key === " ") && pick());
