@@ -433,7 +433,9 @@ function loadExample(name) {
 function fillCatalog(entries) {
   const groups = new Map();
   for (const entry of entries) {
-    state.catalog.set(entry.type, entry);
+    // A type listed twice (Concat: a container, and a merge of the graph form) keeps its first,
+    // the layer of the sequence form; graph nodes take their forms from the graph's own schema.
+    if (!state.catalog.has(entry.type)) state.catalog.set(entry.type, entry);
     if (!groups.has(entry.category)) groups.set(entry.category, document.createElement("optgroup"));
     groups.get(entry.category).label = entry.category;
     groups.get(entry.category).append(new Option(entry.type, entry.type));

@@ -122,7 +122,7 @@ function wireEditor(graph, node, wired, ctx) {
   }
   const add = make("div", { className: "wire add-wire" });
   const arg = select(wired, wired.includes("inputs") && node.input !== undefined ? "inputs" : wired[0], "argument");
-  const ref = select(sources, sources.at(-1) ?? "", "from");
+  const ref = select(sources, sources[0] ?? "", "from");
   add.append(arg, make("span", {}, "←"), ref, button("Wire", "wire", () => {
     if (!ref.value) return;
     if (arg.value === "inputs") node.inputs = [...(node.inputs ?? []), ref.value];
