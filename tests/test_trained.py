@@ -481,6 +481,38 @@ def test_reads_racing_a_delete_answer_404_or_everything(
                 assert hashlib.sha256(response.content).hexdigest() == job["weights"]["sha256"]
 
 
+def test_a_read_while_a_delete_is_under_way_says_the_job_is_being_deleted(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mid-DELETE (its files removed, its row not yet) a read was a 404 saying the job "succeeded
+    but kept no weights (it ran before weights were kept)": it says the job is being deleted."""
+    trained = api.post("/v1/train", json=digits_job(DIGITS_MLP, epochs=1, device="cpu")).json()
+    assert trained["status"] == "succeeded", trained
+    store = app.state.jobs.store
+    files_gone, release = threading.Event(), threading.Event()
+    delete_row = store.delete
+
+    def delete_later(job_id: str) -> bool:  # the DELETE has removed the files: hold it there
+        files_gone.set()
+        release.wait(60)
+        return delete_row(job_id)
+
+    monkeypatch.setattr(store, "delete", delete_later)
+    deleting = threading.Thread(target=api.delete, args=(f"/v1/jobs/{trained['id']}",))
+    deleting.start()
+    try:
+        assert files_gone.wait(60)
+        assert not job_dir(trained["id"]).exists()
+        for kind, (method, path, extra) in READS.items():
+            response = api.request(method, f"/v1/jobs/{trained['id']}{path}", **extra)
+            assert response.status_code == 404, (kind, response.text)
+            assert "being deleted" in response.json()["detail"], (kind, response.text)
+    finally:
+        release.set()
+        deleting.join()
+    assert api.get(f"/v1/jobs/{trained['id']}").status_code == 404
+
+
 def _at_once(n: int, call: Callable[[], httpx.Response]) -> list[int | str]:
     """``call()`` in ``n`` threads at once; their statuses, or what the server raised."""
     answers: list[int | str] = []

@@ -19,7 +19,7 @@ from app.core.config import settings
 from app.core.files import OpenFileResponse
 from app.exports import FILES_CONTENT, Download, download
 from app.jobs.domain import ACTIVE, Job, JobStatus
-from app.jobs.retention import job_dir
+from app.jobs.retention import being_deleted, job_dir
 from app.jobs.trained import MODELS, POOL, predict
 from app.jobs.weights import WEIGHTS_FILE, load_weights, read_metadata, weights_info
 from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest, PredictResponse
@@ -53,6 +53,8 @@ def get_weights(job: JobDep) -> Weights:
         raise HTTPException(404, f"job {job_id} {status}{reason}: it has no trained weights")
     directory = job_dir(job_id)
     info = weights_info(directory)
+    if info is None and being_deleted(job_id):  # its row is still there, its files are not
+        raise HTTPException(404, f"no job {job_id!r} (it is being deleted)")
     if info is None:
         raise HTTPException(
             404, f"job {job_id} succeeded but kept no weights (it ran before weights were kept)"
