@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, BinaryIO
 
-import anyio
 from fastapi.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
@@ -17,23 +14,20 @@ class OpenFileResponse(FileResponse):
     the response ends.
 
     ``FileResponse`` opens its path only after sending the headers: a file deleted meanwhile (a
-    job's DELETE) was a 500, or headers promising N bytes and none arriving. An open file outlives
-    its name, so this one reads from the file it was given.
+    job's DELETE) was a 500, or headers promising N bytes and none arriving. This one serves the
+    path of the open descriptor, ``/dev/fd/N``: opening it opens the file the descriptor holds,
+    which outlives its name.
     """
 
     def __init__(self, file: BinaryIO, **kwargs: Any) -> None:
-        super().__init__(file.name, stat_result=os.fstat(file.fileno()), **kwargs)
+        descriptor = file.fileno()
+        super().__init__(f"/dev/fd/{descriptor}", stat_result=os.fstat(descriptor), **kwargs)
         self.file = file
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Without the pathsend extension, which would have the server open the path itself.
+        # Without the pathsend extension: the server would open the path after this call returned.
         extensions = {k: v for k, v in scope.get("extensions", {}).items() if k != "http.response.pathsend"}
         try:
             await super().__call__({**scope, "extensions": extensions}, receive, send)
         finally:
             self.file.close()
-
-    @asynccontextmanager
-    async def _open_file(self) -> AsyncIterator[anyio.AsyncFile[bytes]]:
-        # Where FileResponse opens its path, for every kind of answer (whole, one range, several).
-        yield anyio.wrap_file(self.file)
