@@ -32,6 +32,7 @@ router = APIRouter(prefix="/jobs", tags=["trained models"])
 NO_WEIGHTS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such job, or it failed or was cancelled and has no weights"},
     409: {"description": "the job has not finished yet"},
+    503: {"description": "the job store is down; retry after Retry-After"},
 }
 
 
@@ -141,6 +142,7 @@ async def export_job(
     responses={
         **NO_WEIGHTS,
         400: {"description": "the body is not JSON"},
+        413: {"description": "request body too large"},
         422: {"description": "inputs of the wrong shape or type, or too many"},
     },
 )
