@@ -88,6 +88,26 @@ def test_the_weights_download_takes_ranges(api: TestClient, job: dict) -> None:
     assert parts.status_code == 206 and whole[:10] in parts.content and whole[20:30] in parts.content
 
 
+@pytest.mark.parametrize(
+    ("header", "status", "says"),
+    [
+        ("pages=1-2", 400, "bytes"),
+        ("bytes=9-1", 400, "start must be less than end"),
+        ("bytes=10**9-", 400, ""),
+        ("bytes=999999999-", 416, "not within the file"),
+    ],
+    ids=["unit", "backwards", "not a number", "past the end"],
+)
+def test_a_range_that_cannot_be_served_is_a_4xx_at_the_header(
+    api: TestClient, job: dict, header: str, status: int, says: str
+) -> None:
+    """Starlette answered these in plain text, outside the API's error format."""
+    response = api.get(job["weights"]["url"], headers={"Range": header})
+    assert response.status_code == status, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["header", "range"] and says in error["msg"], error
+
+
 def test_the_weights_file_holds_the_module_state_and_its_provenance(
     api: TestClient, job: dict, tmp_path: Path
 ) -> None:

@@ -80,7 +80,10 @@ def _still_there(weights: Weights) -> Iterator[None]:
     response_class=FileResponse,
     responses={
         200: {"content": {"application/octet-stream": {}}},
+        206: {"description": "the ranges asked for (a Range header)"},
         304: {"description": "not modified"},
+        400: {"description": "a Range header that is not `bytes=` ranges"},
+        416: {"description": "a Range past the end of the file"},
         **NO_WEIGHTS,
     },
 )
