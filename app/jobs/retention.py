@@ -50,6 +50,8 @@ def remove_job_files(job_id: str) -> None:
         directory.rename(aside)
     except FileNotFoundError:
         return  # never had files, or another DELETE moved them aside
+    except OSError:  # it cannot move (a mount point, say): removed where it is
+        aside = directory
     shutil.rmtree(aside, onerror=_skip_gone)
 
 
