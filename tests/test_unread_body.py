@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 
 import pytest
 import servers
@@ -42,8 +43,8 @@ def _post(sock: socket.socket, headers: str, body: bytes) -> tuple[bytes, bytes]
     return _answer(sock)
 
 
-@pytest.fixture(params=["h11", "httptools"])
-def port(request: pytest.FixtureRequest) -> int:
+@pytest.fixture(scope="module", params=["h11", "httptools"])
+def port(request: pytest.FixtureRequest) -> Iterator[int]:
     with servers.serving(app, request.param) as url:
         yield int(url.rsplit(":", 1)[1])
 
