@@ -35,4 +35,4 @@ lint: install
 
 test: install system-deps  ## set up and run the whole test suite
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15

@@ -13,6 +13,7 @@ from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
 from app.core.security import APILock
+from app.core.unread_body import CloseUnreadBodyMiddleware
 from app.core.warmup import warming_up
 from app.jobs.engine import jobs_lifespan
 
@@ -42,6 +43,7 @@ app.add_middleware(
 # No cross-origin access unless MB_CORS_ORIGINS names a frontend's origin (the playground is same-origin).
 CORS_OPTIONS = {"allow_methods": ["*"], "allow_headers": ["*"]}
 app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, **CORS_OPTIONS)
+app.add_middleware(CloseUnreadBodyMiddleware)  # outermost: it sees what every layer inside read
 # Applied by the /v1 routers' dependency (app.api.deps.guard), so it follows routing.
 app.state.api_lock = APILock(
     api_keys=[key.get_secret_value() for key in settings.api_keys],

@@ -7,12 +7,15 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import uvicorn
+from starlette.types import ASGIApp
 
 ROOT = Path(__file__).resolve().parents[1]
 START_S = 300  # upper bound on a server (embedded Ray, warm job actor) coming up on a busy 2-core machine
@@ -118,3 +121,20 @@ def running_server(
         yield url, proc
     finally:
         stop(proc)
+
+
+@contextmanager
+def serving(app: ASGIApp, http: str) -> Iterator[str]:
+    """``app`` under a real uvicorn (``http``: its HTTP/1.1 implementation) in this process, so a
+    test can inject a bug; without the lifespan (no job store, no Ray); yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http, lifespan="off", log_level="critical")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for("the server", lambda: server.started, timeout_s=30)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

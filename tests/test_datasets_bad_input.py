@@ -282,3 +282,51 @@ def test_an_upload_without_its_closing_boundary_is_cut_off(datasets_api: TestCli
         datasets_api.post(URL, content=body, headers={"content-type": "multipart/form-data; boundary=b"})
     )
     assert error["type"] == "upload_incomplete"
+
+
+PART = b'--b\r\nContent-Disposition: form-data; name="file"%s\r\n\r\n%s\r\n--b--\r\n'
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "loc", "kind"),
+    [
+        (PART % (b"", b"just text"), "boundary=b", 422, ["body", "file"], "dataset_invalid"),
+        (b"x" * 100, "boundary=b", 422, ["body"], "multipart_invalid"),
+        (b"", "boundary=b", 422, ["body"], "upload_incomplete"),
+        (b"--b\r\n\r\n\r\n--b--\r\n", "boundary=b", 422, ["body", ""], "extra_forbidden"),
+        (
+            b"--b\r\nContent-Type: text/csv\r\n\r\na\n1\n\r\n--b--\r\n",
+            "boundary=b",
+            422,
+            ["body", ""],
+            "extra_forbidden",
+        ),
+        (b"--\r\n", 'boundary=""', 415, ["header", "content-type"], "unsupported_media_type"),
+        (b"--b\r\n", "boundary=" + "b" * 500, 422, ["body"], "multipart_invalid"),
+        (
+            PART % (b'; filename="' + b"a" * 200_000 + b'"', b"a\n1\n"),
+            "boundary=b",
+            422,
+            ["body"],
+            "multipart_invalid",
+        ),
+    ],
+    ids=[
+        "file is text",
+        "not multipart",
+        "empty",
+        "part without headers",
+        "part without a name",
+        "empty boundary",
+        "boundary of 500",
+        "part header of 200 kB",
+    ],
+)
+def test_a_hostile_form_is_a_4xx_at_its_place(
+    datasets_api: TestClient, body: bytes, content_type: str, status: int, loc: list, kind: str
+) -> None:
+    response = datasets_api.post(
+        URL, content=body, headers={"content-type": f"multipart/form-data; {content_type}"}
+    )
+    error = refused(response, status)
+    assert error["loc"] == loc and error["type"] == kind, error

@@ -63,6 +63,7 @@ def test_a_disk_that_fills_mid_upload_is_413_and_leaves_nothing(server: tuple[st
     assert response.status_code == 413, response.text
     error = response.json()["detail"][0]
     assert error["type"] == "insufficient_storage" and "disk filled up" in error["msg"]
+    assert response.headers["connection"] == "close"  # refused mid-stream: the rest was not read
     assert stored_files(data_dir) == []
     small = make.npz(make.digits())
     assert httpx.post(f"{url}/v1/datasets", files={"file": ("d.npz", small)}, timeout=60).status_code == 201

@@ -6,15 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import servers
-import uvicorn
 from fastapi.testclient import TestClient
 
 from app.jobs.engine import JobEngine
@@ -92,23 +88,6 @@ def test_torch_refusing_a_layer_is_still_the_users_422(client: TestClient) -> No
     assert error["type"] == "shape_mismatch" and error["loc"] == ["body", "model", "layers", 0]
 
 
-@contextmanager
-def serving(http: str) -> Iterator[str]:
-    """The app under a real uvicorn (``http``: its HTTP/1.1 implementation) in this process, so a
-    test can inject a bug; without the lifespan (no job store, no Ray); yields its base URL."""
-    port = servers.free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, http=http, lifespan="off", log_level="critical")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        servers.wait_for("the server", lambda: server.started, timeout_s=30)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def _raw_request(sock: socket.socket, body: bytes) -> bytes:
     """Send one keep-alive POST of ``body`` to the summary and read its whole answer."""
     head = (
@@ -143,7 +122,7 @@ def test_after_a_500_the_server_says_it_closes_the_connection(
     bad = json.dumps(
         {"model": {"layers": [{"type": "Linear", "out_features": 2}]}, "input_shape": [1, 3]}
     ).encode()
-    with serving(http) as url:
+    with servers.serving(app, http) as url:
         with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as sock:
             assert b" 200 " in _raw_request(sock, good).split(b"\r\n")[0]
             headers = _raw_request(sock, bad)  # on the same connection, kept alive

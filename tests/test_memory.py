@@ -50,6 +50,11 @@ ZOO = {
         ],
         (4, 3, 16, 16),
     ),
+    # momentum None: a cumulative average, whose factor torch computes as a Python number (a 500 on meta)
+    "batchnorm_cumulative_average": (
+        [CONV, {"type": "BatchNorm2d", "momentum": None}, {"type": "ReLU"}, {"type": "Flatten"}],
+        (4, 3, 16, 16),
+    ),
     "resnet_basic_block": (
         [
             {

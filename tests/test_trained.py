@@ -92,6 +92,26 @@ def test_the_weights_download_takes_ranges(api: TestClient, job: dict) -> None:
     assert parts.status_code == 206 and whole[:10] in parts.content and whole[20:30] in parts.content
 
 
+@pytest.mark.parametrize(
+    ("header", "status", "says"),
+    [
+        ("pages=1-2", 400, "bytes"),
+        ("bytes=9-1", 400, "start must be less than end"),
+        ("bytes=10**9-", 400, ""),
+        ("bytes=999999999-", 416, "not within the file"),
+    ],
+    ids=["unit", "backwards", "not a number", "past the end"],
+)
+def test_a_range_that_cannot_be_served_is_a_4xx_at_the_header(
+    api: TestClient, job: dict, header: str, status: int, says: str
+) -> None:
+    """Starlette answered these in plain text, outside the API's error format."""
+    response = api.get(job["weights"]["url"], headers={"Range": header})
+    assert response.status_code == status, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["header", "range"] and says in error["msg"], error
+
+
 def test_the_weights_file_holds_the_module_state_and_its_provenance(
     api: TestClient, job: dict, tmp_path: Path
 ) -> None:
@@ -499,6 +519,38 @@ def test_reads_racing_a_delete_answer_404_or_everything(
                 size = job["weights"]["size_bytes"]
                 assert len(response.content) == int(response.headers["content-length"]) == size
                 assert hashlib.sha256(response.content).hexdigest() == job["weights"]["sha256"]
+
+
+def test_a_read_while_a_delete_is_under_way_says_the_job_is_being_deleted(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mid-DELETE (its files removed, its row not yet) a read was a 404 saying the job "succeeded
+    but kept no weights (it ran before weights were kept)": it says the job is being deleted."""
+    trained = api.post("/v1/train", json=digits_job(DIGITS_MLP, epochs=1, device="cpu")).json()
+    assert trained["status"] == "succeeded", trained
+    store = app.state.jobs.store
+    files_gone, release = threading.Event(), threading.Event()
+    delete_row = store.delete
+
+    def delete_later(job_id: str) -> bool:  # the DELETE has removed the files: hold it there
+        files_gone.set()
+        release.wait(60)
+        return delete_row(job_id)
+
+    monkeypatch.setattr(store, "delete", delete_later)
+    deleting = threading.Thread(target=api.delete, args=(f"/v1/jobs/{trained['id']}",))
+    deleting.start()
+    try:
+        assert files_gone.wait(60)
+        assert not job_dir(trained["id"]).exists()
+        for kind, (method, path, extra) in READS.items():
+            response = api.request(method, f"/v1/jobs/{trained['id']}{path}", **extra)
+            assert response.status_code == 404, (kind, response.text)
+            assert "being deleted" in response.json()["detail"], (kind, response.text)
+    finally:
+        release.set()
+        deleting.join()
+    assert api.get(f"/v1/jobs/{trained['id']}").status_code == 404
 
 
 def _at_once(n: int, call: Callable[[], httpx.Response]) -> list[int | str]:

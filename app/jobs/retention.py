@@ -7,6 +7,7 @@ import asyncio
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from app.jobs.store import JobStore, StoreUnavailable
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 3600.0
 FIRST_PRUNE_S = 30.0  # after start-up, out of its way
+DELETING = ".deleting-"  # a job directory moved aside, being removed
 
 
 def job_dir(job_id: str) -> Path:
@@ -37,8 +39,25 @@ def _skip_gone(function: Callable[..., object], path: str, exc_info: tuple) -> N
 
 def remove_job_files(job_id: str) -> None:
     """Delete the job's directory; what another DELETE (or the retention) removes at the same
-    time is skipped, not an error."""
-    shutil.rmtree(job_dir(job_id), onerror=_skip_gone)
+    time is skipped, not an error.
+
+    The directory is first moved aside, in one rename: a read racing the DELETE finds all of the
+    job's files or none (``being_deleted``), never a half-removed directory. What a killed process
+    left aside is removed by the next ``prune``."""
+    directory = job_dir(job_id)
+    aside = directory.with_name(f"{DELETING}{job_id}-{uuid.uuid4().hex[:8]}")
+    try:
+        directory.rename(aside)
+    except FileNotFoundError:
+        return  # never had files, or another DELETE moved them aside
+    except OSError:  # it cannot move (a mount point, say): removed where it is
+        aside = directory
+    shutil.rmtree(aside, onerror=_skip_gone)
+
+
+def being_deleted(job_id: str) -> bool:
+    """Whether the job's files are gone: a DELETE (or the retention) is removing the job."""
+    return not job_dir(job_id).exists()
 
 
 def prune(store: JobStore, retention_days: float, now: float | None = None) -> list[str]:
@@ -46,6 +65,11 @@ def prune(store: JobStore, retention_days: float, now: float | None = None) -> l
     their ids. Safe in several processes at once (a job already deleted is skipped). A job whose
     files cannot be removed (a read-only directory) is kept, with a warning, for the next pass;
     the others are deleted."""
+    for aside in (settings.data_dir / "jobs").glob(f"{DELETING}*"):  # left by a process killed mid-DELETE
+        try:
+            shutil.rmtree(aside, onerror=_skip_gone)
+        except OSError as e:
+            log.warning("could not remove %s, the files of a deleted job: %s", aside, e)
     if retention_days <= 0:
         return []
     before = (time.time() if now is None else now) - retention_days * 86400

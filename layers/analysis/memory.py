@@ -108,7 +108,7 @@ def estimate_memory(
     params = list(module.parameters())
     buffers = list(module.buffers())
     try:
-        with _recurrent_measured(module) as (notes, recurrent_flops):
+        with _recurrent_measured(module) as (notes, recurrent_flops), _averaging_factor_on_meta(module):
             step = _training_pass(module, shape, traced, optimizer, device, paths, clock)
             inference = _inference_pass(module, shape, traced, device, clock) if inference else 0
     finally:
@@ -349,6 +349,27 @@ def _training_pass(
     timeline = [live + state for live in tracker.timeline[:forward_and_backward]]
     timeline += tracker.timeline[forward_and_backward:]
     return _Step(peak, phase, saved.total, saved.by_owner, tracker.flops, grads, state, timeline)
+
+
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@contextmanager
+def _averaging_factor_on_meta(module: nn.Module) -> Iterator[None]:
+    """Batch norms with ``momentum=None`` (a cumulative average) as if they had a momentum.
+
+    Training, such a norm reads its batch count as a Python number (``1 / num_batches_tracked``),
+    which no meta tensor holds (it was a 500). The factor only weighs the running statistics: the
+    kernels, what they keep and every size are those of any momentum.
+    """
+    cumulative = [m for m in module.modules() if isinstance(m, BATCH_NORMS) and m.momentum is None]
+    for norm in cumulative:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm in cumulative:
+            norm.momentum = None
 
 
 def _forward_and_backward(

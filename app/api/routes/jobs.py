@@ -104,7 +104,12 @@ def read_job(job: JobDep) -> JobPublic:
 @router.post(
     "/jobs/{job_id}/cancel",
     status_code=202,
-    responses={**NOT_FOUND, 202: {"links": SAME_JOB_LINKS}, 409: {"description": "the job already finished"}},
+    responses={
+        **NOT_FOUND,
+        202: {"links": SAME_JOB_LINKS},
+        409: {"description": "the job already finished"},
+        413: ERRORS[413],  # it takes no body, but the body limit holds for every POST
+    },
 )
 def cancel_job(job: JobDep, engine: EngineDep) -> JobPublic:
     """Cancel a queued or running job: 202 with the job, now `cancelled` (its worker is being

@@ -19,7 +19,7 @@ from app.core.config import settings
 from app.core.files import OpenFileResponse
 from app.exports import FILES_CONTENT, Download, download
 from app.jobs.domain import ACTIVE, Job, JobStatus
-from app.jobs.retention import job_dir
+from app.jobs.retention import being_deleted, job_dir
 from app.jobs.trained import MODELS, POOL, predict
 from app.jobs.weights import WEIGHTS_FILE, load_weights, read_metadata, weights_info
 from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest, PredictResponse
@@ -32,6 +32,7 @@ router = APIRouter(prefix="/jobs", tags=["trained models"])
 NO_WEIGHTS: dict[int | str, dict[str, Any]] = {
     404: {"description": "no such job, or it failed or was cancelled and has no weights"},
     409: {"description": "the job has not finished yet"},
+    503: {"description": "the job store is down; retry after Retry-After"},
 }
 
 
@@ -53,6 +54,8 @@ def get_weights(job: JobDep) -> Weights:
         raise HTTPException(404, f"job {job_id} {status}{reason}: it has no trained weights")
     directory = job_dir(job_id)
     info = weights_info(directory)
+    if info is None and being_deleted(job_id):  # its row is still there, its files are not
+        raise HTTPException(404, f"no job {job_id!r} (it is being deleted)")
     if info is None:
         raise HTTPException(
             404, f"job {job_id} succeeded but kept no weights (it ran before weights were kept)"
@@ -77,7 +80,10 @@ def _still_there(weights: Weights) -> Iterator[None]:
     response_class=FileResponse,
     responses={
         200: {"content": {"application/octet-stream": {}}},
+        206: {"description": "the ranges asked for (a Range header)"},
         304: {"description": "not modified"},
+        400: {"description": "a Range header that is not `bytes=` ranges"},
+        416: {"description": "a Range past the end of the file"},
         **NO_WEIGHTS,
     },
 )
@@ -139,6 +145,7 @@ async def export_job(
     responses={
         **NO_WEIGHTS,
         400: {"description": "the body is not JSON"},
+        413: {"description": "request body too large"},
         422: {"description": "inputs of the wrong shape or type, or too many"},
     },
 )
