@@ -241,7 +241,7 @@ def _tensor(arrays: dict[str, np.ndarray], ref: ArrayRef, dtype: torch.dtype | N
     values = np.stack([arrays[n] for n in ref], axis=1) if isinstance(ref, list) else arrays[ref]
     if values.dtype == np.bool_ or values.dtype.kind == "u":
         values = values.astype(np.int64)
-    tensor = torch.from_numpy(np.ascontiguousarray(values))
+    tensor = torch.from_numpy(np.require(values, requirements=["C", "W"]))  # copied only if needed
     if dtype is not None:
         return tensor.to(dtype)
     return tensor.to(torch.int64) if not tensor.is_floating_point() else tensor.double()
