@@ -70,16 +70,17 @@ class UploadedDataset(DatasetKind):
         inputs: tuple[str, ...],
         outputs: tuple[str, ...],
         embedding: bool,
+        with_targets: bool = True,
     ) -> UploadedDataset:
         """This dataset checked against its stored ``description`` and a model taking ``inputs``
         and giving ``outputs`` (``embedding``: it starts with an Embedding); ``planned`` set.
         ``SpecError`` at the field naming the array otherwise."""
         arrays = {array.name: array for array in description.arrays}
         used: dict[str, ArrayInfo] = {}
-        for field, given, names in (
-            ("inputs", self.input_arrays(), inputs),
-            ("targets", self.target_arrays(), outputs),
-        ):
+        fields = [("inputs", self.input_arrays(), inputs)]
+        if with_targets:
+            fields.append(("targets", self.target_arrays(), outputs))
+        for field, given, names in fields:
             _same_names(field, given, names, "input" if field == "inputs" else "output")
             for key, ref in given.items():
                 loc = _loc(self, field, key)
@@ -162,10 +163,10 @@ class UploadedDataset(DatasetKind):
                     "classification loss needs class indices (whole numbers from 0)",
                 )
 
-    def read(self, path: Path) -> tuple[Named, Named]:
+    def read(self, path: Path, with_targets: bool = True) -> tuple[Named, Named]:
         """The inputs and targets as tensors, read from the dataset file at ``path``."""
         described = self._planned()
-        inputs, targets = self.input_arrays(), self.target_arrays()
+        inputs, targets = self.input_arrays(), self.target_arrays() if with_targets else {}
         names = [n for ref in (*inputs.values(), *targets.values()) for n in _names(ref)]
         if not path.is_file():
             raise FileNotFoundError(
