@@ -14,11 +14,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from app.core.config import settings
 from app.datasets.description import Description
 from app.examples import DIGITS_MLP, digits_job
 from app.jobs.events import Done, EpochEvent
-from app.jobs.plan import plan_job
+from app.jobs.plan import JobPlan, plan_job
 from app.jobs.train import train
+from app.jobs.trained import TrainedModel, dataset_spec, predict_dataset, scaling_of
+from app.jobs.weights import load_weights
+from app.schemas.export import PredictDataset
 from app.schemas.jobs import JobCreate
 from layers.language.errors import SpecError
 from layers.training.datasets import InlineDataset
@@ -51,12 +55,35 @@ def uploaded(api: TestClient, data: bytes, name: str) -> tuple[str, Description]
     return body["id"], Description.model_validate(body)
 
 
-def history(body: dict, description: Description | None = None) -> list[dict]:
-    """The epochs of the job ``body``, planned and trained in this process."""
+def trained(body: dict, description: Description | None = None) -> tuple[list[dict], JobPlan, Done]:
+    """The epochs of the job ``body``, planned and trained in this process; its plan and end."""
     plan = plan_job(JobCreate.model_validate(body), None, description)
     events = list(train(plan.payload))
     assert isinstance(events[-1], Done), events[-1]
-    return [e.entry.model_dump() for e in events if isinstance(e, EpochEvent)]
+    return [e.entry.model_dump() for e in events if isinstance(e, EpochEvent)], plan, events[-1]
+
+
+def history(body: dict, description: Description | None = None) -> list[dict]:
+    return trained(body, description)[0]
+
+
+def predicts_on_it(
+    tmp: Path, plan: JobPlan, done: Done, description: Description, x: torch.Tensor, y: np.ndarray
+) -> None:
+    """Predict on the uploaded dataset answers what the trained module gives on ``x`` (the inputs
+    as the model trained on them), and the accuracy of those predictions against ``y``."""
+    weights = tmp / "model.safetensors"
+    weights.write_bytes(done.weights)
+    spec, module = load_weights(weights)
+    data = plan.job.dataset.describe(True, settings)
+    model = TrainedModel("job", "sha", spec, module, plan.job, data, scaling_of(weights))
+    asked = PredictDataset(id=plan.job.dataset.id)
+    dataset, with_targets = dataset_spec(model, asked, description)
+    answer = predict_dataset(model, dataset, with_targets, Path(plan.payload.dataset_file))
+    with torch.inference_mode():
+        expected = module(x).argmax(dim=1).numpy()
+    assert answer["predictions"] == expected.tolist() and answer["samples"] == len(y)
+    assert answer["accuracy"] == pytest.approx(np.mean(expected == y), abs=1e-12)
 
 
 def job(model: dict, dataset: dict, **extra: object) -> dict:
@@ -67,14 +94,22 @@ def digits_upload(kind: str) -> bytes:
     return {"npz": make.npz, "safetensors": make.safetensors}[kind](digits_arrays())
 
 
+@pytest.fixture(autouse=True)
+def _predict_whole_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "max_predict_samples", 2000)  # the digits' 1797 at once
+
+
 @pytest.mark.parametrize("kind", ["npz", "safetensors"])
-def test_digits_uploaded_learn_as_the_built_in_digits(datasets_api: TestClient, kind: str) -> None:
+def test_digits_uploaded_learn_as_the_built_in_digits(
+    datasets_api: TestClient, tmp_path: Path, kind: str
+) -> None:
     dataset_id, description = uploaded(datasets_api, digits_upload(kind), f"digits.{kind}")
-    ours = history(
-        job(DIGITS_MLP, {"id": dataset_id, "inputs": "x", "targets": "y", "split_seed": 3}), description
-    )
+    dataset = {"id": dataset_id, "inputs": "x", "targets": "y", "split_seed": 3}
+    ours, plan, done = trained(job(DIGITS_MLP, dataset), description)
     theirs = history(job(DIGITS_MLP, {"name": "digits", "split_seed": 3}))
     assert ours == theirs and ours[-1]["val_accuracy"] > 0.5
+    arrays = digits_arrays()
+    predicts_on_it(tmp_path, plan, done, description, torch.from_numpy(arrays["x"]), arrays["y"])
 
 
 def wine_inline(x: np.ndarray, y: np.ndarray) -> dict:
@@ -82,16 +117,19 @@ def wine_inline(x: np.ndarray, y: np.ndarray) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
-def test_wine_columns_learn_as_the_same_inline_data(datasets_api: TestClient, kind: str) -> None:
+def test_wine_columns_learn_as_the_same_inline_data(
+    datasets_api: TestClient, tmp_path: Path, kind: str
+) -> None:
     columns = make.wine_columns()
     dataset_id, description = uploaded(datasets_api, getattr(make, kind)(columns), f"wine.{kind}")
     dataset = {"id": dataset_id, "inputs": FEATURES, "targets": "target", "split_seed": 1}
     x = np.stack([columns[name] for name in FEATURES], axis=1).astype(np.float32)
-    ours = history(job(WINE_MLP, dataset), description)
+    ours, plan, done = trained(job(WINE_MLP, dataset), description)
     assert ours == history(job(WINE_MLP, wine_inline(x, columns["target"])))
+    predicts_on_it(tmp_path, plan, done, description, torch.from_numpy(x), columns["target"])
 
 
-def test_standardize_uses_the_training_split_only(datasets_api: TestClient) -> None:
+def test_standardize_uses_the_training_split_only(datasets_api: TestClient, tmp_path: Path) -> None:
     columns = make.wine_columns()
     dataset_id, description = uploaded(datasets_api, make.csv(columns), "wine.csv")
     dataset = {
@@ -101,7 +139,7 @@ def test_standardize_uses_the_training_split_only(datasets_api: TestClient) -> N
         "split_seed": 1,
         "standardize": True,
     }
-    ours = history(job(WINE_MLP, dataset), description)
+    ours, plan, done = trained(job(WINE_MLP, dataset), description)
     # The same scaling, computed here from the rows the split trains on.
     x = torch.tensor(np.stack([columns[name] for name in FEATURES], axis=1), dtype=torch.float32)
     inline = InlineDataset.model_validate(wine_inline(x.numpy(), columns["target"]))
@@ -112,18 +150,23 @@ def test_standardize_uses_the_training_split_only(datasets_api: TestClient) -> N
     theirs = history(job(WINE_MLP, wine_inline(((x - mean) / std).numpy(), columns["target"])))
     assert ours == theirs
     assert ours[-1]["val_accuracy"] > 0.8  # wine needs scaled features to be learned in 2 epochs
+    # Predict scales the dataset's inputs by the training split's statistics too.
+    predicts_on_it(tmp_path, plan, done, description, (x - mean) / std, columns["target"])
 
 
-def test_an_image_zip_learns_as_the_same_inline_pixels(datasets_api: TestClient) -> None:
+def test_an_image_zip_learns_as_the_same_inline_pixels(datasets_api: TestClient, tmp_path: Path) -> None:
     members, pixels, labels = make.digit_images(120)
     dataset_id, description = uploaded(datasets_api, make.image_zip(members), "digits.zip")
-    ours = history(job(DIGITS_MLP, {"id": dataset_id, "inputs": "image", "targets": "label"}), description)
+    ours, plan, done = trained(
+        job(DIGITS_MLP, {"id": dataset_id, "inputs": "image", "targets": "label"}), description
+    )
     x = (pixels.astype(np.float32) / np.float32(255))[:, None]
     assert ours == history(job(DIGITS_MLP, {"name": "inline", "x": x.tolist(), "y": labels.tolist()}))
+    predicts_on_it(tmp_path, plan, done, description, torch.from_numpy(x), labels)
 
 
 def test_the_name_uploaded_may_be_given_or_left_out(datasets_api: TestClient) -> None:
-    dataset_id, description = uploaded(datasets_api, digits_upload("npz"), "digits.npz")
+    dataset_id, _ = uploaded(datasets_api, digits_upload("npz"), "digits.npz")
     given = {"name": "uploaded", "id": dataset_id, "inputs": "x", "targets": "y"}
     left_out = {"id": dataset_id, "inputs": "x", "targets": "y"}
     assert JobCreate.model_validate(job(DIGITS_MLP, given)) == JobCreate.model_validate(

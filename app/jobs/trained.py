@@ -79,7 +79,7 @@ class TrainedModels:
         request = JobCreate.model_validate(job.request)
         spec, module = load_weights(weights)
         data = request.dataset.describe(request.loss.task == "classification", settings)
-        model = TrainedModel(job.id, sha256, spec, module, request, data, _scaling(weights))
+        model = TrainedModel(job.id, sha256, spec, module, request, data, scaling_of(weights))
         with self._lock:
             self._models[key] = model
             while len(self._models) > self.size:
@@ -90,7 +90,7 @@ class TrainedModels:
 MODELS = TrainedModels(settings.predict_cache_size)
 
 
-def _scaling(weights: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def scaling_of(weights: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The standardized inputs' statistics the job kept in its weights' metadata."""
     stats = json.loads(read_metadata(weights).get("standardize", "{}"))
     return {name: (torch.tensor(s["mean"]), torch.tensor(s["std"])) for name, s in stats.items()}
