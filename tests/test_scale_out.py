@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from servers import ROOT, START_S, clean_env, free_port, uvicorn_command, wait_for
 
@@ -202,6 +204,27 @@ def test_jobs_run_on_the_worker_node(cluster: Cluster) -> None:
     assert stored.read_bytes() == response.content
     header_size = int.from_bytes(response.content[:8], "little")  # safetensors: u64 size, JSON header
     assert json.loads(response.content[8 : 8 + header_size])["__metadata__"]["job_id"] == job["id"]
+
+
+def test_a_50_mb_uploaded_dataset_trains_on_the_worker_node(cluster: Cluster) -> None:
+    """The worker reads the file from MB_DATA_DIR, the volume the nodes share (here: one machine)."""
+    g = np.random.default_rng(0)
+    x = g.standard_normal((49_152, 256), dtype=np.float32)  # 50.3 MB of inputs
+    y = (x @ g.standard_normal((256, 10), dtype=np.float32)).argmax(axis=1)
+    buffer = io.BytesIO()
+    np.savez(buffer, x=x, y=y)
+    uploaded = cluster.api.post("/v1/datasets", files={"file": ("big.npz", buffer.getvalue())})
+    assert uploaded.status_code == 201, uploaded.text
+    assert uploaded.json()["size_bytes"] > 50_000_000
+    model = {"layers": [{"type": "Linear", "out_features": 10}]}
+    body = {
+        **mlp_job(epochs=1, batch_size=512),
+        "model": model,
+        "dataset": {"id": uploaded.json()["id"], "inputs": "x", "targets": "y"},
+    }
+    job = cluster.run(body)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["node"]["ip"] == WORKER_IP and job["metrics"]["val_accuracy"] > 0.7
 
 
 def test_killing_the_only_worker_node_mid_job_fails_the_job_and_the_api_carries_on(cluster: Cluster) -> None:

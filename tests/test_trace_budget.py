@@ -47,9 +47,9 @@ def test_a_job_plan_traces_under_a_slot_and_the_budget(tmp_path, monkeypatch: py
     free_slots_while_planning = []
     plan_job = job_routes.plan_job
 
-    def observed(job: JobCreate, cancelled: threading.Event) -> JobPlan:
+    def observed(job: JobCreate, cancelled: threading.Event, uploaded: object = None) -> JobPlan:
         free_slots_while_planning.extend(s._value for s in traces._slots.values())
-        return plan_job(job, cancelled)
+        return plan_job(job, cancelled, uploaded)
 
     monkeypatch.setattr(job_routes, "plan_job", observed)
     saved = getattr(app.state, "jobs", None)

@@ -28,14 +28,22 @@ def owner_of(caller: Caller) -> str:
 
 
 class Datasets:
-    def __init__(self, store: DatasetStore, files: DatasetFiles, limits: Limits, quota: int) -> None:
+    def __init__(
+        self,
+        store: DatasetStore,
+        files: DatasetFiles,
+        limits: Limits,
+        quota: int,
+        jobs: JobStore | None = None,
+    ) -> None:
         self.store, self.files, self.limits, self.quota = store, files, limits, quota
+        self.jobs = jobs  # whose queued and running jobs keep a dataset from deletion
 
     @classmethod
     def from_settings(cls, jobs: JobStore, data_dir: Path | None = None) -> Datasets:
         limits = Limits(max_bytes=settings.max_dataset_bytes, max_samples=settings.max_dataset_samples)
         files = DatasetFiles((data_dir or settings.data_dir).resolve() / "datasets")
-        return cls(DatasetStore(jobs), files, limits, settings.max_datasets_bytes)
+        return cls(DatasetStore(jobs), files, limits, settings.max_datasets_bytes, jobs)
 
     def add(self, upload: Upload, caller: Caller, resize: Size | None) -> tuple[Dataset, bool]:
         """Describe and store ``upload`` for ``caller``; the dataset, and whether it is new (the
@@ -80,10 +88,19 @@ class Datasets:
     def delete(self, dataset_id: str, caller: Caller) -> None:
         """Remove the caller's record (an admin's: every key's), and the file once unreferenced."""
         with self.files.lock():
-            # Issue 19, part 2: a 409 here while a queued or running job of the owner uses it.
+            self._refuse_in_use(dataset_id, caller)
             if not self.store.delete(dataset_id, owner_of(caller), caller.admin):
                 raise _not_found(dataset_id)
             self._remove_unreferenced(dataset_id)
+
+    def _refuse_in_use(self, dataset_id: str, caller: Caller) -> None:
+        """A 409 while a queued or running job of the caller's key (an admin's: anyone's) uses it."""
+        if self.jobs is None or self.store.get(dataset_id, owner_of(caller), caller.admin) is None:
+            return  # nothing to refuse: the delete answers 404
+        using = self.jobs.active_using_dataset(dataset_id, None if caller.admin else owner_of(caller))
+        if using:
+            msg = f"dataset {dataset_id} is in use by {len(using)} queued or running job(s), {using[0]} first"
+            raise DatasetError(msg, kind="dataset_in_use", status=409, loc=ID, ctx={"jobs": using})
 
     def _remove_unreferenced(self, dataset_id: str) -> None:
         try:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 from app.core.config import settings
 from app.core.spec_limits import check_model
+from app.datasets.description import Description
+from app.datasets.uploaded import UploadedDataset
 from app.jobs.train import TrainPayload
 from app.schemas.jobs import JobCreate
 from layers.analysis.budget import TraceBudget
@@ -23,20 +25,30 @@ from layers.analysis.params import weight_bytes
 from layers.analysis.trace import TracedModel, trace_model
 from layers.language.base import ContainerSpec
 from layers.language.errors import LimitError, ShapeError, SpecError
+from layers.language.io import input_names, output_names
 from layers.training.datasets import DatasetInfo
 
 
 @dataclass(frozen=True)
 class JobPlan:
+    job: JobCreate  # as it is stored: an uploaded dataset with what the plan checked (``planned``)
     payload: TrainPayload  # what the worker is sent (the engine adds the job's id and directory)
     memory_estimate_bytes: int
 
 
-def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPlan:
+def plan_job(
+    job: JobCreate, cancelled: threading.Event | None = None, uploaded: Description | None = None
+) -> JobPlan:
     """Check ``job`` against its dataset and the limits; raise ``SpecError`` at the offending field.
 
-    Once ``cancelled`` is set the model's trace stops (``layers.analysis.budget.TraceCancelled``)."""
+    ``uploaded`` is the stored description of the job's uploaded dataset (the caller's own: the
+    route looked it up). Once ``cancelled`` is set the model's trace stops
+    (``layers.analysis.budget.TraceCancelled``)."""
     check_model(job.model)
+    dataset_file = None
+    if isinstance(job.dataset, UploadedDataset):
+        job = _plan_upload(job, uploaded)
+        dataset_file = str(settings.data_dir.resolve() / "datasets" / job.dataset.id)
     info = job.dataset.describe(job.loss.task == "classification", settings)
     _check_steps(job, info)
     traced, step = _trace(job, info, cancelled)
@@ -51,6 +63,7 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
         model=traced.spec,
         output_shape=list(output),
         dataset=job.dataset,
+        dataset_file=dataset_file,
         loss=job.loss,
         optimizer=job.optimizer,
         epochs=job.epochs,
@@ -63,7 +76,19 @@ def plan_job(job: JobCreate, cancelled: threading.Event | None = None) -> JobPla
         memory_estimate_bytes=memory,
         memory_allowance_bytes=allowance,
     )
-    return JobPlan(payload=payload, memory_estimate_bytes=memory)
+    return JobPlan(job=job, payload=payload, memory_estimate_bytes=memory)
+
+
+def _plan_upload(job: JobCreate, description: Description | None) -> JobCreate:
+    """The job with its uploaded dataset checked against the model's inputs and outputs."""
+    assert isinstance(job.dataset, UploadedDataset)
+    if description is None:
+        raise RuntimeError("an uploaded dataset's description is looked up before the plan")
+    first = next((spec for _, _, spec in job.model.walk() if not isinstance(spec, ContainerSpec)), None)
+    embedding = getattr(first, "num_embeddings", None) is not None
+    dataset = job.dataset.plan(description, input_names(job.model), output_names(job.model), embedding)
+    dataset.check_targets(job.loss.task == "classification")
+    return job.model_copy(update={"dataset": dataset})
 
 
 def _check_steps(job: JobCreate, info: DatasetInfo) -> None:

@@ -347,6 +347,18 @@ class JobStore:
         statement = sa.select(*_WITHOUT_REQUEST).where(jobs.c.status.in_(ACTIVE)).order_by(jobs.c.created_at)
         return self._query(lambda conn: [_decode(row) for row in conn.execute(statement)])
 
+    def active_using_dataset(self, dataset_id: str, owner: str | None) -> list[str]:
+        """Ids of the queued or running jobs that train on the uploaded dataset ``dataset_id``
+        (of ``owner``, ``""`` for none; None: of anyone)."""
+        statement = sa.select(jobs.c.id, jobs.c.owner, jobs.c.request).where(jobs.c.status.in_(ACTIVE))
+        rows = self._query(lambda conn: conn.execute(statement).all())
+        return [
+            job_id
+            for job_id, job_owner, request in rows
+            if (request.get("dataset") or {}).get("id") == dataset_id
+            and (owner is None or (job_owner or "") == owner)
+        ]
+
     def finished_before(self, before: float, limit: int = 500) -> list[str]:
         """Ids of finished jobs that finished before ``before`` (a Unix time), oldest first."""
         statement = (

@@ -8,6 +8,7 @@ is sent. The events are ``app.jobs.events``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -22,6 +23,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from app.core.config import settings
+from app.datasets.uploaded import UploadedDataset, standardize
 from app.jobs import checkpoint
 from app.jobs.domain import EpochResult, Metrics, NodeInfo, Progress
 from app.jobs.events import Done, EpochEvent, Failed, ProgressEvent, Started, WorkerEvent
@@ -29,9 +31,12 @@ from app.jobs.measure import MemoryMeter
 from app.jobs.memory_guard import MemoryGuard
 from app.jobs.weights import serialize_weights
 from layers import ModelSpec
-from layers.training.datasets import AnyDataset
+from layers.language import io
+from layers.training.datasets import DATASET_KINDS, Named, dataset_union
 from layers.training.losses import AnyLoss, LossSpec
 from layers.training.optimizers import AnyOptimizer
+
+WorkerDataset = dataset_union((*DATASET_KINDS, UploadedDataset))  # every kind, already checked
 
 
 class TrainPayload(BaseModel):
@@ -41,7 +46,8 @@ class TrainPayload(BaseModel):
 
     model: ModelSpec  # every size already inferred by the API's trace
     output_shape: list[int]  # the model's output per sample, from that trace
-    dataset: AnyDataset
+    dataset: WorkerDataset
+    dataset_file: str | None = None  # an uploaded dataset's file, on the volume every node shares
     loss: AnyLoss
     optimizer: AnyOptimizer
     epochs: int
@@ -126,7 +132,7 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: NodeIn
     for epoch in range(len(history) + 1, job.epochs + 1):
         train_loss, last_loss = yield from run.epoch(epoch, deadline)
         val_loss, val_accuracy = evaluate(
-            run.model, run.loss_fn, job.loss, run.x_val, run.t_val, run.labels_val, job.batch_size
+            run.model, run.outputs, run.x_val, run.t_val, run.labels_val, job.batch_size
         )
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             yield Failed(
@@ -145,25 +151,51 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: NodeIn
     last = history[-1]
     metrics = Metrics(train_loss=last.train_loss, val_loss=last.val_loss, val_accuracy=last.val_accuracy)
     measured = run.memory.result()  # before the weights' bytes are made: they are not the training's
-    weights = serialize_weights(run.model, job.model, job.job_id)
+    weights = serialize_weights(run.model, job.model, job.job_id, scaling_metadata(run.scaling))
     duration = run.spent_before + time.monotonic() - started
     yield Done(metrics=metrics, duration_s=duration, memory=measured, weights=weights)
 
 
+@dataclass(frozen=True)
+class Output:
+    """One model output the loop trains: its loss, the loss's weight in the sum, its shape."""
+
+    spec: LossSpec
+    weight: float
+    fn: torch.nn.Module
+    shape: tuple[int, ...]  # per sample, from the plan's trace
+
+
+def outputs_of(job: TrainPayload, device: torch.device) -> dict[str, Output]:
+    """The losses by output name: a sequence model's one output, weighted 1."""
+    (name,) = io.output_names(job.model)
+    return {name: Output(job.loss, 1.0, job.loss.build().to(device), tuple(job.output_shape))}
+
+
+def load_data(job: TrainPayload, classification: bool) -> tuple[Named, Named]:
+    """The dataset's inputs by model input name and targets by output name, on the CPU."""
+    if isinstance(job.dataset, UploadedDataset):
+        if job.dataset_file is None:
+            raise ValueError("the payload names no file for its uploaded dataset")
+        return job.dataset.read(Path(job.dataset_file))
+    return job.dataset.load_named(classification, settings)
+
+
 @dataclass
 class _Run:
-    """One run's model, data on the device, loss, optimizer and random state, and how far it got."""
+    """One run's model, data on the device, losses, optimizer and random state, and how far it got."""
 
     job: TrainPayload
     device: torch.device
     model: torch.nn.Module
-    loss_fn: torch.nn.Module
+    outputs: dict[str, Output]
     optimizer: torch.optim.Optimizer
-    x_train: torch.Tensor
-    t_train: torch.Tensor  # the targets as the loss takes them
-    x_val: torch.Tensor
-    t_val: torch.Tensor
-    labels_val: torch.Tensor  # the validation targets as the dataset has them (for accuracy)
+    x_train: Named
+    t_train: Named  # the targets as each output's loss takes them
+    x_val: Named
+    t_val: Named
+    labels_val: Named  # the validation targets as the dataset has them (for accuracy)
+    scaling: dict[str, tuple[torch.Tensor, torch.Tensor]]  # standardized inputs' (mean, std)
     memory: MemoryMeter
     shuffle: torch.Generator
     steps_total: int
@@ -171,32 +203,43 @@ class _Run:
     spent_before: float = 0.0  # training time of earlier attempts
     measured: bool = False  # the first step's memory has been measured
 
+    @property
+    def samples(self) -> int:
+        return next(iter(self.x_train.values())).shape[0]
+
     @classmethod
     def prepare(cls, job: TrainPayload, device: torch.device) -> _Run:
-        loss_spec: LossSpec = job.loss
-        x, y = job.dataset.load(loss_spec.task == "classification", settings)
-        x_train, y_train, x_val, y_val = job.dataset.split(x, y)
+        outputs = outputs_of(job, device)
+        classification = any(o.spec.task == "classification" for o in outputs.values())
+        x, y = load_data(job, classification)
+        x_train, y_train, x_val, y_val = job.dataset.split_named(x, y)
+        scaling: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if isinstance(job.dataset, UploadedDataset) and job.dataset.standardize:
+            x_train, x_val, scaling = standardize(x_train, x_val)
         torch.manual_seed(job.seed)
         with torch.device(device):
             model = job.model.build()
-        output_shape = tuple(job.output_shape)
-        t_train = loss_spec.prepare(y_train, output_shape).to(device)
-        t_val = loss_spec.prepare(y_val, output_shape).to(device)
+
+        def prepared(y: Named) -> Named:
+            return {name: o.spec.prepare(y[name], o.shape).to(device) for name, o in outputs.items()}
+
+        samples = next(iter(x_train.values())).shape[0]
         return cls(
             job=job,
             device=device,
             model=model,
-            loss_fn=loss_spec.build().to(device),
+            outputs=outputs,
             # Frozen parameters (``trainable: false``) get no optimizer state and are never stepped.
             optimizer=job.optimizer.build([p for p in model.parameters() if p.requires_grad]),
-            x_train=x_train.to(device),
-            t_train=t_train,
-            x_val=x_val.to(device),
-            t_val=t_val,
-            labels_val=y_val.to(device),
+            x_train=_to(x_train, device),
+            t_train=prepared(y_train),
+            x_val=_to(x_val, device),
+            t_val=prepared(y_val),
+            labels_val=_to(y_val, device),
+            scaling=scaling,
             memory=MemoryMeter(model, device, job.memory_estimate_bytes),
             shuffle=torch.Generator().manual_seed(job.seed),
-            steps_total=math.ceil(x_train.shape[0] / job.batch_size) * job.epochs,
+            steps_total=math.ceil(samples / job.batch_size) * job.epochs,
         )
 
     def restore(self, resume: checkpoint.Checkpoint) -> None:
@@ -206,7 +249,7 @@ class _Run:
 
     def epoch(self, epoch: int, deadline: float) -> Generator[ProgressEvent, None, tuple[float, float]]:
         """Train one epoch, yielding progress; its mean training loss and its last step's."""
-        n, bs = self.x_train.shape[0], self.job.batch_size
+        n, bs = self.samples, self.job.batch_size
         self.model.train()
         order = torch.randperm(n, generator=self.shuffle).to(self.device)
         total, seen = torch.zeros((), device=self.device), 0
@@ -234,7 +277,8 @@ class _Run:
         """One optimizer step on ``batch`` (indices); its loss. The first one is measured."""
         self.optimizer.zero_grad(set_to_none=True)
         with nullcontext() if self.measured else self.memory.first_forward():
-            loss = self.loss_fn(self.model(self.x_train[batch]), self.t_train[batch])
+            out = io.run(self.model, _rows(self.x_train, batch))
+            loss = weighted_loss(self.outputs, out, _rows(self.t_train, batch))
         loss.backward()
         self.optimizer.step()
         if not self.measured:
@@ -273,24 +317,57 @@ def _set_rng(state: dict[str, torch.Tensor], shuffle: torch.Generator, device: t
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _to(named: Named, device: torch.device) -> Named:
+    return {name: tensor.to(device) for name, tensor in named.items()}
+
+
+def _rows(named: Named, rows: torch.Tensor | slice) -> Named:
+    return {name: tensor[rows] for name, tensor in named.items()}
+
+
+def weighted_loss(outputs: dict[str, Output], out: dict[str, torch.Tensor], targets: Named) -> torch.Tensor:
+    """The sum of each output's loss times its weight (a weight of 1 is not multiplied in)."""
+    total: torch.Tensor | None = None
+    for name, o in outputs.items():
+        loss = o.fn(out[name], targets[name])
+        loss = loss if o.weight == 1.0 else o.weight * loss
+        total = loss if total is None else total + loss
+    assert total is not None
+    return total
+
+
+def scaling_metadata(scaling: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, str]:
+    """The standardized inputs' statistics as weights metadata (predict applies them)."""
+    if not scaling:
+        return {}
+    stats = {name: {"mean": m.cpu().tolist(), "std": s.cpu().tolist()} for name, (m, s) in scaling.items()}
+    return {"standardize": json.dumps(stats)}
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    loss_fn: torch.nn.Module,
-    loss_spec: LossSpec,
-    x: torch.Tensor,
-    targets: torch.Tensor,
-    labels: torch.Tensor,
+    outputs: dict[str, Output],
+    x: Named,
+    targets: Named,
+    labels: Named,
     batch_size: int,
 ) -> tuple[float, float | None]:
-    """Mean validation loss, and accuracy for classification losses."""
+    """Mean validation loss (the weighted sum over outputs), and accuracy: the mean over the
+    classification outputs."""
     model.eval()  # safe: nn.Module.eval() switches to evaluation mode; no code is evaluated
-    total, correct = torch.zeros((), device=x.device), torch.zeros((), device=x.device)
-    for start in range(0, x.shape[0], batch_size):
-        out = model(x[start : start + batch_size])
-        total += loss_fn(out, targets[start : start + batch_size]) * out.shape[0]
-        if loss_spec.task == "classification":
-            correct += loss_spec.correct(out, labels[start : start + batch_size])
-    n = x.shape[0]
-    accuracy = correct.item() / n if loss_spec.task == "classification" else None
+    n = next(iter(x.values())).shape[0]
+    device = next(iter(x.values())).device
+    total = torch.zeros((), device=device)
+    correct = {
+        name: torch.zeros((), device=device) for name, o in outputs.items() if o.spec.task == "classification"
+    }
+    for start in range(0, n, batch_size):
+        rows = slice(start, start + batch_size)
+        out = io.run(model, _rows(x, rows))
+        count = next(iter(out.values())).shape[0]
+        total += weighted_loss(outputs, out, _rows(targets, rows)) * count
+        for name in correct:
+            correct[name] += outputs[name].spec.correct(out[name], labels[name][rows])
+    accuracy = sum(c.item() / n for c in correct.values()) / len(correct) if correct else None
     return total.item() / n, accuracy

@@ -10,6 +10,7 @@ float32); anything else is a ``SpecError`` at ``inputs`` or at the element (``in
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import OrderedDict
@@ -22,12 +23,15 @@ import torch
 from torch import nn
 
 from app.core.config import settings
+from app.datasets.description import Description
+from app.datasets.uploaded import UploadedDataset
 from app.jobs.domain import Job
-from app.jobs.weights import load_weights
+from app.jobs.weights import load_weights, read_metadata
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
 from layers.language.base import FLOAT32_MAX, shape_str
-from layers.language.errors import LimitError, ShapeError
+from layers.language.errors import LimitError, ShapeError, SpecError
+from layers.language.io import SEQUENCE_INPUT, input_names, output_names
 from layers.training.datasets import DatasetInfo
 from layers.training.losses import LossSpec
 
@@ -44,10 +48,18 @@ class TrainedModel:
     module: nn.Module  # on the CPU, in eval mode
     request: JobCreate
     data: DatasetInfo
+    scaling: dict[str, tuple[torch.Tensor, torch.Tensor]]  # inputs standardized in training: (mean, std)
 
     @property
     def loss(self) -> LossSpec:
         return self.request.loss
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on a batch of the sequence model's input, scaled as in training."""
+        if SEQUENCE_INPUT in self.scaling:
+            mean, std = self.scaling[SEQUENCE_INPUT]
+            x = (x - mean) / std
+        return self.module(x)
 
 
 class TrainedModels:
@@ -67,7 +79,7 @@ class TrainedModels:
         request = JobCreate.model_validate(job.request)
         spec, module = load_weights(weights)
         data = request.dataset.describe(request.loss.task == "classification", settings)
-        model = TrainedModel(job.id, sha256, spec, module, request, data)
+        model = TrainedModel(job.id, sha256, spec, module, request, data, scaling_of(weights))
         with self._lock:
             self._models[key] = model
             while len(self._models) > self.size:
@@ -76,6 +88,12 @@ class TrainedModels:
 
 
 MODELS = TrainedModels(settings.predict_cache_size)
+
+
+def scaling_of(weights: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The standardized inputs' statistics the job kept in its weights' metadata."""
+    stats = json.loads(read_metadata(weights).get("standardize", "{}"))
+    return {name: (torch.tensor(s["mean"]), torch.tensor(s["std"])) for name, s in stats.items()}
 
 
 def _shape_of(values: Any) -> tuple[list[int], list[Any]]:
@@ -169,11 +187,76 @@ def predict(model: TrainedModel, inputs: Any) -> dict[str, Any]:
     """Run the model; outputs (and class predictions and probabilities for a classification job)."""
     x, single = to_batch(model, inputs)
     with torch.inference_mode():
-        out = model.module(x)
+        out = model.run(x)
         answer: dict[str, Any] = {"output_shape": list(out.shape[1:] if single else out.shape)}
         if model.loss.task == "classification":
             classes, probabilities = model.loss.classes(out), model.loss.probabilities(out)
             answer["predictions"] = classes[0].item() if single else classes.tolist()
             answer["probabilities"] = (probabilities[0] if single else probabilities).tolist()
         answer["outputs"] = (out[0] if single else out).tolist()
+    return answer
+
+
+DATASET = ("dataset",)
+
+
+def dataset_spec(model: TrainedModel, asked: Any, description: Description) -> tuple[UploadedDataset, bool]:
+    """The arrays to predict on (``asked``: a ``PredictDataset``) checked against ``description``
+    and the model, and whether the answer compares with targets; ``SpecError`` at ``dataset``."""
+    trained = model.request.dataset if isinstance(model.request.dataset, UploadedDataset) else None
+    inputs = asked.inputs if asked.inputs is not None else trained.inputs if trained else None
+    if inputs is None:
+        msg = "this job did not train on an uploaded dataset: name the arrays of its inputs"
+        raise SpecError((*DATASET, "inputs"), msg)
+    targets = asked.targets
+    if targets is None and trained is not None:
+        names = {array.name for array in description.arrays}
+        wanted = [
+            n for ref in trained.target_arrays().values() for n in (ref if isinstance(ref, list) else [ref])
+        ]
+        targets = trained.targets if set(wanted) <= names else None
+    spec = UploadedDataset(id=asked.id, inputs=inputs, targets=targets or inputs, dtype=model.data.dtype)
+    outputs = output_names(model.spec)
+    checked = spec.plan(
+        description, input_names(model.spec), outputs, False, with_targets=targets is not None
+    )
+    checked.check_targets(targets is not None and model.loss.task == "classification")
+    (ref,) = checked.input_arrays().values()
+    shape, _ = checked.info_of(ref)
+    if shape != model.data.sample_shape:
+        raise ShapeError(
+            (*DATASET, "inputs"),
+            f"the dataset's samples are {shape_str(shape)}; the job trained on "
+            f"{shape_str(model.data.sample_shape)}",
+            {"expected": list(model.data.sample_shape), "got": list(shape)},
+        )
+    if description.samples > settings.max_predict_samples:
+        raise LimitError(
+            DATASET,
+            f"the dataset has {description.samples} samples; predict takes at most "
+            f"{settings.max_predict_samples} (MB_MAX_PREDICT_SAMPLES)",
+            {"limit": settings.max_predict_samples, "got": description.samples},
+        )
+    return checked, targets is not None
+
+
+def predict_dataset(
+    model: TrainedModel, dataset: UploadedDataset, with_targets: bool, path: Path
+) -> dict[str, Any]:
+    """Predictions on every sample of the dataset, with the accuracy or loss against its targets."""
+    x, y = dataset.read(path, with_targets)
+    (inputs,) = x.values()
+    with torch.inference_mode():
+        out = model.run(inputs)
+        answer: dict[str, Any] = {"output_shape": list(out.shape), "samples": out.shape[0]}
+        if model.loss.task == "classification":
+            answer["predictions"] = model.loss.classes(out).tolist()
+            answer["probabilities"] = model.loss.probabilities(out).tolist()
+        answer["outputs"] = out.tolist()
+        if with_targets:
+            (labels,) = y.values()
+            target = model.loss.prepare(labels, tuple(out.shape[1:]))
+            answer["loss"] = model.loss.build()(out, target).item()
+            if model.loss.task == "classification":
+                answer["accuracy"] = model.loss.correct(out, labels).item() / out.shape[0]
     return answer

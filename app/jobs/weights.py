@@ -50,10 +50,14 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def serialize_weights(model: torch.nn.Module, spec: ModelSpec, job_id: str) -> bytes:
-    """The model's weights (moved to the CPU) as a safetensors file's bytes."""
+def serialize_weights(
+    model: torch.nn.Module, spec: ModelSpec, job_id: str, extra: dict[str, str] | None = None
+) -> bytes:
+    """The model's weights (moved to the CPU) as a safetensors file's bytes (``extra``: more
+    metadata, such as the standardized inputs' statistics)."""
     model.to("cpu")
     metadata = {
+        **(extra or {}),
         "format": "pt",
         "spec": canonical_json(spec),
         "torch_version": torch.__version__,

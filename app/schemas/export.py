@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from app.datasets.uploaded import Mapping
 from app.schemas.summary import SummaryRequest
 from layers.export import EXPORTERS
 from layers.language.spec import SpecModel
@@ -20,11 +21,36 @@ class ExportRequest(SummaryRequest):
     format: ExportFormat = Field("pytorch", description=FORMAT_DESCRIPTION)
 
 
-class PredictRequest(SpecModel):
-    inputs: list[Any] = Field(
-        description="one sample shaped like the job's dataset samples (e.g. [1, 8, 8] for digits), "
-        "or a batch of them, as nested lists of numbers (integers for token ids)"
+class PredictDataset(SpecModel):
+    """An uploaded dataset to predict on: which arrays are the model's inputs, and its targets."""
+
+    id: str = Field(pattern="^[0-9a-f]{64}$", description="the dataset's id (its sha256)")
+    inputs: Mapping | None = Field(None, description="as a job's; null: the job's own (trained on a dataset)")
+    targets: Mapping | None = Field(
+        None, description="as a job's; null: the job's own, when this dataset has those arrays (else none)"
     )
+
+
+class PredictRequest(SpecModel):
+    inputs: list[Any] | None = Field(
+        None,
+        description="one sample shaped like the job's dataset samples (e.g. [1, 8, 8] for digits), "
+        "or a batch of them, as nested lists of numbers (integers for token ids)",
+    )
+    dataset: str | PredictDataset | None = Field(
+        None,
+        description="instead of inputs: an uploaded dataset's id (its arrays mapped as the job's), or "
+        "{id, inputs, targets}; with targets the answer has the accuracy or loss",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PredictRequest:
+        if (self.inputs is None) == (self.dataset is None):
+            raise ValueError("give either inputs or dataset")
+        return self
+
+    def dataset_request(self) -> PredictDataset | None:
+        return PredictDataset(id=self.dataset) if isinstance(self.dataset, str) else self.dataset
 
 
 class PredictResponse(BaseModel):
@@ -34,3 +60,8 @@ class PredictResponse(BaseModel):
         None, description="the predicted class index (or one per sample), for a classification job"
     )
     probabilities: list[Any] | None = Field(None, description="class probabilities, for a classification job")
+    samples: int | None = Field(None, description="samples predicted, for a dataset")
+    accuracy: float | None = Field(
+        None, description="against the dataset's targets, for a classification job"
+    )
+    loss: float | None = Field(None, description="the job's loss against the dataset's targets")

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from app.core.config import settings
+from app.datasets.uploaded import UploadedDataset
 from app.jobs.domain import EpochResult, Job, JobMemory, JobStatus, Metrics, NodeInfo, Progress
 from app.jobs.retention import job_dir
 from app.jobs.weights import weights_info
@@ -21,7 +22,7 @@ from layers.training.datasets import bounded_datasets
 from layers.training.losses import AnyLoss
 from layers.training.optimizers import AnyOptimizer
 
-JobDataset = bounded_datasets(settings)  # every dataset kind, within this server's limits
+JobDataset = bounded_datasets(settings, extra=(UploadedDataset,))  # every kind, within this server's limits
 
 
 class JobCreate(SpecModel):

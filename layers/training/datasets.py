@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol, Self, Union
 
 import torch
-from pydantic import ConfigDict, Field, create_model
+from pydantic import ConfigDict, Discriminator, Field, GetJsonSchemaHandler, Tag, create_model
 from pydantic.fields import FieldInfo
+from pydantic_core import CoreSchema
 
 from layers.language.base import Shape
 from layers.language.errors import SpecError
+from layers.language.io import SEQUENCE_INPUT, SEQUENCE_OUTPUT
 from layers.language.spec import SpecModel
 from layers.training.losses import Targets
 
@@ -56,6 +58,9 @@ class DatasetInfo:
         return self.samples * (4 * math.prod(self.sample_shape) + per_target)
 
 
+Named = dict[str, torch.Tensor]  # tensors by model input (or output) name, samples first
+
+
 class _Dataset(SpecModel):
     model_config = ConfigDict(frozen=True)
 
@@ -75,6 +80,12 @@ class _Dataset(SpecModel):
         """All samples as ``(x, y)`` on the CPU: inputs batch-first, targets as the info says."""
         raise NotImplementedError
 
+    def load_named(self, classification: bool, limits: DatasetLimits) -> tuple[Named, Named]:
+        """All samples as inputs by model input name and targets by output name (a built-in kind:
+        the sequence model's one input and one output)."""
+        x, y = self.load(classification, limits)
+        return {SEQUENCE_INPUT: x}, {SEQUENCE_OUTPUT: y}
+
     def train_samples(self, n: int) -> int:
         """Samples of ``n`` that ``split`` trains on (at least one is held out, and one kept)."""
         return n - min(max(1, round(n * self.val_fraction)), n - 1)
@@ -86,6 +97,18 @@ class _Dataset(SpecModel):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         train, val = order[n_val:], order[:n_val]
         return x[train], y[train], x[val], y[val]
+
+    def split_named(self, inputs: Named, targets: Named) -> tuple[Named, Named, Named, Named]:
+        """``split`` of every tensor by the same permutation: train inputs, targets, then val's."""
+        n = next(iter(inputs.values())).shape[0]
+        n_val = n - self.train_samples(n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        train, val = order[n_val:], order[:n_val]
+
+        def pick(named: Named, rows: torch.Tensor) -> Named:
+            return {name: tensor[rows] for name, tensor in named.items()}
+
+        return pick(inputs, train), pick(targets, train), pick(inputs, val), pick(targets, val)
 
 
 class DigitsDataset(_Dataset):
@@ -181,6 +204,8 @@ class InlineDataset(_Dataset):
 
     def load(self, classification: bool, limits: DatasetLimits) -> tuple[torch.Tensor, torch.Tensor]:
         """``x`` and ``y`` as tensors; ``SpecError`` at the field when they are ragged or mismatched."""
+        _refuse_booleans(self.x, ("dataset", "x"))
+        _refuse_booleans(self.y, ("dataset", "y"))
         if self.dtype == "int64":
             # Checked as exact doubles first: torch.tensor(..., dtype=int64) truncates 1.5 to 1.
             _refuse_first(
@@ -224,6 +249,18 @@ class InlineDataset(_Dataset):
             targets = Targets(num_classes=None, shape=tuple(y.shape[1:]))
         tokens = int(x.max()) + 1 if self.dtype == "int64" else None
         return DatasetInfo(x.shape[0], tuple(x.shape[1:]), self.dtype, targets, tokens)
+
+
+def _refuse_booleans(values: list, loc: tuple[str | int, ...]) -> None:
+    """``SpecError`` at the first JSON boolean, however deep (torch reads ``true`` as 1.0)."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(values, loc)]
+    while stack:
+        value, at = stack.pop()
+        if isinstance(value, bool):
+            where = f"{at[1]}{''.join(f'[{i}]' for i in at[2:])}"
+            raise SpecError(at, f"{where} is {str(value).lower()}; it must be a number, not a boolean")
+        if isinstance(value, list):
+            stack.extend((item, (*at, i)) for i, item in reversed(list(enumerate(value))))
 
 
 def _not_an_int64(x: torch.Tensor) -> torch.Tensor:
@@ -272,13 +309,52 @@ def _bounded(kind: type[_Dataset], **bounds: FieldInfo) -> Any:
 DATASET_KINDS: tuple[type[_Dataset], ...] = (DigitsDataset, SyntheticDataset, InlineDataset)
 
 
-def _union(kinds: tuple[type[_Dataset], ...]) -> Any:
-    return Annotated[Union[kinds], Field(discriminator="name")]  # noqa: UP007
+def _tag(kind: type[_Dataset]) -> str:
+    return kind.model_fields["name"].default
 
 
-AnyDataset = _union(DATASET_KINDS)  # every kind, unbounded: what a worker is sent, already checked
+def _kind_of(value: Any) -> str | None:
+    """The kind's ``name``; a dict without one but with an ``id`` is an uploaded dataset's."""
+    if isinstance(value, dict):
+        return value.get("name", "uploaded" if "id" in value else None)
+    return getattr(value, "name", None)
 
 
-def bounded_datasets(limits: DatasetLimits) -> Any:
-    """The union of every kind with its fields bounded by ``limits``: what a service parses."""
-    return _union(tuple(kind.within(limits) for kind in DATASET_KINDS))
+class _NameInSchema:
+    """The JSON Schema's ``discriminator`` on ``name`` (clients such as the playground read the
+    kinds from its mapping), which a callable discriminator does not write by itself."""
+
+    def __init__(self, tags: list[str]) -> None:
+        self.tags = tags
+
+    def __get_pydantic_json_schema__(self, core: CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        schema = handler(core)
+        refs = [option["$ref"] for option in schema["oneOf"]]
+        schema["discriminator"] = {"propertyName": "name", "mapping": dict(zip(self.tags, refs, strict=True))}
+        return schema
+
+
+def dataset_union(kinds: tuple[type[_Dataset], ...]) -> Any:
+    """The union of ``kinds`` by their ``name``, which an uploaded dataset (``{"id": ...}``) may leave out."""
+    tags = [_tag(kind) for kind in kinds]
+    options = tuple(Annotated[kind, Tag(tag)] for kind, tag in zip(kinds, tags, strict=True))
+    expected = ", ".join(repr(tag) for tag in tags)
+    discriminator = Discriminator(
+        _kind_of,
+        custom_error_type="dataset_kind_invalid",
+        custom_error_message=f"the dataset's name must be one of {expected} (or an uploaded dataset's id)",
+        custom_error_context={"discriminator": "name", "expected_tags": expected},
+    )
+    return Annotated[Union[options], discriminator, _NameInSchema(tags)]  # noqa: UP007
+
+
+AnyDataset = dataset_union(DATASET_KINDS)  # every kind, unbounded: what a worker is sent, already checked
+
+
+def bounded_datasets(limits: DatasetLimits, extra: tuple[type[_Dataset], ...] = ()) -> Any:
+    """The union of every kind (and ``extra`` kinds) with its fields bounded by ``limits``: what a
+    service parses."""
+    return dataset_union(tuple(kind.within(limits) for kind in (*DATASET_KINDS, *extra)))
+
+
+DatasetKind = _Dataset  # the base a kind defined elsewhere (the service's uploaded datasets) extends

@@ -4,13 +4,15 @@ to POST /v1/datasets and its description shown, as the API gives it; a refused f
 from __future__ import annotations
 
 import base64
+import re
 
 import httpx
 from playwright.sync_api import Page, expect
 
 from tests import dataset_files as make
+from tests.test_datajobs import digits_arrays
 from web.browser import OfflinePage
-from web.test_playground_browser import open_playground
+from web.test_playground_browser import TRAINING_TIMEOUT_MS, open_playground
 
 
 def array_rows(page: Page) -> list[list[str]]:
@@ -65,3 +67,26 @@ def drop(page: Page, name: str, data: bytes) -> None:
         }""",
         [name, base64.b64encode(data).decode()],
     )
+
+
+def test_the_picked_inputs_and_targets_train_a_job(offline_page: OfflinePage, server: str) -> None:
+    page = open_playground(offline_page)
+    page.select_option("#example", "lenet_digits")
+    page.fill('#train-form [name="epochs"]', "1")
+    data = make.npz({"label": digits_arrays()["y"], "pixels": digits_arrays()["x"]})
+    page.set_input_files(
+        "#data-file", files=[{"name": "d.npz", "mimeType": "application/zip", "buffer": data}]
+    )
+    expect(page.locator("#dataset-summary")).to_contain_text("npz: 1797 samples")
+    # The class labels are offered as the targets, the other array as the inputs.
+    assert page.locator("#dataset-targets").input_value() == "label"
+    assert page.locator("#dataset-inputs option:checked").all_inner_texts() == ["pixels"]
+    page.click("#train-on-dataset")
+    status = page.locator("#train-status")
+    expect(status).to_contain_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
+    job_id = re.search(r"Job (\w+)", status.inner_text()).group(1)
+    request = httpx.get(f"{server}/v1/jobs/{job_id}").json()["request"]
+    dataset = request["dataset"]
+    assert (dataset["name"], dataset["inputs"], dataset["targets"]) == ("uploaded", "pixels", "label")
+    assert page.locator('[name="dataset-choice"]').input_value() == "uploaded"
+    assert not offline_page.page_errors and not offline_page.outside

@@ -98,7 +98,11 @@ def read_dataset(dataset_id: DatasetId, datasets: DatasetsDep, caller: CallerDep
         return DatasetPublic.of(datasets.get(dataset_id, caller))
 
 
-@router.delete("/{dataset_id}", status_code=204, responses=NOT_FOUND)
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses={**NOT_FOUND, 409: {"description": "a queued or running job uses the dataset"}},
+)
 def delete_dataset(dataset_id: DatasetId, datasets: DatasetsDep, caller: CallerDep) -> Response:
     """Delete the caller's dataset (an admin's: every key's copy); its file goes with the last."""
     with _answering():

@@ -15,6 +15,10 @@ from app.api.deps import CallerDep, EngineDep, JobDep
 from app.core.config import settings
 from app.core.security import Caller
 from app.core.traces import run_trace
+from app.datasets.description import Description
+from app.datasets.errors import DatasetError
+from app.datasets.service import Datasets
+from app.datasets.uploaded import UploadedDataset
 from app.examples import JOB_EXAMPLES
 from app.jobs.domain import TERMINAL, Job
 from app.jobs.engine import BackendDown, JobEngine, QueueFull
@@ -61,16 +65,28 @@ LISTED_JOB_LINKS = _links("$response.body#/data/0/id", ReadJob=READ, CancelJob=C
 async def _submit(job: JobCreate, engine: JobEngine, caller: Caller, http: Request) -> Job:
     """Check and queue ``job``: the queued job (a ``SpecError`` is a 422). The plan traces the
     model, so it takes a trace slot like a summary."""
+    uploaded = await run_in_threadpool(_uploaded, job, engine, caller)
     try:
-        plan: JobPlan = await run_trace(http, lambda cancelled: plan_job(job, cancelled))
+        plan: JobPlan = await run_trace(http, lambda cancelled: plan_job(job, cancelled, uploaded))
     except TraceCancelled as e:
         raise HTTPException(CLIENT_GONE, "the client went away") from e
     try:
-        return await run_in_threadpool(engine.submit, job, plan, caller.owner)
+        return await run_in_threadpool(engine.submit, plan.job, plan, caller.owner)
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
     except BackendDown as e:
         raise HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
+
+
+def _uploaded(job: JobCreate, engine: JobEngine, caller: Caller) -> Description | None:
+    """The stored description of the job's uploaded dataset: the caller's own, else a 404."""
+    if not isinstance(job.dataset, UploadedDataset):
+        return None
+    try:
+        return Datasets.from_settings(engine.store).get(job.dataset.id, caller).description
+    except DatasetError as e:
+        e.loc = ("body", "dataset", "id")
+        raise HTTPException(e.status, e.detail()) from e
 
 
 @router.post("/jobs", status_code=202, responses={**ERRORS, 202: {"links": NEW_JOB_LINKS}})

@@ -14,15 +14,23 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from app.api.deps import JobDep
+from app.api.deps import CallerDep, EngineDep, JobDep
 from app.core.config import settings
 from app.core.files import OpenFileResponse
+from app.datasets.errors import DatasetError
+from app.datasets.service import Datasets
 from app.exports import FILES_CONTENT, Download, download
 from app.jobs.domain import ACTIVE, Job, JobStatus
 from app.jobs.retention import being_deleted, job_dir
-from app.jobs.trained import MODELS, POOL, predict
+from app.jobs.trained import MODELS, POOL, dataset_spec, predict, predict_dataset
 from app.jobs.weights import WEIGHTS_FILE, load_weights, read_metadata, weights_info
-from app.schemas.export import FORMAT_DESCRIPTION, ExportFormat, PredictRequest, PredictResponse
+from app.schemas.export import (
+    FORMAT_DESCRIPTION,
+    ExportFormat,
+    PredictDataset,
+    PredictRequest,
+    PredictResponse,
+)
 from app.schemas.jobs import JobCreate
 from layers import ModelSpec
 from layers.analysis.trace import InputDType
@@ -145,16 +153,34 @@ async def export_job(
     responses={
         **NO_WEIGHTS,
         400: {"description": "the body is not JSON"},
+        404: {"description": "no such job or dataset (of this key)"},
         413: {"description": "request body too large"},
-        422: {"description": "inputs of the wrong shape or type, or too many"},
+        422: {
+            "description": "inputs of the wrong shape or type, or too many; dataset arrays that do not fit"
+        },
     },
 )
-async def predict_job(body: PredictRequest, weights: WeightsDep) -> PredictResponse:
-    """Run the trained model on one sample or a batch (classification: predictions and probabilities)."""
+async def predict_job(
+    body: PredictRequest, weights: WeightsDep, engine: EngineDep, caller: CallerDep
+) -> PredictResponse:
+    """Run the trained model on one sample, a batch, or an uploaded dataset (classification:
+    predictions and probabilities; a dataset with targets: the accuracy or loss)."""
+    asked = body.dataset_request()
 
     def run() -> dict[str, Any]:
         model = MODELS.get(weights.job, weights.path, weights.sha256)
-        return predict(model, body.inputs)
+        if asked is None:
+            return predict(model, body.inputs)
+        datasets = Datasets.from_settings(engine.store)
+        try:
+            stored = datasets.get(asked.id, caller)
+        except DatasetError as e:
+            e.loc = (
+                ("body", "dataset", "id") if isinstance(body.dataset, PredictDataset) else ("body", "dataset")
+            )
+            raise HTTPException(e.status, e.detail()) from e
+        spec, with_targets = dataset_spec(model, asked, stored.description)
+        return predict_dataset(model, spec, with_targets, datasets.files.path(asked.id))
 
     with _still_there(weights):
         answer = await asyncio.wrap_future(POOL.submit(run))

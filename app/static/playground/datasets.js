@@ -1,11 +1,14 @@
 // The "Upload data" panel: drop a file (or pick one), send it to POST /v1/datasets, and show what
-// the server found in it; the key's stored datasets can be shown again from the list.
+// the server found in it; the key's stored datasets can be shown again from the list. Its inputs
+// and targets picked, "Train on this dataset" fills the Train form's "uploaded" dataset and submits.
 import * as api from "./api.js";
 
 const $ = (sel) => document.querySelector(sel);
 const number = (x) => (Number.isInteger(x) ? String(x) : Number(x).toPrecision(4));
 const bytes = (n) => (n < 1 << 20 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / (1 << 20)).toFixed(1)} MiB`);
 const MAX_CLASSES_SHOWN = 12;
+const TABLES = new Set(["csv", "parquet"]); // one array per column: the inputs are a list of columns
+let shown = null; // the dataset on display
 
 export function initUploads() {
   const zone = $("#drop-zone");
@@ -21,6 +24,7 @@ export function initUploads() {
   });
   $("#data-file").addEventListener("change", (e) => e.target.files.length && upload(e.target.files[0]));
   $("#stored-datasets").addEventListener("change", (e) => e.target.value && show(e.target.value));
+  $("#train-on-dataset").addEventListener("click", trainOnShown);
   listStored();
 }
 
@@ -66,6 +70,37 @@ function render(dataset) {
   });
   $("#dataset-arrays tbody").replaceChildren(...rows);
   $("#dataset-arrays").hidden = false;
+  offerTraining(dataset);
+}
+
+/** Inputs and targets to pick: the last array of class labels as the targets, the rest as inputs
+ * (a table's columns together; else the first other array). */
+function offerTraining(dataset) {
+  shown = dataset;
+  const target = [...dataset.arrays].reverse().find((a) => a.classes) ?? dataset.arrays.at(-1);
+  const others = dataset.arrays.filter((a) => a !== target).map((a) => a.name);
+  const picked = new Set(TABLES.has(dataset.format) ? others : others.slice(0, 1));
+  const names = dataset.arrays.map((a) => a.name);
+  $("#dataset-inputs").replaceChildren(...names.map((n) => new Option(n, n, false, picked.has(n))));
+  $("#dataset-targets").replaceChildren(...names.map((n) => new Option(n, n, false, n === target.name)));
+  $("#dataset-train").hidden = false;
+}
+
+/** The Train form's dataset set to the shown one, as picked, and the form submitted. */
+function trainOnShown() {
+  const inputs = [...$("#dataset-inputs").selectedOptions].map((o) => o.value);
+  const list = TABLES.has(shown.format) || inputs.length > 1;
+  const values = { id: shown.id, inputs: list ? inputs : inputs[0], targets: $("#dataset-targets").value };
+  const choice = $('[name="dataset-choice"]');
+  choice.value = "uploaded";
+  choice.dispatchEvent(new Event("change"));
+  const fields = $('.choice[data-field="dataset"] .fields');
+  for (const [name, value] of Object.entries(values)) {
+    const input = fields.querySelector(`[data-field="${name}"] input, [data-field="${name}"] textarea`);
+    input.value = input.tagName === "TEXTAREA" ? JSON.stringify(value) : value;
+    input.dispatchEvent(new Event("input"));
+  }
+  $("#train-form").requestSubmit();
 }
 
 function classes(array) {
