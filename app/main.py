@@ -9,6 +9,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.api.main import api_router
 from app.api.routes.docs import STATIC_DIR
+from app.core import trace_pool
 from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
@@ -19,9 +20,13 @@ from app.jobs.engine import jobs_lifespan
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    with warming_up():
-        async with jobs_lifespan(app):  # the job store, its reaper and retention, Ray
-            yield
+    trace_pool.start()  # the warm trace workers (none with MB_TRACE_PROCESSES=0)
+    try:
+        with warming_up():
+            async with jobs_lifespan(app):  # the job store, its reaper and retention, Ray
+                yield
+    finally:
+        trace_pool.stop()
 
 
 app = FastAPI(
