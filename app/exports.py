@@ -75,7 +75,8 @@ async def download(http: Request, format: str, what: Download) -> Response:
     exporter = EXPORTERS[format]
     check_model(what.model)
     try:
-        path = await run_task(http, write_export, format, what, seconds=settings.max_export_seconds)
+        budget = (settings.max_export_seconds, "MB_MAX_EXPORT_SECONDS")
+        path = await run_task(http, write_export, format, what, seconds=budget)
     except TraceCancelled:
         return Response(status_code=CLIENT_GONE)
     return FileResponse(

@@ -2,8 +2,9 @@
 
 Tracing holds the GIL, so ``MB_TRACE_PROCESSES`` processes (default: the number of cores; 0:
 trace in the API process) let one API process use every core. They are forked from a
-``forkserver`` that imported torch and the registry once, so a replacement starts in
-milliseconds, and none is a fork of the threaded server.
+``forkserver`` that imported torch and the registry and warmed up once
+(``app.core.trace_forkserver``), so a replacement starts warm in milliseconds, and none is a fork
+of the threaded server.
 
 The API bounds a task from outside, every ``POLL_S``: past its CPU seconds (+ ``GRACE_S``), or its
 worker's resident memory past ``MB_TRACE_MEMORY_BYTES``, the worker is killed and replaced, and
@@ -41,7 +42,7 @@ POLL_S = 0.05
 GRACE_S = 0.5  # of CPU time past the budget: the worker's own between-layer check names the layer first
 WALL_FACTOR = 4  # a task waiting on something (not using CPU) is stopped after this many budgets of wall time
 START_S = 120.0  # a worker not ready by then (a loaded machine) is a 503
-PRELOAD = ["app.api.routes.models", "app.exports", "app.jobs.plan"]  # torch, the registry, the tasks
+PRELOAD = ["app.core.trace_forkserver"]  # torch, the registry and the tasks, warmed up
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 log = logging.getLogger(__name__)
@@ -64,9 +65,6 @@ def _serve(conn: Connection) -> None:
     """A worker's loop: ``(settings, fn, args)`` in, ``fn(budget, *args)`` run, ``("ok", result)``
     or ``("error", exc)`` out. The budget is checked between layers: a layer past it is named."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the API, which stops its workers
-    from app.core.warmup import warm_up
-
-    warm_up()  # torch's one-off costs, before the first request (app.core.warmup)
     conn.send("ready")
     while True:
         try:
@@ -151,8 +149,11 @@ class TracePool:
                 raise WorkerCrashed("no trace worker became ready")
             await asyncio.sleep(POLL_S)
 
-    async def run(self, http: Request | None, seconds: float, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(budget, *args)`` in a worker within ``seconds`` of its CPU time and the memory cap."""
+    async def run(
+        self, http: Request | None, seconds: float, setting: str, fn: Callable[..., T], *args: Any
+    ) -> T:
+        """``fn(budget, *args)`` in a worker within ``seconds`` of its CPU time (``setting``: the
+        name that sets them) and the memory cap."""
         worker = await self._take()
         done = asyncio.get_running_loop().create_future()
         loop = asyncio.get_running_loop()
@@ -170,7 +171,7 @@ class TracePool:
                 with contextlib.suppress(OSError):  # gone: the pipe says so
                     used = _cpu_seconds(worker.pid) - cpu0
                     if used > seconds + GRACE_S or time.monotonic() - wall0 > WALL_FACTOR * seconds + 1:
-                        raise _over_time(seconds)
+                        raise _over_time(seconds, setting)
                     if self.memory_bytes is not None and _rss_bytes(worker.pid) > self.memory_bytes:
                         raise _over_memory(self.memory_bytes)
             try:
@@ -193,6 +194,11 @@ class TracePool:
             raise value
         return value
 
+    def busy(self) -> set[int]:
+        """The pids of the workers running a task now."""
+        with self.lock:
+            return self.workers - {worker.pid for worker in self.idle}
+
     def close(self) -> None:
         """Stop every worker and the forkserver (the API's shutdown, a test's end)."""
         self.closed = True
@@ -210,11 +216,12 @@ class TracePool:
             forkserver._forkserver._stop()  # type: ignore[attr-defined]
 
 
-def _over_time(seconds: float) -> LimitError:
+def _over_time(seconds: float, setting: str) -> LimitError:
+    what = "exporting" if setting == "MB_MAX_EXPORT_SECONDS" else "tracing"
     return LimitError(
         ("model",),
-        f"tracing the model took more than {seconds:g} s of CPU time; its trace worker was stopped. "
-        "Use fewer or smaller layers",
+        f"{what} the model took more than {seconds:g} s of CPU time ({setting}); its trace worker "
+        "was stopped. Use fewer or smaller layers",
         {"limit_s": seconds},
     )
 

@@ -58,16 +58,18 @@ async def run_trace(request: Request, trace: Callable[[threading.Event], T]) -> 
                 await asyncio.wait({task})
 
 
-async def run_task(request: Request, task: Callable[..., T], *args: Any, seconds: float | None = None) -> T:
-    """``task(budget, *args)`` under a trace slot, within ``seconds`` (default
-    ``MB_MAX_TRACE_SECONDS``): in a trace worker, which is killed past it, or in the thread pool
-    under the per-operator budget. ``task`` and ``args`` are pickled to the worker: a function of a
+async def run_task(
+    request: Request, task: Callable[..., T], *args: Any, seconds: tuple[float, str] | None = None
+) -> T:
+    """``task(budget, *args)`` under a trace slot, within ``seconds`` (CPU seconds and the setting
+    that gives them; default ``MB_MAX_TRACE_SECONDS``): in a trace worker, which is killed past
+    it, or in the thread pool under the per-operator budget. ``task`` and ``args`` are pickled to the worker: a function of a
     module, and plain data."""
     pool = trace_pool.current()
     if pool is None:
         return await run_trace(
             request, lambda cancelled: task(TraceBudget(settings.max_trace_seconds, cancelled), *args)
         )
-    limit = settings.max_trace_seconds if seconds is None else seconds
+    limit, setting = (settings.max_trace_seconds, "MB_MAX_TRACE_SECONDS") if seconds is None else seconds
     async with _slot():
-        return await pool.run(request, limit, task, *args)
+        return await pool.run(request, limit, setting, task, *args)
