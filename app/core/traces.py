@@ -63,8 +63,8 @@ async def run_task(
 ) -> T:
     """``task(budget, *args)`` under a trace slot, within ``seconds`` (CPU seconds and the setting
     that gives them; default ``MB_MAX_TRACE_SECONDS``): in a trace worker, which is killed past
-    it, or in the thread pool under the per-operator budget. ``task`` and ``args`` are pickled to the worker: a function of a
-    module, and plain data."""
+    it, or in the thread pool under the per-operator budget. ``task`` and ``args`` are pickled to
+    the worker: a function of a module, and plain data."""
     pool = trace_pool.current()
     if pool is None:
         return await run_trace(
