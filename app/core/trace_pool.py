@@ -210,10 +210,12 @@ class TracePool:
         for pid in pids:  # busy ones: their tasks then end with WorkerCrashed
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        from multiprocessing import forkserver
+        from multiprocessing import forkserver, resource_tracker
 
-        with contextlib.suppress(Exception):
-            forkserver._forkserver._stop()  # type: ignore[attr-defined]
+        # The forkserver and the resource tracker it started: no process outlives the API.
+        for helper in (forkserver._forkserver, resource_tracker._resource_tracker):
+            with contextlib.suppress(Exception):
+                helper._stop()  # type: ignore[attr-defined]
 
 
 def _over_time(seconds: float, setting: str) -> LimitError:
