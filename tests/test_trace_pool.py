@@ -182,7 +182,7 @@ def test_four_budget_hitting_exports_run_two_at_a_time(pool, monkeypatch):
 @pytest.mark.parametrize(
     "body",
     [
-        BILINEAR | {"model": {"layers": [{"type": "Bilinear", "out_features": 64}]}},  # a composite
+        BILINEAR | {"model": {"layers": [{"type": "Bilinear", "out_features": 16}]}},  # a composite
         {
             "model": {"layers": [{"type": "TransformerEncoderLayer", "d_model": 64, "nhead": 4}]},
             "input_shape": [2, 16, 64],
