@@ -1,5 +1,6 @@
 """Model Builder: JSON layer specs in, everything PyTorch knows about the model out."""
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,9 +21,9 @@ from app.jobs.engine import jobs_lifespan
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    trace_pool.start()  # the warm trace workers (none with MB_TRACE_PROCESSES=0)
-    try:
-        with warming_up():
+    pool = trace_pool.start()  # the warm trace workers (none with MB_TRACE_PROCESSES=0)
+    try:  # the workers' forkserver warms up for them; the API itself only without them
+        with warming_up() if pool is None else contextlib.nullcontext():
             async with jobs_lifespan(app):  # the job store, its reaper and retention, Ray
                 yield
     finally:
