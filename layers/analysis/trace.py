@@ -94,7 +94,7 @@ def trace_model(
     not run again: the answer is the same, made faster.
     """
     dtype = DTYPES[input_dtype]
-    budget = budget or TraceBudget(None)
+    budget = budget or TraceBudget(None, per_operator=False)  # nothing to check at each operator
     mode = BudgetMode(budget) if budget.per_operator else OperatorMode(budget)
     tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), mode, cache)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
