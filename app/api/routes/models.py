@@ -26,6 +26,7 @@ ERRORS = {
     400: {"description": "the body is not text (FastAPI cannot decode it)"},
     413: {"description": "request body too large"},
     422: {"description": "invalid spec, a shape mismatch (naming the layer) or a limit exceeded"},
+    503: {"description": "the trace worker died under this request (it was replaced): retry"},
 }
 
 
