@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -43,10 +42,10 @@ class Settings(BaseSettings):
     max_concurrent_traces: int = Field(
         2, gt=0, description="summaries, /fit and exports traced at once; more wait their turn"
     )
-    trace_processes: int = Field(
-        default_factory=lambda: os.cpu_count() or 1,
+    trace_processes: int | None = Field(
+        None,
         ge=0,
-        description="warm worker processes tracing summaries, /fit and exports (default: the cores); "
+        description="warm worker processes tracing summaries, /fit and exports (unset: one per core); "
         "0: in the API process",
     )
     trace_memory_bytes: int | None = Field(

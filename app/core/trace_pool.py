@@ -241,10 +241,12 @@ _pool: TracePool | None = None
 
 
 def start(config: Settings = settings) -> TracePool | None:
-    """The pool of ``config.trace_processes`` workers (None for 0: traces run in the API)."""
+    """The pool of ``config.trace_processes`` workers, unset: one per core (None for 0: traces run
+    in the API)."""
     global _pool
-    if _pool is None and config.trace_processes > 0:
-        _pool = TracePool(config.trace_processes, config.trace_memory_bytes)
+    processes = os.cpu_count() or 1 if config.trace_processes is None else config.trace_processes
+    if _pool is None and processes > 0:
+        _pool = TracePool(processes, config.trace_memory_bytes)
     return _pool
 
 
