@@ -224,6 +224,9 @@ def versions() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument(
+        "--model", choices=["small-cnn", "resnet50"], default="small-cnn", help="the scaling runs' body"
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per server")
     parser.add_argument(
         "--generator", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx"
@@ -292,17 +295,18 @@ def main() -> None:
 
 
 def scaling(env: dict[str, str], args: argparse.Namespace, trace_processes: bool = False) -> None:
-    """The traced small-CNN summary with 1, 2, ... API processes (``uvicorn --workers N``), or
+    """The traced summary (``--model``) with 1, 2, ... API processes (``uvicorn --workers N``), or
     with one API process and 1, 2, ... trace workers."""
     results = []
     env = {**env, "MB_TRACE_CACHE_BYTES": "0"}  # every request traces every layer
+    body = resnet50_body() if args.model == "resnet50" else SMALL_CNN_BODY
     what = "trace processes" if trace_processes else "API processes"
     for n in args.trace_processes if trace_processes else args.processes:
         if trace_processes:
             pool = {"MB_TRACE_PROCESSES": str(n), "MB_MAX_CONCURRENT_TRACES": str(n)}
-            result = measure("app.main:app", {**env, **pool}, SMALL_CNN_BODY, args)
+            result = measure("app.main:app", {**env, **pool}, body, args)
         else:
-            result = measure("app.main:app", {**env, "MB_TRACE_PROCESSES": "0"}, SMALL_CNN_BODY, args, n)
+            result = measure("app.main:app", {**env, "MB_TRACE_PROCESSES": "0"}, body, args, n)
         print(f"  {n} {what}: {json.dumps(result)}", flush=True)
         results.append((n, result))
     print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
