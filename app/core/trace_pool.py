@@ -160,8 +160,13 @@ class TracePool:
         loop.add_reader(worker.conn.fileno(), lambda: done.done() or done.set_result(None))
         healthy = False
         try:
-            cpu0, wall0 = _cpu_seconds(worker.pid), time.monotonic()
-            worker.conn.send((settings, fn, args))
+            try:
+                cpu0, wall0 = _cpu_seconds(worker.pid), time.monotonic()
+                worker.conn.send((settings, fn, args))
+            except OSError as e:  # it died idle
+                raise WorkerCrashed(
+                    "the trace worker died before this request; a new one takes the next"
+                ) from e
             while not done.done():
                 await asyncio.wait({done}, timeout=POLL_S)
                 if done.done():
