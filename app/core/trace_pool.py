@@ -179,6 +179,10 @@ class TracePool:
                         raise _over_time(seconds, setting)
                     if self.memory_bytes is not None and _rss_bytes(worker.pid) > self.memory_bytes:
                         raise _over_memory(self.memory_bytes)
+            # uvloop makes a watched fd non-blocking: read the whole answer blocking (it is written
+            # by a worker that has finished, so this takes milliseconds even for a large one).
+            loop.remove_reader(worker.conn.fileno())
+            os.set_blocking(worker.conn.fileno(), True)
             try:
                 status, value = worker.conn.recv()
             except (EOFError, OSError) as e:
