@@ -1,5 +1,6 @@
 """Model Builder: JSON layer specs in, everything PyTorch knows about the model out."""
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.api.main import api_router
 from app.api.routes.docs import STATIC_DIR
+from app.core import trace_pool
 from app.core.config import settings
 from app.core.errors import install_error_handlers
 from app.core.limits import BodyLimitMiddleware
@@ -20,9 +22,13 @@ from app.jobs.engine import jobs_lifespan
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    with warming_up():
-        async with jobs_lifespan(app):  # the job store, its reaper and retention, Ray
-            yield
+    pool = trace_pool.start()  # the warm trace workers (none with MB_TRACE_PROCESSES=0)
+    try:  # the workers' forkserver warms up for them; the API itself only without them
+        with warming_up() if pool is None else contextlib.nullcontext():
+            async with jobs_lifespan(app):  # the job store, its reaper and retention, Ray
+                yield
+    finally:
+        trace_pool.stop()
 
 
 app = FastAPI(

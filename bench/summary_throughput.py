@@ -16,6 +16,8 @@ Run by hand, not in CI (about a minute); the load generator shares the machine's
 
 ``--processes 1 2`` instead measures the traced summary (no cache) with ``uvicorn --workers N``
 for each N: tracing holds the GIL, so a second API process is the way to a second core.
+``--trace-processes 1 2`` measures it with one API process and ``MB_TRACE_PROCESSES=N`` trace
+workers (app/core/trace_pool.py, ``MB_MAX_CONCURRENT_TRACES=N``), each N in the same run.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def start_server(app: str, env: dict[str, str], workers: int = 1) -> tuple[subpr
     command += ["--app-dir", str(ROOT / "bench")] if app.startswith("summary_throughput") else []
     proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a loaded 2-core machine
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200:
@@ -188,7 +190,7 @@ def measure(app: str, env: dict[str, str], body: dict, args: argparse.Namespace,
                 f"{url}/v1/models/summary",
                 content=raw,
                 headers={"content-type": "application/json"},
-                timeout=60,
+                timeout=300,  # the first waits for the trace workers' forkserver to warm up
             )
             assert warm.status_code == 200, warm.text[:300]
         if args.generator == "wrk":
@@ -222,12 +224,21 @@ def versions() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument(
+        "--model", choices=["small-cnn", "resnet50"], default="small-cnn", help="the scaling runs' body"
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per server")
     parser.add_argument(
         "--generator", choices=["wrk", "httpx"], default="wrk" if shutil.which("wrk") else "httpx"
     )
     parser.add_argument(
         "--processes", type=int, nargs="+", help="measure the traced summary with uvicorn --workers N, each N"
+    )
+    parser.add_argument(
+        "--trace-processes",
+        type=int,
+        nargs="+",
+        help="measure the traced summary with N trace workers, each N",
     )
     args = parser.parse_args()
 
@@ -241,6 +252,9 @@ def main() -> None:
     traced_env = {**app_env, "MB_SUMMARY_CACHE_SIZE": "0"}
     if args.processes:
         scaling(traced_env, args)
+        return
+    if args.trace_processes:
+        scaling(traced_env, args, trace_processes=True)
         return
     # The ceiling answers the summary's own bytes for the same body: same sizes in and out.
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as stored:
@@ -280,17 +294,25 @@ def main() -> None:
         )
 
 
-def scaling(env: dict[str, str], args: argparse.Namespace) -> None:
-    """The traced small-CNN summary with 1, 2, ... API processes (``uvicorn --workers N``)."""
+def scaling(env: dict[str, str], args: argparse.Namespace, trace_processes: bool = False) -> None:
+    """The traced summary (``--model``) with 1, 2, ... API processes (``uvicorn --workers N``), or
+    with one API process and 1, 2, ... trace workers."""
     results = []
-    for workers in args.processes:
-        result = measure("app.main:app", env, SMALL_CNN_BODY, args, workers)
-        print(f"  {workers} API process(es): {json.dumps(result)}", flush=True)
-        results.append((workers, result))
+    env = {**env, "MB_TRACE_CACHE_BYTES": "0"}  # every request traces every layer
+    body = resnet50_body() if args.model == "resnet50" else SMALL_CNN_BODY
+    what = "trace processes" if trace_processes else "API processes"
+    for n in args.trace_processes if trace_processes else args.processes:
+        if trace_processes:
+            pool = {"MB_TRACE_PROCESSES": str(n), "MB_MAX_CONCURRENT_TRACES": str(n)}
+            result = measure("app.main:app", {**env, **pool}, body, args)
+        else:
+            result = measure("app.main:app", {**env, "MB_TRACE_PROCESSES": "0"}, body, args, n)
+        print(f"  {n} {what}: {json.dumps(result)}", flush=True)
+        results.append((n, result))
     print("load average at the end: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     print()
     base = results[0][1]["rps"]
-    print("| API processes | requests/s | p50 | p99 | vs. the first | non-2xx |")
+    print(f"| {what} | requests/s | p50 | p99 | vs. the first | non-2xx |")
     print("|---|---|---|---|---|---|")
     for workers, r in results:
         print(

@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+# Traces run in the test process unless a test starts a trace pool (tests/test_trace_pool.py):
+# the in-process path is the per-operator budget's, and no test pays for warm workers it does not use.
+os.environ.setdefault("MB_TRACE_PROCESSES", "0")
+
 from app.core.config import settings
 from app.core.security import APILock
 from app.jobs import ray_runtime

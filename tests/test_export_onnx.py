@@ -109,3 +109,18 @@ def test_onnx_export_refuses_models_too_big_to_build(client) -> None:
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "model"]
     assert export(client, layers, [2, 1024], "pytorch").status_code == 200  # code costs nothing
+
+
+def test_the_failing_layer_is_found_by_bisection_among_many(client) -> None:
+    # Repeat's copies are alike (tried once); the LSTM is the 7th leaf, after distinct Linears.
+    layers = [{"type": "Linear", "out_features": 6 + i} for i in range(5)]
+    layers += [
+        {"type": "Repeat", "times": 3, "layers": [{"type": "Linear", "out_features": 10}]},
+        {"type": "LSTM", "hidden_size": 6, "proj_size": 3, "bidirectional": True},
+        {"type": "ReLU"},
+    ]
+    response = export(client, layers, [2, 5, 4], "onnx")
+    assert response.status_code == 422, response.text
+    [detail] = response.json()["detail"]
+    assert detail["loc"] == ["body", "model", "layers", 6]
+    assert detail["msg"].startswith("LSTM at module path '6' cannot be exported to ONNX")

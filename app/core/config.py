@@ -40,7 +40,19 @@ class Settings(BaseSettings):
         64 << 20, ge=0, description="bytes of the layers' traces kept for re-tracing edited models"
     )
     max_concurrent_traces: int = Field(
-        2, gt=0, description="summaries traced at once; more wait their turn (tracing holds the GIL)"
+        2, gt=0, description="summaries, /fit and exports traced at once; more wait their turn"
+    )
+    trace_processes: int | None = Field(
+        None,
+        ge=0,
+        description="warm worker processes tracing summaries, /fit and exports (unset: one per core); "
+        "0: in the API process",
+    )
+    trace_memory_bytes: int | None = Field(
+        8 << 30, gt=0, description="resident memory of one trace worker; past it the worker is killed (422)"
+    )
+    max_export_seconds: float = Field(
+        60, gt=0, description="CPU time of one export in a trace worker; past it the worker is killed (422)"
     )
     data_dir: Path = Field(
         Path("data"), description="jobs' files, and their SQLite store unless database_url names another"

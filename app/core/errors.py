@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 from starlette.types import Send
 
+from app.core.trace_pool import WorkerCrashed
 from app.jobs.store import StoreUnavailable
 from layers.language.errors import SpecError
 
@@ -112,8 +113,15 @@ async def _store_unavailable_handler(request: Request, exc: StoreUnavailable) ->
     return JSONResponse(status_code=503, content={"detail": [detail]}, headers=headers)
 
 
+async def _worker_crashed_handler(request: Request, exc: WorkerCrashed) -> JSONResponse:
+    # A trace worker died under this request (a segfault, the OOM killer); it has been replaced.
+    detail = {"type": "trace_worker_crashed", "loc": ["model"], "msg": str(exc)}
+    return JSONResponse(status_code=503, content={"detail": [detail]}, headers={"Retry-After": "1"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StoreUnavailable, _store_unavailable_handler)
+    app.add_exception_handler(WorkerCrashed, _worker_crashed_handler)
     app.add_exception_handler(SpecError, _spec_error_handler)
     app.add_exception_handler(RequestValidationError, _request_validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)

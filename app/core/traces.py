@@ -1,4 +1,6 @@
-"""Trace slots: at most ``MB_MAX_CONCURRENT_TRACES`` meta traces at once, for every route.
+"""Trace slots: at most ``MB_MAX_CONCURRENT_TRACES`` meta traces (and exports) at once, for every
+route; each runs in a worker of the trace pool (``app.core.trace_pool``), or with
+``MB_TRACE_PROCESSES=0`` in the thread pool.
 
 Tracing is CPU-bound Python: threads tracing at once only contend for the GIL. A request waits
 for its slot on the event loop (an ``asyncio`` semaphore), holding no thread of the pool, so
@@ -12,12 +14,14 @@ import asyncio
 import threading
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
+from app.core import trace_pool
 from app.core.config import settings
+from layers.analysis.budget import TraceBudget
 
 T = TypeVar("T")
 DISCONNECT_POLL_S = 0.25
@@ -52,3 +56,20 @@ async def run_trace(request: Request, trace: Callable[[threading.Event], T]) -> 
             cancelled.set()
             if not task.done():
                 await asyncio.wait({task})
+
+
+async def run_task(
+    request: Request, task: Callable[..., T], *args: Any, seconds: tuple[float, str] | None = None
+) -> T:
+    """``task(budget, *args)`` under a trace slot, within ``seconds`` (CPU seconds and the setting
+    that gives them; default ``MB_MAX_TRACE_SECONDS``): in a trace worker, which is killed past
+    it, or in the thread pool under the per-operator budget. ``task`` and ``args`` are pickled to
+    the worker: a function of a module, and plain data."""
+    pool = trace_pool.current()
+    if pool is None:
+        return await run_trace(
+            request, lambda cancelled: task(TraceBudget(settings.max_trace_seconds, cancelled), *args)
+        )
+    limit, setting = (settings.max_trace_seconds, "MB_MAX_TRACE_SECONDS") if seconds is None else seconds
+    async with _slot():
+        return await pool.run(request, limit, setting, task, *args)

@@ -118,6 +118,11 @@ def read_metadata(path: Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
+def trained_module(path: Path) -> torch.nn.Module:
+    """The trained module of a weights file (a job's export loads it in its trace worker)."""
+    return load_weights(path)[1]
+
+
 def load_weights(path: Path) -> tuple[ModelSpec, torch.nn.Module]:
     """The model a weights file was saved from, built on the CPU from its spec, weights loaded strictly."""
     spec = ModelSpec.model_validate_json(read_metadata(path)["spec"])

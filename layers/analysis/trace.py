@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _disable_current_modes
 
-from layers.analysis.budget import BudgetExceeded, BudgetMode, TraceBudget, TraceCancelled
+from layers.analysis.budget import BudgetExceeded, BudgetMode, OperatorMode, TraceBudget, TraceCancelled
 from layers.analysis.cache import TraceCache, TracedLeaf, TracedOutput, layer_key, output_of
 from layers.language.base import ContainerSpec, LayerSpec, Shape, shape_str
 from layers.language.build import Builder
@@ -103,7 +103,8 @@ def trace_model(
     not run again: the answer is the same, made faster.
     """
     dtype = DTYPES[input_dtype]
-    mode = BudgetMode(budget or TraceBudget(None))
+    budget = budget or TraceBudget(None, per_operator=False)  # nothing to check at each operator
+    mode = BudgetMode(budget) if budget.per_operator else OperatorMode(budget)
     tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), mode, cache)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
     with mode:
@@ -130,7 +131,11 @@ class _Tracer(Builder):
     cached one (``make``) and its output a tensor like the cached one."""
 
     def __init__(
-        self, input_shape: Shape, param_dtype: torch.dtype, mode: BudgetMode, cache: TraceCache | None
+        self,
+        input_shape: Shape,
+        param_dtype: torch.dtype,
+        mode: BudgetMode | OperatorMode,
+        cache: TraceCache | None,
     ) -> None:
         super().__init__(param_dtype)
         self.input_shape = input_shape

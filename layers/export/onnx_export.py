@@ -3,8 +3,9 @@ exporter at opset 18, the batch dimension dynamic, checked with ``onnx.checker``
 
 The export runs a real model on an example input, so it is held to ``ExportLimits``: the model's
 weights, the example's size, and a slot (at most so many exports at once; each takes seconds of
-CPU). A model that does not export is located: each layer is exported alone on the input it
-really receives, and the first that fails is named in a ``ShapeError`` at its spec ``loc``.
+CPU). A model that does not export is located: its leaf layers are exported side by side on the
+inputs they really receive, bisecting over prefixes (``_locate``), and the first that fails is
+named at its spec ``loc``.
 """
 
 from __future__ import annotations
@@ -135,8 +136,36 @@ def to_onnx(model: nn.Module, example: torch.Tensor, traced: TracedModel) -> byt
         ) from error
 
 
+class _Leaves(nn.Module):
+    """Leaf layers side by side, each on the input it receives in the model: what exports alone
+    exports here, so a group fails exactly when one of its layers does."""
+
+    def __init__(self, layers: list[nn.Module]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(layer(x) for layer, x in zip(self.layers, inputs, strict=True))
+
+
+def _exports(modules: list[nn.Module], inputs: list[torch.Tensor]) -> bool:
+    import onnx
+
+    with _quiet():
+        try:
+            program = torch.onnx.export(
+                _Leaves(modules), tuple(inputs), dynamo=True, opset_version=OPSET, external_data=False
+            )
+            onnx.checker.check_model(program.model_proto, full_check=True)
+        except Exception:
+            return False
+    return True
+
+
 def _locate(model: nn.Module, example: torch.Tensor, traced: TracedModel) -> TracedLayer | None:
-    """The first leaf layer that does not export alone, on the input it receives in the model."""
+    """The first leaf layer that does not export alone, on the input it receives in the model:
+    a bisection over prefixes of the leaves (each prefix exported side by side, one export), so
+    ~log2(leaves) exports, not one a layer. Layers alike (a Repeat's copies) are tried once."""
     leaves = [node for node in traced.layers if not node.children]
     inputs: dict[str, torch.Tensor] = {}
     hooks = []
@@ -155,11 +184,25 @@ def _locate(model: nn.Module, example: torch.Tensor, traced: TracedModel) -> Tra
     finally:
         for hook in hooks:
             hook.remove()
-    for node in leaves:
-        if node.path not in inputs:
-            return node
-        try:
-            _export(model.get_submodule(node.path), inputs[node.path], dynamic_batch=False)
-        except Exception:
-            return node
-    return None
+    ran = [node for node in leaves if node.path in inputs]
+    if len(ran) < len(leaves):
+        return leaves[len(ran)]  # it failed in the model itself
+    seen: set[tuple] = set()
+    distinct = []  # one of each (layer, input shape), in order
+    for node in ran:
+        key = (node.spec.model_dump_json(), tuple(inputs[node.path].shape), inputs[node.path].dtype)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(node)
+    modules = [model.get_submodule(node.path) for node in distinct]
+    tensors = [inputs[node.path] for node in distinct]
+    if _exports(modules, tensors):
+        return None
+    low, high = 0, len(distinct)  # the prefix of `high` fails; that of `low` exports
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _exports(modules[:middle], tensors[:middle]):
+            low = middle
+        else:
+            high = middle
+    return distinct[high - 1]

@@ -23,6 +23,10 @@ class SpecError(Exception):
         self.msg = msg
         self.ctx = ctx or {}
 
+    def __reduce__(self) -> tuple:
+        # Pickled whole (a trace worker sends it to the API): loc, message and context.
+        return (type(self), (self.loc, self.msg, self.ctx))
+
     def under(self, *fields: str | int) -> SpecError:
         """The same error, its loc moved under ``fields`` (e.g. ``under("model")``)."""
         return type(self)((*fields, *self.loc), self.msg, self.ctx)

@@ -19,6 +19,7 @@ FILES: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not text (FastAPI cannot decode it)"},
     413: {"description": "request body too large"},
     422: {"description": "invalid spec, a shape mismatch, a limit, or a layer ONNX cannot export (named)"},
+    503: {"description": "the trace worker died under this request (it was replaced): retry"},
 }
 EXAMPLE = {
     "digits CNN as code": {

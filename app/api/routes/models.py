@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import asdict
 from typing import Annotated
 
@@ -13,7 +12,7 @@ from app.analysis import estimate, summary, trace
 from app.core.cache import BytesLRU
 from app.core.config import settings
 from app.core.spec_limits import check_model
-from app.core.traces import CLIENT_GONE, run_trace
+from app.core.traces import CLIENT_GONE, run_task
 from app.examples import FIT_EXAMPLES, SUMMARY_EXAMPLES
 from app.schemas.fit import BatchProbe, FitResult
 from app.schemas.summary import FitRequest, ModelSummary, SummaryRequest
@@ -27,6 +26,7 @@ ERRORS = {
     400: {"description": "the body is not text (FastAPI cannot decode it)"},
     413: {"description": "request body too large"},
     422: {"description": "invalid spec, a shape mismatch (naming the layer) or a limit exceeded"},
+    503: {"description": "the trace worker died under this request (it was replaced): retry"},
 }
 
 
@@ -34,8 +34,7 @@ ERRORS = {
 _cache = BytesLRU(settings.summary_cache_bytes, settings.summary_cache_size)
 
 
-def _summary_json(request: SummaryRequest, cancelled: threading.Event) -> bytes:
-    budget = TraceBudget(settings.max_trace_seconds, cancelled)
+def _summary_json(budget: TraceBudget, request: SummaryRequest) -> bytes:
     traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
     training = request.training
     memory = estimate(traced, training.optimizer, training.device, budget) if training else None
@@ -52,7 +51,7 @@ async def model_summary(
         key = request.model_dump_json()
         body = _cache.get(key)
         if body is None:
-            body = await run_trace(http, lambda cancelled: _summary_json(request, cancelled))
+            body = await run_task(http, _summary_json, request)
             _cache.put(key, body)
     except TraceCancelled:
         return Response(status_code=CLIENT_GONE)
@@ -66,14 +65,13 @@ async def model_fit(
     """Whether a training step fits the device, and the largest batch that does (traced on meta)."""
     check_model(request.model)
     try:
-        return await run_trace(http, lambda cancelled: _fit(request, cancelled))
+        return await run_task(http, _fit, request)
     except TraceCancelled:
         return Response(status_code=CLIENT_GONE)
 
 
-def _fit(request: FitRequest, cancelled: threading.Event) -> FitResult:
-    """The fit, in the thread pool under a trace slot (``run_trace``)."""
-    budget = TraceBudget(settings.max_trace_seconds, cancelled)
+def _fit(budget: TraceBudget, request: FitRequest) -> FitResult:
+    """The fit, in a trace worker (``app.core.traces.run_task``)."""
     traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
     at_input = estimate(traced, request.optimizer, request.device, budget, inference=False)
     memory = at_input.memory

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
@@ -23,7 +23,7 @@ from app.exports import FILES_CONTENT, Download, download
 from app.jobs.domain import ACTIVE, Job, JobStatus
 from app.jobs.retention import being_deleted, job_dir
 from app.jobs.trained import MODELS, POOL, dataset_spec, predict, predict_dataset
-from app.jobs.weights import WEIGHTS_FILE, load_weights, read_metadata, weights_info
+from app.jobs.weights import WEIGHTS_FILE, read_metadata, trained_module, weights_info
 from app.schemas.export import (
     FORMAT_DESCRIPTION,
     ExportFormat,
@@ -141,10 +141,7 @@ async def export_job(
             f"The model of Model Builder job {job_id}. Its trained weights: GET /v1/jobs/{job_id}/weights\n"
             f"(safetensors, sha256 {weights.sha256})."
         )
-
-        def trained() -> torch.nn.Module:  # loaded only by the formats that carry weights
-            return load_weights(weights.path)[1]
-
+        trained = functools.partial(trained_module, weights.path)  # loaded only by the formats with weights
         return await download(http, format, Download(spec, input_shape, dtype, about, job_id, trained))
 
 
