@@ -83,6 +83,9 @@ class LayerSpec(TypedSpec):
     # The parameter another layer's ``tie_weight`` may share (module-relative, e.g. ``weight``);
     # None: this layer cannot be tied to.
     tieable_weight: ClassVar[str | None] = None
+    # The keyword tensor arguments the built module's ``forward(x, **kwargs)`` accepts (a graph
+    # node wires them by name: ``memory``, ``src_key_padding_mask``); ``infer`` reads only ``x``.
+    tensor_args: ClassVar[tuple[str, ...]] = ()
 
     name: Name | None = Field(None, description="a name other layers can refer to (`tie_weight`)")
 
