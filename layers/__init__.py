@@ -32,8 +32,8 @@ from layers.catalog import merge, split  # noqa: F401  (the graph form's own nod
 # isort: on
 from layers.language.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.language.errors import LimitError, ShapeError, SpecError
-from layers.language.model import AnyLayer, ModelSpec
 from layers.language.graph import AnyModel, GraphSpec
+from layers.language.model import AnyLayer, ModelSpec
 
 __all__ = [
     "LAYER_SPECS",
