@@ -21,6 +21,7 @@ from layers.analysis.cache import TraceCache, TracedLeaf, TracedOutput, layer_ke
 from layers.language.base import ContainerSpec, LayerSpec, Shape, shape_str
 from layers.language.build import Builder
 from layers.language.errors import LimitError, Loc, NamingError, ShapeError, SpecError
+from layers.language.graph import GraphSpec
 from layers.language.model import ModelSpec
 from layers.language.walk import Node
 
@@ -52,6 +53,9 @@ class TracedLayer:
     children: list[TracedLayer] = field(default_factory=list)
     tied: dict[str, str] = field(default_factory=dict)  # own parameter -> module path of its owner
     repeat: tuple[int, int] | None = None  # (copy, times) of the innermost Repeat around it
+    # A graph's own nodes: the shapes of each input (input/inputs, then tensor args) and every output.
+    input_shapes: list[Shape] | None = None
+    outputs: list[torch.Tensor] | None = None
 
     @property
     def output_shape(self) -> Shape:
@@ -60,8 +64,9 @@ class TracedLayer:
 
 @dataclass
 class TracedModel:
-    spec: ModelSpec  # every size filled in
-    module: nn.Sequential  # on the meta device
+    spec: ModelSpec | GraphSpec  # every size filled in
+    module: nn.Module  # on the meta device: an nn.Sequential, or a GraphModule
+
     layers: list[TracedLayer]  # every node, in forward (pre-)order
     input_shape: Shape
     output_shape: Shape
@@ -69,6 +74,21 @@ class TracedModel:
     flops: int
     uncounted_ops: list[str] = field(default_factory=list)  # composites whose FLOPs torch misses
     input_dtype: torch.dtype = torch.float32
+    graph: TracedGraph | None = None  # the graph form's inputs, outputs and edges; None for a sequence
+
+
+@dataclass
+class Edge:
+    source: str  # a graph input or a node's ref ("enc", "sp.1")
+    target: str  # the node
+    arg: str  # where it goes: "input", "inputs.0", or a tensor argument's name ("memory")
+
+
+@dataclass
+class TracedGraph:
+    inputs: dict[str, torch.Tensor]  # meta tensors, by input name
+    outputs: dict[str, tuple[str, torch.Tensor]]  # by output name: (ref, meta tensor)
+    edges: list[Edge]
 
 
 def param_dtype_for(input_dtype: torch.dtype) -> torch.dtype:

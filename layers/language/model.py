@@ -23,7 +23,6 @@ from layers.language.spec import union_of
 from layers.language.walk import nodes
 
 
-
 def _not_graph_only(data: Any) -> Any:
     """A node type of the graph form only (a merge, a split) is refused in a sequence, saying so."""
     tag = data.get("type") if isinstance(data, dict) else None
