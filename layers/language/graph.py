@@ -313,6 +313,14 @@ class GraphSpec(BaseModel):
                 stack.append(j)
         return None
 
+    def dump(self) -> dict[str, Any]:
+        """As JSON: each node's every field (as a layer's ``model_dump``) and the wiring it was given."""
+        return {
+            "inputs": {name: i.model_dump() for name, i in self.inputs.items()},
+            "nodes": [{**node.layer().model_dump(), **node.wiring()} for node in self.nodes],
+            "outputs": dict(self.outputs),
+        }
+
     def build(self) -> nn.Module:
         """The ``GraphModule`` of a fully inferred graph (``layers.analysis.graph_trace``)."""
         from layers.language.build import Builder

@@ -36,7 +36,7 @@ _cache = BytesLRU(settings.summary_cache_bytes, settings.summary_cache_size)
 
 def _summary_json(request: SummaryRequest, cancelled: threading.Event) -> bytes:
     budget = TraceBudget(settings.max_trace_seconds, cancelled)
-    traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
+    traced = trace(request.model, request.input_shape, request.input_dtype, budget)
     training = request.training
     memory = estimate(traced, training.optimizer, training.device, budget) if training else None
     return summary(traced, memory).model_dump_json().encode()
@@ -74,7 +74,7 @@ async def model_fit(
 def _fit(request: FitRequest, cancelled: threading.Event) -> FitResult:
     """The fit, in the thread pool under a trace slot (``run_trace``)."""
     budget = TraceBudget(settings.max_trace_seconds, cancelled)
-    traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
+    traced = trace(request.model, request.input_shape, request.input_dtype, budget)
     at_input = estimate(traced, request.optimizer, request.device, budget, inference=False)
     memory = at_input.memory
     sample_numel = math.prod(traced.input_shape[1:])
