@@ -77,7 +77,9 @@ def _fit(request: FitRequest, cancelled: threading.Event) -> FitResult:
     traced = trace(request.model, request.input_shape, request.input_dtype, budget)
     at_input = estimate(traced, request.optimizer, request.device, budget, inference=False)
     memory = at_input.memory
-    sample_numel = math.prod(traced.input_shape[1:])
+    # Every input of a graph at the same batch (its dimension 0), each within the input limit.
+    shapes = [t.shape for t in traced.graph.inputs.values()] if traced.graph else [traced.input_shape]
+    sample_numel = max(math.prod(shape[1:]) for shape in shapes)
     max_batch = min(settings.max_input_dim, settings.max_input_numel // sample_numel)
     limit = request.device_memory_bytes
     try:
