@@ -24,7 +24,17 @@ import keyword
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from torch import nn
 
@@ -368,16 +378,18 @@ def _check_args(i: int, node: GraphNode) -> None:
             )
 
 
-def _is_graph(data: Any) -> str:
-    if isinstance(data, GraphSpec) or (isinstance(data, dict) and "nodes" in data and "layers" not in data):
-        return "graph"
-    return "sequence"
+def _either_form(data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate as the graph form when the model has ``nodes`` (and no ``layers``), else as the
+    sequence form: each form's errors at their own locs (a tagged union would put its tag there)."""
+    if isinstance(data, ModelSpec | GraphSpec):
+        return data
+    if isinstance(data, dict) and "nodes" in data and "layers" not in data:
+        return GraphSpec.model_validate(data)
+    return ModelSpec.model_validate(data)
 
 
 # A model field: the sequence form ({"layers": [...]}) or the graph form ({"nodes": [...]}).
-AnyModel = Annotated[
-    Annotated[ModelSpec, Tag("sequence")] | Annotated[GraphSpec, Tag("graph")], Discriminator(_is_graph)
-]
+AnyModel = Annotated[ModelSpec | GraphSpec, WrapValidator(_either_form)]
 
 
 def is_graph(model: ModelSpec | GraphSpec) -> bool:
