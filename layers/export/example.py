@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from layers.analysis.trace import TracedModel
+from layers.language.graph import GraphSpec
 from layers.language.model import ModelSpec
 
 
-def vocabulary(spec: ModelSpec) -> int:
+def vocabulary(spec: ModelSpec | GraphSpec) -> int:
     """The smallest ``num_embeddings`` in the model (2 without one): ids below it fit every Embedding."""
     sizes = [getattr(layer, "num_embeddings", None) for _, _, layer in spec.walk()]
     return min((n for n in sizes if isinstance(n, int)), default=2)

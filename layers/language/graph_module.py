@@ -24,7 +24,7 @@ def value(values: dict[str, Any], ref: str) -> torch.Tensor:
     return values[name][int(k)] if k else values[name]
 
 
-def call(module: nn.Module, inputs: list[torch.Tensor], kwargs: dict[str, torch.Tensor]) -> Any:
+def call_with_args(module: nn.Module, inputs: list[torch.Tensor], kwargs: dict[str, torch.Tensor]) -> Any:
     """``module`` on its inputs, its tensor keyword arguments passed to every layer of a sequence
     (a Repeat passes a mask to each of its copies)."""
     if not kwargs:
@@ -32,7 +32,7 @@ def call(module: nn.Module, inputs: list[torch.Tensor], kwargs: dict[str, torch.
     if isinstance(module, nn.Sequential):
         (x,) = inputs
         for layer in module:
-            x = call(layer, [x], kwargs)
+            x = call_with_args(layer, [x], kwargs)
         return x
     return module(*inputs, **kwargs)
 
@@ -61,5 +61,5 @@ class GraphModule(nn.Module):
         for w in self.wiring:
             module = self.get_submodule(w.node)
             args = {arg: value(values, ref) for arg, ref in w.args}
-            values[w.node] = call(module, [value(values, ref) for ref in w.inputs], args)
+            values[w.node] = call_with_args(module, [value(values, ref) for ref in w.inputs], args)
         return {name: value(values, ref) for name, ref in self.output_refs.items()}
