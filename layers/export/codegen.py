@@ -398,7 +398,7 @@ def _example(shape: Sequence[int], dtype: torch.dtype, vocab: int) -> str:
     if dtype.is_floating_point:
         return f"torch.randn({tuple(shape)!r}, dtype={dtype})"
     if dtype == torch.bool:
-        return f"torch.ones({tuple(shape)!r}, dtype=torch.bool)"
+        return f"torch.zeros({tuple(shape)!r}, dtype=torch.bool)"  # a mask: nothing padded
     return f"torch.randint(0, {vocab}, {tuple(shape)!r}, dtype={dtype})"
 
 
