@@ -57,7 +57,7 @@ Ref = Annotated[
 MAX_NODE_INPUTS = 1024
 # Names a node cannot take: its module is an attribute of the graph module, and its value a
 # variable of the exported forward.
-RESERVED = {"self", "input_names", "output_names", "wiring"}
+RESERVED = {"self", "input_names", "output_names", "output_refs", "wiring", "call_with_args"}
 
 
 class GraphInput(SpecModel):
