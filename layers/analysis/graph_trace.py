@@ -27,7 +27,6 @@ from layers.analysis.trace import (
     _Tracer,
     param_dtype_for,
 )
-from layers.language.build import wiring_of
 from layers.language.errors import Loc, NamingError
 from layers.language.graph import GraphNode, GraphSpec, split_ref
 from layers.language.graph_module import GraphModule
@@ -59,7 +58,7 @@ def trace_graph(
     }
     nodes = [type(node).of(top.spec, node.wiring()) for node, top in zip(spec.nodes, tops, strict=True)]
     modules = {top.path: top.module for top in tops}
-    module = GraphModule(modules, wiring_of(spec), spec.input_names, dict(spec.outputs))
+    module = GraphModule(modules, spec.wiring(), spec.input_names, dict(spec.outputs))
     first_out = next(iter(outputs.values()))[1]
     return TracedModel(
         spec=spec.model_copy(update={"nodes": nodes}),

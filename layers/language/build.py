@@ -7,7 +7,8 @@ in both, by the one walk (``layers.language.walk``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,9 +17,6 @@ from layers.language.base import ContainerSpec, LayerSpec, shape_str
 from layers.language.errors import NamingError
 from layers.language.graph_module import GraphModule, Wiring
 from layers.language.walk import Node, Walk
-
-if TYPE_CHECKING:
-    from layers.language.graph import GraphSpec
 
 
 def construct(cls: type[nn.Module], /, *args: Any, **kwargs: Any) -> nn.Module:
@@ -35,10 +33,16 @@ class Builder(Walk[nn.Module, nn.Sequential]):
         self.param_dtype = param_dtype  # None: torch's default dtype
         self.modules: dict[str, nn.Module] = {}  # module path -> module, of the named layers
 
-    def graph(self, spec: GraphSpec) -> GraphModule:
-        """The graph's module: each node built by the walk (names and ties alike), then wired."""
-        modules = {node.path: self.layer(node, None) for node in spec.tops()}
-        return GraphModule(modules, wiring_of(spec), spec.input_names, dict(spec.outputs))
+    def graph(
+        self,
+        tops: Iterable[Node],
+        wiring: list[Wiring],
+        input_names: tuple[str, ...],
+        outputs: dict[str, str],
+    ) -> GraphModule:
+        """A graph's module: each node (``tops``) built by the walk, names and ties alike, then wired."""
+        modules = {node.path: self.layer(node, None) for node in tops}
+        return GraphModule(modules, wiring, input_names, outputs)
 
     def leaf(self, node: Node, x: Any) -> nn.Module:
         return self.build(node, node.spec)
@@ -95,10 +99,3 @@ class Builder(Walk[nn.Module, nn.Sequential]):
                 {"expected": list(own.shape), "got": list(weight.shape)},
             )
         holder.register_parameter(attr, weight)  # the same Parameter object: one tensor
-
-
-def wiring_of(spec: GraphSpec) -> list[Wiring]:
-    """Each node's wiring, in the graph's (topological) order."""
-    return [
-        Wiring(node.name, tuple(node.main_refs()), tuple(node.tensor_refs().items())) for node in spec.nodes
-    ]

@@ -39,7 +39,9 @@ from pydantic_core import PydanticCustomError
 from torch import nn
 
 from layers.language.base import LAYER_SPECS, ContainerSpec, LayerSpec, Name
+from layers.language.build import Builder
 from layers.language.errors import LimitError, Loc, NamingError
+from layers.language.graph_module import Wiring
 from layers.language.graph_specs import GRAPH_SPECS, GraphOnlySpec
 from layers.language.model import AnyLayer, ModelSpec
 from layers.language.spec import SpecModel, closest_name
@@ -331,11 +333,13 @@ class GraphSpec(BaseModel):
             "outputs": dict(self.outputs),
         }
 
+    def wiring(self) -> list[Wiring]:
+        """Each node's wiring, in the graph's (topological) order."""
+        return [Wiring(n.name, tuple(n.main_refs()), tuple(n.tensor_refs().items())) for n in self.nodes]
+
     def build(self) -> nn.Module:
         """The ``GraphModule`` of a fully inferred graph (``layers.analysis.graph_trace``)."""
-        from layers.language.build import Builder
-
-        return Builder().graph(self)
+        return Builder().graph(self.tops(), self.wiring(), self.input_names, dict(self.outputs))
 
 
 def _check_name(loc: Loc, name: str, what: str, taken: dict[str, Loc]) -> None:
