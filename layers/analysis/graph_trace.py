@@ -131,18 +131,9 @@ class _GraphTracer(_Tracer):
         traced.output = out
         return traced
 
-    def run(self, node: Node, traced: TracedLayer, x: torch.Tensor) -> None:
+    def bound(self, traced: TracedLayer) -> Any:
         args = {k: v for k, v in self.kwargs.items() if k in traced.spec.tensor_args}
-        if not args:
-            return super().run(node, traced, x)
-        outer, self.mode.uncounted = self.mode.uncounted, set()
-        try:
-            assert traced.module is not None
-            module: Any = functools.partial(traced.module, **args)
-            traced.output, traced.flops = traced.spec.trace(module, x)
-        finally:
-            self.mode.uncounted = outer | self.mode.uncounted
-        return None
+        return functools.partial(traced.module, **args) if args else traced.module
 
     def value(self, values: dict[str, Any], loc: Loc, ref: str) -> torch.Tensor:
         """The meta tensor ``ref`` names; a ref to output K that a node does not have, or to a node

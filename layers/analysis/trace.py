@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -202,15 +202,20 @@ class _Tracer(Builder):
         outer, self.mode.uncounted = self.mode.uncounted, set()
         try:
             assert traced.module is not None
-            traced.output, traced.flops = traced.spec.trace(traced.module, x)
+            traced.output, traced.flops = traced.spec.trace(self.bound(traced), x)
             uncounted = self.mode.uncounted
         finally:
             self.mode.uncounted = outer | self.mode.uncounted
-        if self.cache is not None and node.path not in self.tied:
+        cacheable = isinstance(traced.output, torch.Tensor)  # not a layer's several outputs
+        if self.cache is not None and node.path not in self.tied and cacheable:
             with _disable_current_modes():
                 found = TracedLeaf.of(traced.spec, traced.module, traced.output, traced.flops, uncounted)
             self.cache.put(self.keys[node.path], found)
             self.found[node.path] = found
+
+    def bound(self, traced: TracedLayer) -> Any:
+        """What the layer's trace calls on its input: its module (a graph binds tensor arguments)."""
+        return traced.module
 
     def made_sequence(self, results: list[TracedLayer]) -> list[TracedLayer]:
         return results
