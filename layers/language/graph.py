@@ -40,7 +40,7 @@ from torch import nn
 
 from layers.language.base import LAYER_SPECS, ContainerSpec, LayerSpec, Name
 from layers.language.build import Builder
-from layers.language.errors import LimitError, Loc, NamingError
+from layers.language.errors import Loc, NamingError
 from layers.language.graph_module import Wiring
 from layers.language.graph_specs import GRAPH_SPECS, GraphOnlySpec
 from layers.language.model import AnyLayer, ModelSpec
@@ -396,8 +396,4 @@ def _either_form(data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
 AnyModel = Annotated[ModelSpec | GraphSpec, WrapValidator(_either_form)]
 
 
-def is_graph(model: ModelSpec | GraphSpec) -> bool:
-    return isinstance(model, GraphSpec)
-
-
-__all__ = ["AnyModel", "GraphDType", "GraphInput", "GraphNode", "GraphSpec", "LimitError", "is_graph"]
+__all__ = ["AnyModel", "GraphDType", "GraphInput", "GraphNode", "GraphSpec"]
