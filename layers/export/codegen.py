@@ -403,7 +403,7 @@ def _example(shape: Sequence[int], dtype: torch.dtype, vocab: int) -> str:
 
 
 def _names(names: tuple[str, ...]) -> str:
-    return "(" + "".join(f"{json.dumps(n)}, " for n in names).rstrip(" ") + ")"
+    return "(" + ", ".join(json.dumps(n) for n in names) + ("," if len(names) == 1 else "") + ")"
 
 
 def graph_source(
