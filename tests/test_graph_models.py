@@ -266,48 +266,63 @@ def test_onnx_has_named_inputs_and_outputs_and_computes_what_torch_does(client: 
             np.testing.assert_allclose(array, expected[name].numpy(), atol=1e-5)
 
 
-def bert_base(batch: int = 1, length: int = 128) -> dict:
-    """BERT-base as a graph: word, token-type and position embeddings, 12 post-norm encoder layers,
-    the pooler (the first token through a tanh Linear)."""
+def bert(batch: int = 1, length: int = 128, d: int = 768, layers: int = 12, vocab: int = 30522) -> dict:
+    """BERT (base by default) as a graph: word, token-type and position embeddings, post-norm
+    encoder layers, the pooler (the first token through a tanh Linear)."""
     ids = {"shape": [batch, length], "dtype": "int64"}
+    layer = {
+        "type": "TransformerEncoderLayer",
+        "nhead": d // 64 or 2,
+        "dim_feedforward": 4 * d,
+        "activation": "gelu",
+    }
     return {
         "inputs": {"tokens": ids, "types": ids},
         "nodes": [
             {
                 "name": "tok",
                 "type": "Embedding",
-                "num_embeddings": 30522,
-                "embedding_dim": 768,
+                "num_embeddings": vocab,
+                "embedding_dim": d,
                 "input": "tokens",
             },
-            {"name": "typ", "type": "Embedding", "num_embeddings": 2, "embedding_dim": 768, "input": "types"},
+            {"name": "typ", "type": "Embedding", "num_embeddings": 2, "embedding_dim": d, "input": "types"},
             {"name": "emb", "type": "Add", "inputs": ["tok", "typ"]},
             {"name": "pos", "type": "PositionalEmbedding", "num_positions": 512, "input": "emb"},
             {"name": "norm", "type": "LayerNorm", "eps": 1e-12, "input": "pos"},
-            {
-                "name": "enc",
-                "type": "Repeat",
-                "times": 12,
-                "input": "norm",
-                "layers": [
-                    {
-                        "type": "TransformerEncoderLayer",
-                        "nhead": 12,
-                        "dim_feedforward": 3072,
-                        "activation": "gelu",
-                    }
-                ],
-            },
+            {"name": "enc", "type": "Repeat", "times": layers, "input": "norm", "layers": [layer]},
             {"name": "first", "type": "Select", "dim": 1, "index": 0, "input": "enc"},
-            {"name": "pool", "type": "Linear", "out_features": 768, "input": "first"},
+            {"name": "pool", "type": "Linear", "out_features": d, "input": "first"},
             {"name": "pooled", "type": "Tanh", "input": "pool"},
         ],
         "outputs": {"hidden": "enc", "pooled": "pooled"},
     }
 
 
+def test_a_small_bert_exports_to_code_and_onnx_that_reproduce_it(client: TestClient) -> None:
+    model = bert(batch=2, length=6, d=16, layers=2, vocab=50)
+    torch.manual_seed(0)
+    service = trace_graph(GraphSpec.model_validate(model)).spec.build().eval()
+    _, exported = built(client, model)
+    exported.load_state_dict(service.state_dict(), strict=True)
+    exported.eval()
+    onnx_file = client.post("/v1/models/export", json={"model": model, "format": "onnx"})
+    assert onnx_file.status_code == 200, onnx_file.text[:500]
+    session = ort.InferenceSession(onnx_file.content, providers=["CPUExecutionProvider"])
+    _, fresh = built(client, model)  # seed 0, as the ONNX export
+    fresh.eval()
+    tokens, types = torch.randint(0, 50, (3, 6)), torch.randint(0, 2, (3, 6))
+    with torch.no_grad():
+        expected, got = service(tokens=tokens, types=types), exported(tokens=tokens, types=types)
+        initialised = fresh(tokens=tokens, types=types)
+    ran = session.run(None, {"tokens": tokens.numpy(), "types": types.numpy()})
+    for array, name in zip(ran, expected, strict=True):
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+        np.testing.assert_allclose(array, initialised[name].numpy(), atol=1e-5)
+
+
 def test_bert_base_as_a_graph_has_its_published_parameters(client: TestClient) -> None:
-    response = client.post(SUMMARY, json={"model": bert_base()})
+    response = client.post(SUMMARY, json={"model": bert()})
     assert response.status_code == 200, response.text[:500]
     assert response.json()["total_params"] == 109_482_240
     assert response.json()["graph"]["outputs"]["pooled"]["shape"] == [1, 768]
