@@ -410,6 +410,7 @@ function loadExample(name) {
 function fillCatalog(entries) {
   const groups = new Map();
   for (const entry of entries) {
+    if (entry.graph_only) continue; // merges and splits belong to the graph form, not the layer list
     state.catalog.set(entry.type, entry);
     if (!groups.has(entry.category)) groups.set(entry.category, document.createElement("optgroup"));
     groups.get(entry.category).label = entry.category;
