@@ -75,13 +75,13 @@ def summary(traced: TracedModel, memory: MemoryEstimate | None = None) -> ModelS
             num_params=params.counts[node.path],
             params=params.own[node.path],
             flops=node.flops,
-            output_bytes=sum(_bytes(t) for t in node.outputs) if node.outputs else _bytes(node.output),
+            output_bytes=sum(_bytes(t) for t in node.outputs),
             saved_bytes=saved.get(node.path) if memory else None,
             spec=node.spec.model_dump(),
             repeat=None if node.repeat is None else RepeatInfo(index=node.repeat[0], times=node.repeat[1]),
-            node=None if node.outputs is None else node.path,
+            node=None if node.input_shapes is None else node.path,
             input_shapes=None if node.input_shapes is None else [list(s) for s in node.input_shapes],
-            output_shapes=None if node.outputs is None else [list(t.shape) for t in node.outputs],
+            output_shapes=None if node.input_shapes is None else [list(t.shape) for t in node.outputs],
         )
         for node in traced.layers
     ]
@@ -96,7 +96,7 @@ def summary(traced: TracedModel, memory: MemoryEstimate | None = None) -> ModelS
         trainable_params=params.trainable,
         param_bytes=params.param_bytes,
         buffer_bytes=params.buffer_bytes,
-        activation_bytes=sum(sum(_bytes(t) for t in node.outputs or [node.output]) for node in leaves),
+        activation_bytes=sum(_bytes(t) for node in leaves for t in node.outputs),
         flops=traced.flops,
         mult_adds=traced.flops // 2,
         uncounted_ops=traced.uncounted_ops,

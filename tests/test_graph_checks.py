@@ -153,7 +153,36 @@ def test_an_index_on_a_one_output_node_is_refused(client: TestClient) -> None:
 def test_a_tensor_argument_the_layer_does_not_take_is_refused(client: TestClient) -> None:
     node = {**linear("a", "x"), "memory": "x"}
     error = refused(client, graph([node]))
-    assert error["loc"][:4] == ["body", "model", "nodes", 0] and error["loc"][-1] == "memory"
+    assert error["loc"][:4] == ["body", "model", "nodes", 0]
+    assert "Linear takes no tensor argument 'memory' (its tensor arguments: none)" in error["msg"]
+
+
+def test_a_tensor_argument_is_named_with_those_the_layer_takes(client: TestClient) -> None:
+    node = {"name": "a", "type": "TransformerEncoderLayer", "nhead": 2, "input": "x", "memory": "x"}
+    error = refused(client, graph([node], x=[2, 3, 4]))
+    assert error["loc"][:4] == ["body", "model", "nodes", 0]
+    assert (
+        "takes no tensor argument 'memory' (its tensor arguments: src_mask, src_key_padding_mask)"
+        in error["msg"]
+    )
+
+
+def test_a_container_passes_its_tensor_arguments_to_layers_that_take_them(client: TestClient) -> None:
+    layers = [{"type": "TransformerEncoderLayer", "nhead": 2}, {"type": "LayerNorm"}]
+    node = {
+        "name": "enc",
+        "type": "Sequential",
+        "layers": layers,
+        "input": "x",
+        "src_key_padding_mask": "mask",
+    }
+    model = {
+        **graph([node], x=[2, 3, 4]),
+        "inputs": {"x": {"shape": [2, 3, 4]}, "mask": {"shape": [2, 3], "dtype": "bool"}},
+    }
+    error = refused(client, model)
+    assert error["loc"] == ["body", "model", "nodes", 0, "src_key_padding_mask"]
+    assert "its LayerNorm at 'enc.1' does not take it" in error["msg"]
 
 
 def test_a_merge_in_a_sequence_says_it_is_of_the_graph_form(client: TestClient) -> None:

@@ -189,6 +189,15 @@ BAD = [
     # no parameters: nothing to train (torch's optimizer refuses an empty parameter list)
     ("nothing to train", {"model": {"layers": [{"type": "ReLU"}]}}, ["body", "model"]),
     (
+        "every parameter frozen",
+        {
+            "model": {
+                "layers": [{"type": "Flatten"}, {"type": "Linear", "out_features": 10, "trainable": False}]
+            }
+        },
+        ["body", "model"],
+    ),
+    (
         "token ids past the vocabulary",
         {
             "model": {

@@ -40,12 +40,14 @@ from torch_modules import (
     Slice,
     StochasticDepth,
     SwiGLU,
+    TransformerDecoderLayer,
     TransformerEncoderLayer,
     Transpose,
     count_params,
     flop_count,
     last_step,
     output_shapes,
+    with_state,
 )
 
 from layers import LAYER_SPECS, ModelSpec
@@ -60,6 +62,10 @@ class Sample:
     reference: Callable[[], nn.Module]  # the same layer, written by hand in torch
     inferred: dict[str, Any] = field(default_factory=dict)  # sizes the summary must fill in
     input_dtype: str = "float32"
+    # A graph node's sample: the shapes of the tensor arguments it is given by name (a decoder's
+    # memory, masks, an initial state). Such a layer (one needing them, or returning several
+    # tensors) is refused in a sequence, and compared with torch on its own, given them.
+    tensors: dict[str, list[int]] | None = None
 
 
 SAMPLES: dict[str, Sample] = {
@@ -195,6 +201,20 @@ SAMPLES: dict[str, Sample] = {
         [2, 5, 8],
         lambda: nn.TransformerEncoderLayer(8, 2, 16, 0.0, "gelu", batch_first=True, norm_first=True),
         {"d_model": 8},
+    ),
+    "TransformerDecoderLayer": Sample(
+        {
+            "type": "TransformerDecoderLayer",
+            "nhead": 2,
+            "dim_feedforward": 16,
+            "dropout": 0.0,
+            "activation": "gelu",
+            "norm_first": True,
+        },
+        [2, 5, 8],
+        lambda: nn.TransformerDecoderLayer(8, 2, 16, 0.0, "gelu", batch_first=True, norm_first=True),
+        {"d_model": 8},
+        tensors={"memory": [2, 3, 8]},
     ),
     "MyLinear": Sample(
         {"type": "MyLinear", "out_features": 5}, [3, 10], lambda: MyLinear(10, 5), {"in_features": 10}
@@ -471,6 +491,81 @@ VARIANTS: dict[str, Sample] = {
         lambda: SelfAttention(8, 2, bias=False, add_bias_kv=True, batch_first=True),
         {"embed_dim": 8},
     ),
+    # -- issue 18: graph nodes' tensor arguments (masks: True hides the last position) --
+    "MultiheadAttention/cross_kdim_vdim_padding": Sample(
+        {"type": "MultiheadAttention", "num_heads": 2, "kdim": 6, "vdim": 4},
+        [2, 5, 8],
+        lambda: SelfAttention(8, 2, batch_first=True, kdim=6, vdim=4),
+        {"embed_dim": 8, "kdim": 6, "vdim": 4},
+        tensors={"key": [2, 3, 6], "value": [2, 3, 4], "key_padding_mask": [2, 3]},
+    ),
+    "MultiheadAttention/causal_masks": Sample(
+        {"type": "MultiheadAttention", "num_heads": 2, "causal": True},
+        [2, 5, 8],
+        lambda: SelfAttention(8, 2, batch_first=True, causal=True),
+        {"embed_dim": 8, "kdim": 8, "vdim": 8},
+        tensors={"key_padding_mask": [2, 5], "attn_mask": [5, 5]},
+    ),
+    "TransformerEncoderLayer/causal_masks": Sample(
+        {
+            "type": "TransformerEncoderLayer",
+            "nhead": 2,
+            "dim_feedforward": 16,
+            "dropout": 0.0,
+            "causal": True,
+        },
+        [2, 5, 8],
+        lambda: TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True, causal=True),
+        {"d_model": 8},
+        tensors={"src_mask": [5, 5], "src_key_padding_mask": [2, 5]},
+    ),
+    "TransformerEncoderLayer/padding": Sample(
+        {"type": "TransformerEncoderLayer", "nhead": 2, "dim_feedforward": 16, "dropout": 0.0},
+        [2, 5, 8],
+        lambda: TransformerEncoderLayer(8, 2, 16, 0.0, batch_first=True),
+        {"d_model": 8},
+        tensors={"src_key_padding_mask": [2, 5]},
+    ),
+    "TransformerDecoderLayer/causal_masks": Sample(
+        {
+            "type": "TransformerDecoderLayer",
+            "nhead": 2,
+            "dim_feedforward": 16,
+            "dropout": 0.0,
+            "causal": True,
+        },
+        [2, 5, 8],
+        lambda: TransformerDecoderLayer(8, 2, 16, 0.0, batch_first=True, causal=True),
+        {"d_model": 8},
+        tensors={
+            "memory": [2, 3, 8],
+            "tgt_mask": [5, 5],
+            "memory_mask": [5, 3],
+            "tgt_key_padding_mask": [2, 5],
+            "memory_key_padding_mask": [2, 3],
+        },
+    ),
+    "LSTM/state_h0_c0": Sample(
+        {"type": "LSTM", "hidden_size": 6, "num_layers": 2, "output": "sequence_and_state"},
+        [2, 5, 4],
+        lambda: with_state(LSTM(4, 6, num_layers=2, batch_first=True)),
+        {"input_size": 4},
+        tensors={"h0": [2, 2, 6], "c0": [2, 2, 6]},
+    ),
+    "GRU/state_h0": Sample(
+        {"type": "GRU", "hidden_size": 5, "bidirectional": True, "output": "sequence_and_state"},
+        [2, 5, 4],
+        lambda: with_state(GRU(4, 5, bidirectional=True, batch_first=True)),
+        {"input_size": 4},
+        tensors={"h0": [2, 2, 5]},
+    ),
+    "RNN/state": Sample(
+        {"type": "RNN", "hidden_size": 5, "output": "sequence_and_state"},
+        [2, 5, 4],
+        lambda: with_state(RNN(4, 5, batch_first=True)),
+        {"input_size": 4},
+        tensors={},
+    ),
     "MaxPool2d/ceil_mode": Sample(  # GoogLeNet's and SqueezeNet's pools
         {"type": "MaxPool2d", "kernel_size": 3, "stride": 2, "ceil_mode": True},
         [2, 3, 10, 9],
@@ -589,6 +684,14 @@ def test_layer_matches_torch(layer_type: str, client) -> None:
         "input_dtype": sample.input_dtype,
     }
     response = client.post("/v1/models/summary", json=body)
+    if sample.tensors is not None and response.status_code != 200:
+        # A graph node (compared with torch on its own below): refused in a sequence at the layer.
+        assert response.status_code == 422, response.text
+        [error] = response.json()["detail"]
+        assert error["loc"] == ["body", "model", "layers", 0], error
+        required = LAYER_SPECS[sample.spec["type"]].required_tensor_args
+        assert all(f"needs `{name}`" in error["msg"] for name in required), error["msg"]
+        return
     assert response.status_code == 200, response.text
     summary = response.json()
 
@@ -634,21 +737,48 @@ def test_layer_matches_torch(layer_type: str, client) -> None:
         assert summary["flops"] == flop_count(reference, x)
 
 
+def built_pair(sample: Sample) -> tuple[nn.Module, nn.Module]:
+    """The real model built from the inferred spec, and the hand-written one, holding the same
+    weights (loaded strictly: same names and shapes), both in eval mode. A layer needing tensor
+    arguments is built on its own (a sequence cannot hold it), the others as a one-layer model."""
+    if sample.tensors is not None:
+        spec = LAYER_SPECS[sample.spec["type"]].model_validate(sample.spec)
+        torch.manual_seed(0)
+        ours, reference = spec.infer(tuple(sample.input_shape)).build(), sample.reference()
+    else:
+        traced = trace_model(ModelSpec(layers=[sample.spec]), tuple(sample.input_shape), sample.input_dtype)
+        torch.manual_seed(0)
+        ours, reference = traced.spec.build(), nn.Sequential(sample.reference())
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours.eval(), reference.eval()
+
+
+def tensor_args(sample: Sample) -> dict[str, torch.Tensor]:
+    """Random tensors of the sample's shapes. Masks are boolean and hide different positions, so
+    that each one given matters: a key padding mask the last key, an attention mask the first key
+    from every query but the first (which, causal, sees only that key)."""
+    tensors = {}
+    for name, shape in (sample.tensors or {}).items():
+        if name.endswith("key_padding_mask"):
+            tensors[name] = torch.zeros(shape, dtype=torch.bool)
+            tensors[name][..., -1] = True
+        elif name.endswith("mask"):
+            tensors[name] = torch.zeros(shape, dtype=torch.bool)
+            tensors[name][..., 1:, 0] = True
+        else:
+            tensors[name] = torch.randn(shape)
+    return tensors
+
+
 def test_built_model_computes_what_torch_computes(layer_type: str) -> None:
     """The real model built from the inferred spec takes the hand-written module's weights
     (same names and shapes, strictly) and returns the same output on the same input."""
     sample = SAMPLES.get(layer_type) or VARIANTS.get(layer_type)
     assert sample is not None, f"registered layer type {layer_type!r} has no sample in tests/test_registry.py"
-    traced = trace_model(ModelSpec(layers=[sample.spec]), tuple(sample.input_shape), sample.input_dtype)
-    torch.manual_seed(0)
-    ours = traced.spec.build()
-    reference = nn.Sequential(sample.reference())
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    ours.eval()
-    reference.eval()
-    x = real_input(sample.input_shape, sample.input_dtype)
+    ours, reference = built_pair(sample)
+    x, tensors = real_input(sample.input_shape, sample.input_dtype), tensor_args(sample)
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), reference(x))
+        torch.testing.assert_close(ours(x, **tensors), reference(x, **tensors))
     assert str(ours) == str(reference)
 
 
@@ -657,17 +787,15 @@ def test_built_model_trains_as_torch_does(layer_type: str) -> None:
     parameter and for a floating input (eval mode, so dropout draws nothing)."""
     sample = SAMPLES.get(layer_type) or VARIANTS.get(layer_type)
     assert sample is not None, f"registered layer type {layer_type!r} has no sample in tests/test_registry.py"
-    traced = trace_model(ModelSpec(layers=[sample.spec]), tuple(sample.input_shape), sample.input_dtype)
-    torch.manual_seed(0)
-    ours, reference = traced.spec.build().eval(), nn.Sequential(sample.reference()).eval()
-    ours.load_state_dict(reference.state_dict(), strict=True)
-    x = real_input(sample.input_shape, sample.input_dtype)
+    ours, reference = built_pair(sample)
+    x, tensors = real_input(sample.input_shape, sample.input_dtype), tensor_args(sample)
     inputs = []
     for model in (ours, reference):
         given = x.clone().requires_grad_(x.is_floating_point())
-        out = model(given)
-        if out.requires_grad:
-            out.square().mean().backward()
+        out = model(given, **tensors)
+        outs = out if isinstance(out, tuple) else (out,)  # a recurrent layer's state too
+        if outs[0].requires_grad:
+            sum(o.square().mean() for o in outs).backward()
         inputs.append(given.grad)
     if inputs[1] is not None:
         torch.testing.assert_close(inputs[0], inputs[1])

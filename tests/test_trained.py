@@ -8,6 +8,7 @@ which reproduces the job's validation split in plain code and must find the job'
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -27,6 +28,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from safetensors import safe_open
+from safetensors.torch import load as safetensors_load
 from sklearn.datasets import load_digits
 
 from app.core.config import settings
@@ -36,6 +38,8 @@ from app.jobs.retention import job_dir
 from app.jobs.trained import MODELS
 from app.jobs.weights import WEIGHTS_FILE
 from app.main import app
+from layers import ModelSpec
+from layers.analysis.trace import trace_model
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 
@@ -146,6 +150,22 @@ FRESH = textwrap.dedent(
     print(correct / n_val, ours)
     """
 )
+
+
+def test_a_frozen_layer_comes_out_of_a_job_as_the_seed_made_it(api: TestClient) -> None:
+    """``trainable: false`` on the first Linear: its weights download bit for bit as the job's
+    seed initialised them; the layer after it trained."""
+    model = copy.deepcopy(DIGITS_MLP)
+    model["layers"][1]["trainable"] = False
+    result = api.post("/v1/train", json=digits_job(model, epochs=1, device="cpu")).json()
+    assert result["status"] == "succeeded", result["error"]
+    trained = safetensors_load(api.get(result["weights"]["url"]).content)
+    torch.manual_seed(0)  # the job's seed, set just before it builds the model
+    initial = trace_model(ModelSpec.model_validate(model), (1, 64)).spec.build().state_dict()
+    assert set(trained) == set(initial)
+    for name in ("1.weight", "1.bias"):
+        assert torch.equal(trained[name], initial[name]), name
+    assert not torch.equal(trained["3.weight"], initial["3.weight"])
 
 
 def test_the_exported_code_and_weights_reproduce_the_accuracy_without_this_project(

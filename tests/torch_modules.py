@@ -99,14 +99,24 @@ def later_positions(x: torch.Tensor) -> torch.Tensor:
     return torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
 
 
+def with_later_positions(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The causal mask, also hiding what a given boolean ``mask`` hides."""
+    return later_positions(x) if mask is None else later_positions(x) | mask
+
+
 class SelfAttention(nn.MultiheadAttention):
+    """Attention of the input to ``key`` and ``value`` (the input, when not given), with torch's
+    masks; with ``causal``, a boolean mask over later positions too."""
+
     def __init__(self, *args, causal: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.causal = causal
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask = later_positions(x) if self.causal else None
-        return super().forward(x, x, x, need_weights=False, attn_mask=mask)[0]
+    def forward(self, x, key=None, value=None, key_padding_mask=None, attn_mask=None) -> torch.Tensor:
+        key = x if key is None else key
+        value = key if value is None else value
+        mask = with_later_positions(x, attn_mask) if self.causal else attn_mask
+        return super().forward(x, key, value, key_padding_mask, need_weights=False, attn_mask=mask)[0]
 
     def extra_repr(self) -> str:
         return "causal=True" if self.causal else ""
@@ -119,24 +129,45 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
         super().__init__(*args, **kwargs)
         self.causal = causal
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x, src_mask=later_positions(x)) if self.causal else super().forward(x)
+    def forward(self, x: torch.Tensor, src_mask=None, src_key_padding_mask=None) -> torch.Tensor:
+        mask = with_later_positions(x, src_mask) if self.causal else src_mask
+        return super().forward(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask)
+
+    def extra_repr(self) -> str:
+        return "causal=True" if self.causal else ""
+
+
+class TransformerDecoderLayer(nn.TransformerDecoderLayer):
+    """``nn.TransformerDecoderLayer`` (batch_first) with a boolean causal tgt_mask when ``causal``."""
+
+    def __init__(self, *args, causal: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, tgt_mask=None, **masks) -> torch.Tensor:
+        mask = with_later_positions(x, tgt_mask) if self.causal else tgt_mask
+        return super().forward(x, memory, mask, **masks)
 
     def extra_repr(self) -> str:
         return "causal=True" if self.causal else ""
 
 
 class _SequenceOut:
-    """A recurrent module that returns its output sequence (or last step) instead of a tuple."""
+    """A recurrent module that returns its output sequence (or last step) instead of a tuple; with
+    ``state``, the output sequence and the final state as one flat tuple."""
 
     last = False
+    state = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = super().forward(x)[0]
+    def forward(self, x: torch.Tensor, h0=None, c0=None):
+        out, state = super().forward(x, None if h0 is None else h0 if c0 is None else (h0, c0))
+        if self.state:
+            return (out, *state) if isinstance(state, tuple) else (out, state)
         return out[:, -1] if self.last else out
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", output=last" if self.last else "")
+        output = ", output=last" if self.last else ", output=sequence_and_state" if self.state else ""
+        return super().extra_repr() + output
 
 
 class RNN(_SequenceOut, nn.RNN):
@@ -153,6 +184,11 @@ class GRU(_SequenceOut, nn.GRU):
 
 def last_step(module: _SequenceOut) -> _SequenceOut:
     module.last = True
+    return module
+
+
+def with_state(module: _SequenceOut) -> _SequenceOut:
+    module.state = True
     return module
 
 

@@ -131,14 +131,19 @@ def _check_memory(job: JobCreate, traced: TracedModel, step: TrainingMemory, inf
 
 
 def _check_trainable(traced: TracedModel) -> None:
-    """A job trains parameters: a model without any has nothing to train (and torch's optimizer
-    refuses an empty parameter list)."""
-    if not any(p.requires_grad for p in traced.module.parameters()):
+    """A job trains parameters: a model without any, or with all of them frozen, has nothing to
+    train (and torch's optimizer refuses an empty parameter list)."""
+    params = list(traced.module.parameters())
+    if not any(p.requires_grad for p in params):
+        fix = (
+            "every layer with weights has `trainable: false`; let one train"
+            if params
+            else "add a layer with weights, such as Linear"
+        )
         raise SpecError(
             ("model",),
-            "nothing to train: this model has no trainable parameters (add a layer with weights, "
-            "such as Linear)",
-            {"trainable_params": 0},
+            f"nothing to train: this model has no trainable parameters ({fix})",
+            {"trainable_params": 0, "total_params": sum(p.numel() for p in params)},
         )
 
 

@@ -187,7 +187,8 @@ class _Run:
             device=device,
             model=model,
             loss_fn=loss_spec.build().to(device),
-            optimizer=job.optimizer.build(model.parameters()),
+            # Frozen parameters (``trainable: false``) get no optimizer state and are never stepped.
+            optimizer=job.optimizer.build([p for p in model.parameters() if p.requires_grad]),
             x_train=x_train.to(device),
             t_train=t_train,
             x_val=x_val.to(device),

@@ -2,7 +2,8 @@
 layers the edit changed (a frontend re-summarises on every edit).
 
 A layer's trace depends on its spec (the JSON the user wrote), its input tensor's shape, strides
-and dtype, whether that input requires grad, and the parameter dtype; the key holds all of these.
+and dtype, whether that input requires grad, the parameter dtype and whether the layer is frozen
+(``trainable``, its own or a container's); the key holds all of these.
 The value is what the trace found: the inferred spec, the output tensor's metadata, the forward
 FLOPs, the composites whose FLOPs torch misses, and the module as built (a prototype). A hit
 runs nothing on meta: the module is a copy of the prototype (copying a module's structure costs
@@ -32,9 +33,10 @@ MODULE_BYTES = 2048
 TENSOR_BYTES = 512
 
 
-def layer_key(spec: LayerSpec, x: torch.Tensor, param_dtype: torch.dtype) -> str:
-    """Everything a layer's trace depends on, as one string (a container's spec holds its children's)."""
-    meta = f"{list(x.shape)}|{list(x.stride())}|{x.dtype}|{x.requires_grad}|{param_dtype}"
+def layer_key(spec: LayerSpec, x: torch.Tensor, param_dtype: torch.dtype, frozen: bool) -> str:
+    """Everything a layer's trace depends on, as one string (a container's spec holds its children's;
+    ``frozen``: by its own ``trainable`` or a container's around it)."""
+    meta = f"{list(x.shape)}|{list(x.stride())}|{x.dtype}|{x.requires_grad}|{param_dtype}|{frozen}"
     return f"{spec.model_dump_json()}|{meta}"
 
 

@@ -10,7 +10,6 @@ holds the inputs, the outputs and the edges.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
@@ -27,6 +26,7 @@ from layers.analysis.trace import (
     _Tracer,
     param_dtype_for,
 )
+from layers.language.base import LayerSpec
 from layers.language.errors import Loc, NamingError
 from layers.language.graph import GraphNode, GraphSpec, split_ref
 from layers.language.graph_module import GraphModule
@@ -92,13 +92,10 @@ class _GraphTracer(_Tracer):
             main = [v for arg, v in given if arg == "input" or arg.startswith("inputs.")]
             kwargs = {arg: v for arg, v in given if not (arg == "input" or arg.startswith("inputs."))}
             traced = self.node(node, top, main, kwargs)
-            out: Any = traced.output
-            if isinstance(out, tuple | list):  # several outputs: "name.0", "name.1"...
-                out = tuple(out)
-                traced.output = out[0]
+            if isinstance(traced.output, list):  # several outputs: "name.0", "name.1"...
+                traced.output = tuple(traced.output)
             traced.input_shapes = [tuple(v.shape) for _, v in given]
-            traced.outputs = list(out) if isinstance(out, tuple) else [out]
-            values[node.name] = out
+            values[node.name] = traced.output
             tops.append(traced)
         return tops, values, edges
 
@@ -131,9 +128,8 @@ class _GraphTracer(_Tracer):
         traced.output = out
         return traced
 
-    def bound(self, traced: TracedLayer) -> Any:
-        args = {k: v for k, v in self.kwargs.items() if k in traced.spec.tensor_args}
-        return functools.partial(traced.module, **args) if args else traced.module
+    def tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.kwargs.items() if k in spec.tensor_args}
 
     def value(self, values: dict[str, Any], loc: Loc, ref: str) -> torch.Tensor:
         """The meta tensor ``ref`` names; a ref to output K that a node does not have, or to a node

@@ -438,7 +438,8 @@ def _measure(kind: str, config: tuple, dtype: torch.dtype, batch: int, steps: in
     device = "cpu" if real else "meta"
     with torch.device(device):
         module = module_class(**args).to(dtype)
-    module.output = output
+    # With its state returned the kernel is the same one: measured as the sequence it returns.
+    module.output = "sequence" if output == "sequence_and_state" else output
     time_dim = 1 if args["batch_first"] else 0
     shape = [batch, steps, args["input_size"]] if time_dim else [steps, batch, args["input_size"]]
     x = torch.randn(shape, dtype=dtype) if real else torch.empty(shape, dtype=dtype, device="meta")
@@ -493,23 +494,28 @@ def kept_by_recurrent(module: nn.RNNBase, batch: int, steps: int) -> tuple[_Kept
 
 
 class _Recurrent(torch.autograd.Function):
-    """Stands in for a recurrent layer in the meta passes: its output, and ``internal`` bytes kept."""
+    """Stands in for a recurrent layer in the meta passes: its output (and final state, when it
+    returns it), and ``internal`` bytes kept."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, shape: tuple, kept: _Kept, *params: torch.Tensor) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, shape: tuple, states: tuple, kept: _Kept, *params: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = x.new_empty(shape, dtype=params[0].dtype)
         internal = x.new_empty((kept.internal,), dtype=torch.uint8)
         ctx.save_for_backward(x if kept.input else None, out if kept.output else None, internal)
         ctx.shapes = [x.shape, *(p.shape for p in params)]
-        return out
+        if not states:
+            return out
+        return (out, *(x.new_empty(state, dtype=params[0].dtype) for state in states))
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple:
+    def backward(ctx: Any, grad: torch.Tensor, *state_grads: torch.Tensor) -> tuple:
         x_shape, *param_shapes = ctx.shapes
         needs = ctx.needs_input_grad
         grad_x = grad.new_empty(x_shape) if needs[0] else None
-        grads = [grad.new_empty(s) if need else None for s, need in zip(param_shapes, needs[3:], strict=True)]
-        return (grad_x, None, None, *grads)
+        grads = [grad.new_empty(s) if need else None for s, need in zip(param_shapes, needs[4:], strict=True)]
+        return (grad_x, None, None, None, *grads)
 
 
 @contextmanager
@@ -539,15 +545,26 @@ def _output_shape(module: nn.RNNBase, x: torch.Tensor) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _stand_in(
-    module: nn.RNNBase, notes: list[str], flops: dict[int, int]
-) -> Callable[[torch.Tensor], torch.Tensor]:
+def _state_shapes(module: nn.RNNBase, x: torch.Tensor) -> tuple[tuple[int, ...], ...]:
+    """The shapes of the final state a recurrent layer returns with ``sequence_and_state``: h_n
+    (and an LSTM's c_n), [layers * directions, B, H] ([.., H] unbatched), none otherwise."""
+    if getattr(module, "output", "sequence") != "sequence_and_state":
+        return ()
+    layers = module.num_layers * (2 if module.bidirectional else 1)
+    batch = () if x.dim() == 2 else (x.shape[0 if module.batch_first else 1],)
+    h_n = (layers, *batch, getattr(module, "proj_size", 0) or module.hidden_size)
+    return (h_n, (layers, *batch, module.hidden_size)) if module.mode == "LSTM" else (h_n,)
+
+
+def _stand_in(module: nn.RNNBase, notes: list[str], flops: dict[int, int]) -> Callable[..., Any]:
     params = [p for p in module.parameters()]
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        shape = _output_shape(module, x)
+    def forward(x: torch.Tensor, **initial_state: torch.Tensor) -> Any:
+        # The initial state (h0, c0) changes no size: the stand-in does not read it.
+        shape, states = _output_shape(module, x), _state_shapes(module, x)
         if not torch.is_grad_enabled():
-            return x.new_empty(shape, dtype=params[0].dtype)
+            out = x.new_empty(shape, dtype=params[0].dtype)
+            return (out, *(x.new_empty(s, dtype=params[0].dtype) for s in states)) if states else out
         time_dim = 1 if module.batch_first and x.dim() == 3 else 0
         steps = x.shape[time_dim]
         batch = x.shape[1 - time_dim] if x.dim() == 3 else 1
@@ -556,7 +573,7 @@ def _stand_in(
         kept, how = kept_by_recurrent(module, batch, steps)
         if how not in notes:
             notes.append(how)
-        return _Recurrent.apply(x, shape, kept, *params)
+        return _Recurrent.apply(x, shape, states, kept, *params)
 
     return forward
 
@@ -567,6 +584,7 @@ def _one_step_backward_flops(module: nn.RNNBase, one: torch.Tensor) -> int:
     # Own (identity) hooks, innermost, so the outer pass does not count this step as saved.
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         out = type(module).forward(module, one.detach())
+        out = out[0] if isinstance(out, tuple) else out  # the sequence's gradient, not the state's
         if not trainable or not out.requires_grad:
             return 0
         with FlopCounterMode(display=False) as counter:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -47,19 +47,27 @@ class TracedLayer:
     depth: int
     spec: LayerSpec
     input_shape: Shape
-    output: torch.Tensor | None = None  # set once the layer is traced
+    # Set once the layer is traced; a tuple for a layer returning several tensors (graph nodes only).
+    output: torch.Tensor | tuple[torch.Tensor, ...] | None = None
     module: nn.Module | None = None
     flops: int = 0
     children: list[TracedLayer] = field(default_factory=list)
     tied: dict[str, str] = field(default_factory=dict)  # own parameter -> module path of its owner
     repeat: tuple[int, int] | None = None  # (copy, times) of the innermost Repeat around it
-    # A graph's own nodes: the shapes of each input (input/inputs, then tensor args) and every output.
+    # A graph's own nodes: the shapes of each input (input/inputs, then tensor args).
     input_shapes: list[Shape] | None = None
-    outputs: list[torch.Tensor] | None = None
+
+    @property
+    def outputs(self) -> tuple[torch.Tensor, ...]:
+        """Each tensor the layer returns (none before it is traced)."""
+        if self.output is None:
+            return ()
+        return self.output if isinstance(self.output, tuple) else (self.output,)
 
     @property
     def output_shape(self) -> Shape:
-        return () if self.output is None else tuple(self.output.shape)
+        """The shape of its (first) output."""
+        return tuple(self.outputs[0].shape) if self.outputs else ()
 
 
 @dataclass
@@ -163,7 +171,7 @@ class _Tracer(Builder):
             return
         found = None
         if node.twin is None:
-            key = self.keys[node.path] = layer_key(node.spec, x, self.param_dtype)
+            key = self.keys[node.path] = layer_key(node.spec, x, self.param_dtype, node.frozen)
             found = self.cache.get(key)
         else:  # its twin's entry, if any: a leaf's module is copied from it
             found = self.found.get(node.twin)
@@ -171,6 +179,7 @@ class _Tracer(Builder):
             self.found[node.path] = found
 
     def leaf(self, node: Node, x: torch.Tensor) -> TracedLayer:
+        node.spec.check_tensor_args(self.tensors(node.spec))  # in a sequence, none
         traced = self.traced[node.path]
         twin = None if node.twin is None else self.traced[node.twin]
         found = self.found.get(node.path)
@@ -202,20 +211,19 @@ class _Tracer(Builder):
         outer, self.mode.uncounted = self.mode.uncounted, set()
         try:
             assert traced.module is not None
-            traced.output, traced.flops = traced.spec.trace(self.bound(traced), x)
+            traced.output, traced.flops = traced.spec.trace(traced.module, x, **self.tensors(traced.spec))
             uncounted = self.mode.uncounted
         finally:
             self.mode.uncounted = outer | self.mode.uncounted
-        cacheable = isinstance(traced.output, torch.Tensor)  # not a layer's several outputs
-        if self.cache is not None and node.path not in self.tied and cacheable:
+        if self.cache is not None and node.path not in self.tied and isinstance(traced.output, torch.Tensor):
             with _disable_current_modes():
                 found = TracedLeaf.of(traced.spec, traced.module, traced.output, traced.flops, uncounted)
             self.cache.put(self.keys[node.path], found)
             self.found[node.path] = found
 
-    def bound(self, traced: TracedLayer) -> Any:
-        """What the layer's trace calls on its input: its module (a graph binds tensor arguments)."""
-        return traced.module
+    def tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
+        """The tensor arguments the layer is given by name: none in a sequence (a graph's wires)."""
+        return {}
 
     def made_sequence(self, results: list[TracedLayer]) -> list[TracedLayer]:
         return results
@@ -254,6 +262,16 @@ class _Tracer(Builder):
         return traced
 
     def output(self, result: TracedLayer) -> torch.Tensor:
+        if isinstance(result.output, tuple):  # a layer returning several tensors (an LSTM's state)
+            names = result.spec.returns()
+            what = f" ({', '.join(names)})" if names else ""
+            error = ShapeError(
+                (),
+                f"it returns {len(result.output)} tensors{what}, and a layer sequence passes on one; "
+                f"use it as a node of a graph, whose outputs are 'name.0' to 'name.{len(result.output) - 1}'",
+                {"expected": 1, "got": len(result.output)},
+            )
+            raise self.locate(result, error)
         return result.output
 
     def check_time(self, loc: Loc, path: str, spec: LayerSpec) -> None:

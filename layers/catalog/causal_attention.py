@@ -7,7 +7,7 @@ Written as Llama writes it (q_proj, k_proj, v_proj, o_proj) and computed with to
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import torch
 import torch.nn.functional as F
@@ -189,13 +189,13 @@ class CausalSelfAttentionSpec(LayerSpec):
             dropout=self.dropout,
         )
 
-    def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
         # The rotation keeps q's and k's shapes and has no FLOPs FlopCounterMode counts, and its ~20
         # meta kernels would cost 25 ms a layer: the trace runs without it. (What it keeps for
         # backward counts in the memory estimate, which runs the module as it is.)
         module.rotate = _unrotated
         try:
-            return super().trace(module, x)
+            return super().trace(module, x, **tensors)
         finally:
             del module.rotate
 

@@ -114,7 +114,7 @@ class MyConv2dSpec(_Conv2dInput):
     bias: bool = False
 
     def build(self) -> nn.Module:
-        return MyConv2d(**self.model_dump(exclude={"type", "name"}))
+        return MyConv2d(**self.arguments())
 
 
 class ConvBlockSpec(_Conv2dInput):
@@ -129,4 +129,4 @@ class ConvBlockSpec(_Conv2dInput):
     activation: ActivationName = "relu"
 
     def build(self) -> nn.Module:
-        return ConvBlock(**self.model_dump(exclude={"type", "name"}))
+        return ConvBlock(**self.arguments())

@@ -44,7 +44,7 @@ class BatchNormSpec(ShapePreservingSpec):
         )
 
     def norm_args(self) -> dict:
-        return self.model_dump(exclude={"type", "name"})
+        return self.arguments()
 
 
 class BatchNorm1dSpec(BatchNormSpec):

@@ -9,7 +9,8 @@ and the same parameter names and shapes, so trained weights load with ``strict=T
 assembles its module (``ContainerSpec.assemble``), a leaf by building its module on meta and
 calling its class with the spec's fields that its ``__init__`` takes: a torch class is written
 ``nn.Name``, one of ours is defined in the file. Specs that do not map onto their module's
-arguments one to one have a rule in ``layers.export.rules``. Nothing here evaluates or imports
+arguments one to one have a rule in ``layers.export.rules``. A frozen layer (``trainable: false``)
+is written ``<call>.requires_grad_(False)``, where it is built. Nothing here evaluates or imports
 user strings: every value written into the file is a validated spec field, written with ``repr``.
 """
 
@@ -87,6 +88,13 @@ class Stack:
     times: int
 
 
+@dataclass
+class Frozen:
+    """A module built and then frozen: ``expr.requires_grad_(False)`` (which returns the module)."""
+
+    module: Any
+
+
 def _access(path: str) -> str:
     """``model[2].layers[0].weight`` for the module path ``2.layers.0.weight``."""
     return "model" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in path.split("."))
@@ -123,6 +131,7 @@ class CodeWriter(Walk[Any, Call]):
     def leaf(self, node: Node, x: Any) -> Any:
         rule = CODE_RULES.get(type(node.spec))
         code = self.default(node.spec) if rule is None else rule(node.spec, self.call)
+        code = self.frozen(node, code)
         target = self.tie_target(node)
         if target is not None:  # the same tensor, as layers.language.build ties it (the owner comes first)
             own = _access(f"{node.path}.{node.spec.tieable_weight}")
@@ -134,7 +143,13 @@ class CodeWriter(Walk[Any, Call]):
 
     def container(self, node: Node, x: Any, sequences: list[Call], outputs: list[Any]) -> Any:
         assert isinstance(node.spec, ContainerSpec)
-        return node.spec.assemble(self.make, sequences)
+        return self.frozen(node, node.spec.assemble(self.make, sequences))
+
+    def frozen(self, node: Node, code: Any) -> Any:
+        """A layer with ``trainable: false`` frozen where it is built (a container: all inside it),
+        before the ties (written after the build) share a weight: a tied weight is frozen as its
+        owner is, as in ``layers.language.build``."""
+        return code if node.spec.trainable else Frozen(code)
 
     def make(self, cls: type[nn.Module], /, *args: Any, **kwargs: Any) -> Any:
         """The code pass's ``Make``: the call, a list of sequences as a list literal, and identical
@@ -296,13 +311,16 @@ def render(value: Any, indent: int = 0) -> str:
         parts += [f"{k}={render(v, indent + 4)}" for k, v in value.kwargs.items()]
         values = [*value.args, *value.kwargs.values()]
         nested = any(
-            isinstance(a, Stack) or (isinstance(a, Call | ListOf) and _has_children(a)) for a in values
+            isinstance(a, Stack | Frozen) or (isinstance(a, Call | ListOf) and _has_children(a))
+            for a in values
         )
         one_line = f"{value.func}({', '.join(parts)})"
         if not nested and "\n" not in one_line and indent + len(one_line) <= LINE:
             return one_line
         pad = " " * (indent + 4)
         return f"{value.func}(\n" + "".join(f"{pad}{p},\n" for p in parts) + " " * indent + ")"
+    if isinstance(value, Frozen):
+        return f"{render(value.module, indent)}.requires_grad_(False)"
     if isinstance(value, Stack):
         one_line = f"nn.Sequential(*({render(value.block, indent)} for _ in range({value.times})))"
         if "\n" not in one_line and indent + len(one_line) <= LINE:

@@ -13,8 +13,9 @@ from typing import Any
 from torch import nn
 
 from layers.catalog.attention import (
-    TransformerEncoderLayer,
+    TransformerDecoderLayerSpec,
     TransformerEncoderLayerSpec,
+    TransformerLayerSpec,
     feedforward_activation,
 )
 from layers.language.base import LayerSpec
@@ -22,15 +23,16 @@ from layers.language.base import LayerSpec
 Call = Callable[..., Any]
 
 
-def _transformer_encoder_layer(spec: TransformerEncoderLayerSpec, call: Call) -> Any:
+def _transformer_layer(spec: TransformerLayerSpec, call: Call) -> Any:
     # The feed-forward activation is torch's name, or a module for gelu_tanh: written as its call.
     activation = feedforward_activation(spec.activation)
     if isinstance(activation, nn.GELU):
         activation = call(nn.GELU, approximate=activation.approximate)
-    args = spec.model_dump(exclude={"type", "name", "activation"})
-    return call(TransformerEncoderLayer, **args, activation=activation)
+    args = spec.arguments("activation")
+    return call(spec.module_class, **args, activation=activation)
 
 
 CODE_RULES: dict[type[LayerSpec], Callable[[Any, Call], Any]] = {
-    TransformerEncoderLayerSpec: _transformer_encoder_layer,
+    TransformerEncoderLayerSpec: _transformer_layer,
+    TransformerDecoderLayerSpec: _transformer_layer,
 }

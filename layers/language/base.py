@@ -7,7 +7,7 @@ and it builds its module. Subclassing ``LayerSpec`` with a literal ``type`` regi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Annotated, Any, ClassVar, NamedTuple, Protocol, Self, TypeVar
 
 import torch
@@ -83,16 +83,30 @@ class LayerSpec(TypedSpec):
     # The parameter another layer's ``tie_weight`` may share (module-relative, e.g. ``weight``);
     # None: this layer cannot be tied to.
     tieable_weight: ClassVar[str | None] = None
-    # The keyword tensor arguments the built module's ``forward(x, **kwargs)`` accepts (a graph
-    # node wires them by name: ``memory``, ``src_key_padding_mask``); ``infer`` reads only ``x``.
     tensor_args: ClassVar[tuple[str, ...]] = ()
+    # Of ``tensor_args``, those its module cannot run without (a decoder's ``memory``): a layer
+    # with any is usable only where they are given, as a graph node (``check_tensor_args``).
+    required_tensor_args: ClassVar[tuple[str, ...]] = ()
 
     name: Name | None = Field(None, description="a name other layers can refer to (`tie_weight`)")
+    # Left out of the spec's JSON when true (the default), so that echoed specs stay as written.
+    trainable: bool = Field(
+        True,
+        description="false freezes the layer's parameters (a container's: all inside it): counted in "
+        "the total but not trained, given no gradient and no optimizer state; a weight shared by "
+        "`tie_weight` is frozen as its owner is",
+        exclude_if=lambda trainable: trainable,
+    )
 
     @classmethod
     def description(cls) -> str:
         """The first line of the class docstring: the catalog's one-line description."""
         return (cls.__doc__ or cls.__name__).strip().splitlines()[0]
+
+    def arguments(self, *exclude: str) -> dict[str, Any]:
+        """The spec's fields but its own (``type``, ``name``, ``trainable``) and ``exclude``: what its
+        module's constructor takes, for the specs whose fields map onto it."""
+        return self.model_dump(exclude={*LayerSpec.model_fields, *exclude})
 
     def infer(self, shape: Shape) -> Self:
         """Fill sizes left out of the spec from the input shape, and check the given ones.
@@ -125,8 +139,28 @@ class LayerSpec(TypedSpec):
         """The name of the layer whose ``tieable_weight`` this layer's weight is (``tie_weight``)."""
         return None
 
-    def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Run the built module on a meta tensor: its output and its forward FLOPs."""
+    def check_tensor_args(self, given: Collection[str]) -> None:
+        """Raise ``ShapeError`` unless the tensor arguments ``given`` by name (the graph's wires;
+        none in a sequence) are ones this layer's module can run with."""
+        missing = [arg for arg in self.required_tensor_args if arg not in given]
+        if missing:
+            needs = ", ".join(f"`{arg}`" for arg in missing)
+            raise ShapeError(
+                (),
+                f"{self.type} needs {needs} (a graph node's tensor argument), which a layer sequence "
+                "cannot give; use it as a node of a graph, with its "
+                f"{needs} wired to a graph input or an earlier node",
+                {"expected": list(missing), "got": sorted(given)},
+            )
+
+    def returns(self) -> tuple[str, ...]:
+        """The names of the tensors its module returns when it returns several (as torch names
+        them: ``output``, ``h_n``, ``c_n``); empty when it returns one."""
+        return ()
+
+    def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
+        """Run the built module on a meta tensor ``x`` (and the tensor arguments by name): its
+        output (a tuple for a layer returning several tensors) and its forward FLOPs."""
         if not (x.is_floating_point() or self.integer_input):
             raise ShapeError(
                 (),
@@ -135,7 +169,7 @@ class LayerSpec(TypedSpec):
                 {"expected": "floating point", "got": str(x.dtype).removeprefix("torch.")},
             )
         with FlopCounterMode(display=False) as counter:
-            out = module(x)
+            out = module(x, **tensors)
         return out, counter.get_total_flops()
 
 
@@ -147,9 +181,9 @@ class ShapePreservingSpec(LayerSpec):
     Integer inputs take the full trace, which refuses them unless the layer takes integers.
     """
 
-    def trace(self, module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
         if not x.is_floating_point():
-            return super().trace(module, x)
+            return super().trace(module, x, **tensors)
         return x, 0
 
 

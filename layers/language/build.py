@@ -55,8 +55,11 @@ class Builder(Walk[nn.Module, nn.Sequential]):
         return self.assemble(node, node.spec, sequences)
 
     def build(self, node: Node, spec: LayerSpec) -> nn.Module:
-        """Build a leaf layer from ``spec`` (the node's, inferred) and tie its weight."""
+        """Build a leaf layer from ``spec`` (the node's, inferred), freeze it if the node is frozen
+        and tie its weight: a tied weight is its owner's Parameter, frozen as the owner is."""
         module = self.make(node, spec)
+        if node.frozen:
+            module.requires_grad_(False)
         target = self.tie_target(node)
         if target is not None:
             self.tie(spec, module, target)

@@ -52,11 +52,16 @@ class Node:
     # The module path of the same layer in the first copy of the Repeats around it; None in that
     # copy. A pass may make this node from that one (the trace does: the copies are alike).
     twin: str | None = None
+    frozen: bool = False  # ``trainable: false`` on it or on a container around it
+
+
+def _frozen(spec: LayerSpec, around: bool = False) -> bool:
+    return around or not spec.trainable
 
 
 def top(layers: Sequence[LayerSpec]) -> Iterator[Node]:
     """The model's own layers as nodes."""
-    return (Node(spec, ("layers", i), str(i)) for i, spec in enumerate(layers))
+    return (Node(spec, ("layers", i), str(i), frozen=_frozen(spec)) for i, spec in enumerate(layers))
 
 
 def slots(node: Node) -> Iterator[Iterator[Node]]:
@@ -81,6 +86,7 @@ def slots(node: Node) -> Iterator[Iterator[Node]]:
                 node.depth + 1,
                 repeat,
                 None if twin_base is None else join(twin_base, i),
+                _frozen(child, node.frozen),
             )
             for i, child in enumerate(slot.specs)
         )

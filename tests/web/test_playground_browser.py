@@ -130,6 +130,23 @@ def test_repeat_copies_fold_into_one_block_and_tied_weights_are_named(offline_pa
     assert offline_page.outside == [] and offline_page.page_errors == []
 
 
+def test_a_layer_unchecked_trainable_is_frozen(offline_page: OfflinePage) -> None:
+    """Every layer's form has a `trainable` checkbox (from the schema), checked by default;
+    unchecked, the spec says so and the summary counts those parameters as not trainable."""
+    page = open_playground(offline_page)
+    page.click("#clear")
+    add_layer(page, "Linear", in_features="4", out_features="3")
+    add_layer(page, "Linear", out_features="2")
+    page.fill("#input-shape", "2, 4")
+    box = card(page, 0).locator('[data-field="trainable"] input[type="checkbox"]')
+    expect(box).to_be_checked()
+    box.uncheck()
+    expect(page.locator("#summary-status")).to_contain_text("23 parameters, 8 trainable", timeout=30_000)
+    assert spec_json(page)["layers"][0]["trainable"] is False
+    assert "trainable" not in spec_json(page)["layers"][1]
+    assert offline_page.outside == [] and offline_page.page_errors == []
+
+
 def test_reorder_remove_and_json_edits_stay_in_sync(offline_page: OfflinePage) -> None:
     page = open_playground(offline_page)
     page.select_option("#example", "seed")

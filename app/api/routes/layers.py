@@ -21,6 +21,13 @@ class LayerType(BaseModel):
     category: str
     description: str
     json_schema: dict = Field(alias="schema", description="JSON schema of the layer's fields")
+    tensor_args: list[str] = Field(
+        description="the tensor arguments a graph node of this type may be wired to by name, "
+        "besides its input (a decoder's `memory`, masks)"
+    )
+    required_tensor_args: list[str] = Field(
+        description="those it needs: a layer with any is usable only as a graph node"
+    )
     graph_only: bool = Field(
         False,
         description="a node of the graph form only (a merge with `inputs`, or a split with several "
@@ -43,6 +50,8 @@ def catalog() -> dict[str, LayerType]:
             category=spec.category,
             description=spec.description(),
             json_schema=spec.model_json_schema(),
+            tensor_args=list(spec.tensor_args),
+            required_tensor_args=list(spec.required_tensor_args),
         )
         for name, spec in LAYER_SPECS.items()
     }
@@ -58,6 +67,8 @@ def graph_only() -> list[LayerType]:
             category=spec.category,
             description=spec.description(),
             json_schema=nodes[spec].model_json_schema(),
+            tensor_args=[],
+            required_tensor_args=[],
             graph_only=True,
         )
         for name, spec in GRAPH_SPECS.items()

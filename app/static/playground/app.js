@@ -1,8 +1,12 @@
-// The playground: a layer list edited through forms generated from GET /v1/layers, a live
-// summary from POST /v1/models/summary, and a training panel on POST /v1/jobs + its SSE stream.
+// The playground: a layer list (or a graph) edited through forms generated from GET /v1/layers, a
+// live summary from POST /v1/models/summary, and a training panel on POST /v1/jobs + its SSE stream.
 import * as api from "./api.js";
 import { initUploads } from "./datasets.js";
 import { setPlaceholder, specFields } from "./forms.js";
+import { graphEditor } from "./graph_edit.js";
+import { isGraph } from "./graph_model.js";
+import { GRAPH_PRESETS } from "./graph_presets.js";
+import { nodeTypes } from "./graph_schema.js";
 import { fixed } from "./numbers.js";
 import { foldRepeats, paramsText, rowName } from "./summary.js";
 
@@ -10,6 +14,8 @@ const $ = (sel) => document.querySelector(sel);
 const state = {
   catalog: new Map(), // type -> {type, category, description, schema}
   layers: [], // the spec's top-level layers, exactly as sent to the API
+  graph: null, // the graph form of the model instead, when one is loaded: {inputs, nodes, outputs}
+  graphEditor: null,
   examples: {}, // name -> {summary, value}, read from the summary endpoint's OpenAPI examples
   summaryRun: 0, // drops responses that arrive after a newer request was sent
   train: {}, // the job's dataset, loss and optimizer specs, edited in the training panel
@@ -22,9 +28,14 @@ const fmt = (n) => Number(n).toLocaleString("en-US");
 
 // ---- the layer list -------------------------------------------------------------------------
 
+/** The model as sent to the API: the graph when one is loaded, else the layer list. */
+const currentModel = () => state.graph ?? { layers: state.layers };
+
 function renderLayers() {
-  const list = $("#layers");
-  list.replaceChildren(...state.layers.map(layerCard));
+  $("#sequence-editor").hidden = state.graph !== null;
+  $("#graph-editor").hidden = state.graph === null;
+  if (state.graph) state.graphEditor.load(state.graph);
+  else $("#layers").replaceChildren(...state.layers.map(layerCard));
   syncJson();
 }
 
@@ -103,7 +114,7 @@ function changed(structure) {
 
 function syncJson() {
   const box = $("#spec-json");
-  if (document.activeElement !== box) box.value = JSON.stringify({ layers: state.layers }, null, 2);
+  if (document.activeElement !== box) box.value = JSON.stringify(currentModel(), null, 2);
   $("#json-error").hidden = true;
 }
 
@@ -111,13 +122,16 @@ function onJsonEdited() {
   let spec;
   try {
     spec = JSON.parse($("#spec-json").value);
-    if (!Array.isArray(spec?.layers)) throw new Error('expected {"layers": [...]}');
+    if (!Array.isArray(spec?.layers) && !isGraph(spec)) {
+      throw new Error('expected {"layers": [...]} or a graph {"inputs": {...}, "nodes": [...], "outputs": {...}}');
+    }
   } catch (err) {
     $("#json-error").textContent = `Not applied: ${err.message}`;
     $("#json-error").hidden = false;
     return;
   }
-  state.layers = spec.layers;
+  state.graph = isGraph(spec) ? spec : null;
+  if (!state.graph) state.layers = spec.layers;
   renderLayers();
   scheduleSummary();
 }
@@ -135,6 +149,7 @@ function inputShape() {
 }
 
 function modelRequest() {
+  if (state.graph) return { model: state.graph }; // a graph's input shapes live in the graph
   return { model: { layers: state.layers }, input_shape: inputShape(), input_dtype: $("#input-dtype").value };
 }
 
@@ -148,7 +163,7 @@ async function runSummary() {
   $("#summary").classList.toggle("stale", !ok);
   if (ok) renderSummary(body);
   else {
-    const where = other.join("; ") || "see the highlighted layer.";
+    const where = other.join("; ") || `see the highlighted ${state.graph ? "node" : "layer"}.`;
     $("#summary-status").textContent = `${status === 422 ? "Invalid model" : `HTTP ${status}`}: ${where}`;
   }
 }
@@ -164,9 +179,14 @@ function renderSummary(s) {
     return tr;
   });
   $("#summary tbody").replaceChildren(...rows);
-  $("#summary-status").textContent = `Output [${s.output_shape.join(", ")}] · ${fmt(s.total_params)} parameters `
-    + `(${fmt(s.param_bytes)} bytes) · ${fmt(s.flops)} FLOPs`;
-  showInferred(s.model.layers);
+  const outputs = s.graph
+    ? Object.entries(s.graph.outputs).map(([name, out]) => `${name} [${out.shape.join(", ")}]`).join(", ")
+    : `[${s.output_shape.join(", ")}]`;
+  const frozen = s.trainable_params < s.total_params ? `, ${fmt(s.trainable_params)} trainable` : "";
+  $("#summary-status").textContent = `Output ${outputs} · ${fmt(s.total_params)} parameters`
+    + `${frozen} (${fmt(s.param_bytes)} bytes) · ${fmt(s.flops)} FLOPs`;
+  if (state.graph) state.graphEditor.showSummary(s);
+  else showInferred(s.model.layers);
 }
 
 /** Puts each inferred size (e.g. in_features) into the placeholder of the field left empty. */
@@ -179,8 +199,9 @@ function showInferred(inferred) {
   });
 }
 
-/** Marks the layers a 422 points at (loc = ["body", "model", "layers", i, ...]). */
+/** Marks the layers (or graph boxes) a 422 points at; returns the errors that point at none. */
 function showErrors(detail) {
+  if (state.graph) return state.graphEditor.showErrors(detail);
   for (const card of document.querySelectorAll("#layers > li")) {
     card.classList.remove("has-error");
     card.querySelector(".layer-error").textContent = "";
@@ -238,7 +259,7 @@ function fillTrainChoices(openapi) {
 function trainRequest() {
   const value = (name) => $(`#train-form .grid [name="${name}"]`).value;
   return {
-    model: { layers: state.layers },
+    model: currentModel(),
     ...state.train, // dataset, loss, optimizer
     epochs: Number(value("epochs")),
     batch_size: Number(value("batch_size")),
@@ -401,9 +422,12 @@ function draw() {
 function loadExample(name) {
   const example = state.examples[name]?.value;
   if (!example) return;
-  state.layers = structuredClone(example.model.layers);
-  $("#input-shape").value = example.input_shape.join(", ");
-  $("#input-dtype").value = example.input_dtype ?? "float32";
+  state.graph = isGraph(example.model) ? structuredClone(example.model) : null;
+  if (!state.graph) {
+    state.layers = structuredClone(example.model.layers);
+    $("#input-shape").value = example.input_shape.join(", ");
+    $("#input-dtype").value = example.input_dtype ?? "float32";
+  }
   changed(true);
 }
 
@@ -411,7 +435,9 @@ function fillCatalog(entries) {
   const groups = new Map();
   for (const entry of entries) {
     if (entry.graph_only) continue; // merges and splits belong to the graph form, not the layer list
-    state.catalog.set(entry.type, entry);
+    // A type listed twice (Concat: a container, and a merge of the graph form) keeps its first,
+    // the layer of the sequence form; graph nodes take their forms from the graph's own schema.
+    if (!state.catalog.has(entry.type)) state.catalog.set(entry.type, entry);
     if (!groups.has(entry.category)) groups.set(entry.category, document.createElement("optgroup"));
     groups.get(entry.category).label = entry.category;
     groups.get(entry.category).append(new Option(entry.type, entry.type));
@@ -437,9 +463,12 @@ async function main() {
     return;
   }
   fillCatalog(catalog.body.data);
-  // The presets are the "Try it out" examples of POST /v1/models/summary: one source for both.
+  state.graphEditor = graphEditor(nodeTypes(spec.body, state.catalog), () => changed(false));
+  // The presets are the "Try it out" examples of POST /v1/models/summary: one source for both;
+  // the graph presets are the playground's own until the server's examples include graphs.
   const body = spec.body?.paths?.["/v1/models/summary"]?.post?.requestBody?.content?.["application/json"];
   state.examples = body?.examples ?? {};
+  for (const [name, preset] of Object.entries(GRAPH_PRESETS)) state.examples[name] ??= preset;
   for (const [name, ex] of Object.entries(state.examples)) $("#example").add(new Option(ex.summary ?? name, name));
   fillTrainChoices(spec.body);
   initUploads();
@@ -447,6 +476,7 @@ async function main() {
   $("#example").addEventListener("change", (e) => loadExample(e.target.value));
   $("#clear").addEventListener("click", () => {
     state.layers = [];
+    state.graph = null;
     $("#example").value = "";
     changed(true);
   });

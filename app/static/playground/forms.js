@@ -9,6 +9,7 @@
 import { exact } from "./numbers.js";
 
 const SCALARS = new Set(["integer", "number", "string", "boolean"]);
+const COMMON = new Set(["name", "trainable"]); // every layer's fields (LayerSpec's), shown last
 
 /** The non-null alternatives of a property, and whether null (= inferred) is allowed. */
 function variants(prop) {
@@ -144,6 +145,6 @@ export function specFields(variantSchema, spec, onField, tag = "type") {
   const required = new Set(schema.required ?? []);
   return Object.entries(schema.properties ?? {})
     .filter(([name]) => name !== tag)
-    .sort(([a], [b]) => (a === "name") - (b === "name")) // a layer's own fields first, its name last
+    .sort(([a], [b]) => COMMON.has(a) - COMMON.has(b)) // a layer's own fields first, then name, trainable
     .map(([name, prop]) => fieldInput(name, prop, spec[name], required.has(name), (v) => onField(name, v)));
 }
