@@ -7,13 +7,24 @@ Errors are located in the request body (``model``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from app.core.config import settings
-from app.schemas.summary import LayerSummary, ModelSummary, RepeatInfo
-from layers import ModelSpec
+from app.schemas.summary import (
+    GraphEdge,
+    GraphInputInfo,
+    GraphOutputInfo,
+    GraphSummary,
+    LayerSummary,
+    ModelSummary,
+    RepeatInfo,
+)
+from layers import GraphSpec, ModelSpec
 from layers.analysis.budget import TraceBudget
 from layers.analysis.cache import TraceCache
+from layers.analysis.graph_trace import trace_graph
 from layers.analysis.memory import Device, MemoryEstimate, estimate_memory
 from layers.analysis.params import count_params
 from layers.analysis.trace import InputDType, TracedModel, trace_model
@@ -26,10 +37,17 @@ TRACE_CACHE = TraceCache(settings.trace_cache_bytes)
 
 
 def trace(
-    model: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType, budget: TraceBudget
+    model: ModelSpec | GraphSpec,
+    input_shape: Sequence[int] | None,
+    input_dtype: InputDType,
+    budget: TraceBudget,
 ) -> TracedModel:
+    """A sequence model traced at ``input_shape``, a graph at its own inputs."""
     try:
-        return trace_model(model, input_shape, input_dtype, budget, TRACE_CACHE)
+        if isinstance(model, GraphSpec):
+            return trace_graph(model, budget, TRACE_CACHE)
+        assert input_shape is not None  # the request schemas require it for a sequence
+        return trace_model(model, tuple(input_shape), input_dtype, budget, TRACE_CACHE)
     except SpecError as e:
         raise e.under("model") from e
 
@@ -57,10 +75,13 @@ def summary(traced: TracedModel, memory: MemoryEstimate | None = None) -> ModelS
             num_params=params.counts[node.path],
             params=params.own[node.path],
             flops=node.flops,
-            output_bytes=_bytes(node.output),
+            output_bytes=sum(_bytes(t) for t in node.outputs),
             saved_bytes=saved.get(node.path) if memory else None,
             spec=node.spec.model_dump(),
             repeat=None if node.repeat is None else RepeatInfo(index=node.repeat[0], times=node.repeat[1]),
+            node=None if node.input_shapes is None else node.path,
+            input_shapes=None if node.input_shapes is None else [list(s) for s in node.input_shapes],
+            output_shapes=None if node.input_shapes is None else [list(t.shape) for t in node.outputs],
         )
         for node in traced.layers
     ]
@@ -75,14 +96,31 @@ def summary(traced: TracedModel, memory: MemoryEstimate | None = None) -> ModelS
         trainable_params=params.trainable,
         param_bytes=params.param_bytes,
         buffer_bytes=params.buffer_bytes,
-        activation_bytes=sum(_bytes(node.output) for node in leaves),
+        activation_bytes=sum(_bytes(t) for node in leaves for t in node.outputs),
         flops=traced.flops,
         mult_adds=traced.flops // 2,
         uncounted_ops=traced.uncounted_ops,
         backward_flops=memory.backward_flops if memory else None,
         memory=memory.memory if memory else None,
         layers=layers,
-        model=traced.spec.model_dump(),
+        model=traced.spec.dump() if isinstance(traced.spec, GraphSpec) else traced.spec.model_dump(),
+        graph=_graph(traced),
+    )
+
+
+def _graph(traced: TracedModel) -> GraphSummary | None:
+    graph = traced.graph
+    if graph is None:
+        return None
+    return GraphSummary(
+        inputs={
+            name: GraphInputInfo(shape=list(t.shape), dtype=str(t.dtype).removeprefix("torch."))
+            for name, t in graph.inputs.items()
+        },
+        outputs={
+            name: GraphOutputInfo(node=ref, shape=list(t.shape)) for name, (ref, t) in graph.outputs.items()
+        },
+        edges=[GraphEdge(source=e.source, to=e.target, arg=e.arg) for e in graph.edges],
     )
 
 

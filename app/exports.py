@@ -25,7 +25,7 @@ from app.analysis import trace
 from app.core.config import settings
 from app.core.spec_limits import check_model
 from app.core.traces import CLIENT_GONE, run_task
-from layers import ModelSpec
+from layers import GraphSpec, ModelSpec
 from layers.analysis.budget import TraceBudget, TraceCancelled
 from layers.analysis.trace import InputDType
 from layers.export import EXPORTERS, ExportLimits, Weights
@@ -38,8 +38,8 @@ FILES_CONTENT: dict[str, dict] = {exporter.media_type: {} for exporter in EXPORT
 class Download:
     """What to export: the model, the input it is traced for, and what the file says it is."""
 
-    model: ModelSpec
-    input_shape: tuple[int, ...]
+    model: ModelSpec | GraphSpec
+    input_shape: tuple[int, ...] | None  # None for a graph (its shapes are in its inputs)
     input_dtype: InputDType
     about: str  # the file's own description (the code's docstring)
     stem: str  # the file name without its suffix: ours, never the user's

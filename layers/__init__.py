@@ -27,16 +27,20 @@ from layers.catalog import (  # noqa: F401
     scale,
     swiglu,
 )
+from layers.catalog import merge, split  # noqa: F401  (the graph form's own node types)
 
 # isort: on
 from layers.language.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.language.errors import LimitError, ShapeError, SpecError
+from layers.language.graph import AnyModel, GraphSpec
 from layers.language.model import AnyLayer, ModelSpec
 
 __all__ = [
     "LAYER_SPECS",
     "AnyLayer",
+    "AnyModel",
     "ContainerSpec",
+    "GraphSpec",
     "LayerSpec",
     "LimitError",
     "ModelSpec",

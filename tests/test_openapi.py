@@ -13,6 +13,7 @@ from app.api.deps import get_engine
 from app.api.routes import datasets, export, jobs, layers, models, trained
 from layers import LAYER_SPECS
 from layers.language.base import SpatialSpec
+from layers.language.graph_specs import GRAPH_SPECS
 
 # The endpoints of the core (issue 2); each must be usable from Swagger UI's "Try it out" unchanged.
 CORE_OPERATIONS = [
@@ -131,9 +132,17 @@ def test_job_links_point_at_job_operations(openapi: dict) -> None:
 
 def test_catalog_lists_every_registered_type(client) -> None:
     body = client.get("/v1/layers").json()
-    assert body["count"] == len(body["data"]) == len(LAYER_SPECS)
-    assert [entry["type"] for entry in body["data"]] == list(LAYER_SPECS)
-    for entry in body["data"]:
+    assert body["count"] == len(body["data"]) == len(LAYER_SPECS) + len(GRAPH_SPECS)
+    assert [entry["type"] for entry in body["data"]] == [*LAYER_SPECS, *GRAPH_SPECS]
+    assert [entry["graph_only"] for entry in body["data"]] == [False] * len(LAYER_SPECS) + [True] * len(
+        GRAPH_SPECS
+    )
+    for entry in body["data"][len(LAYER_SPECS) :]:  # the graph form's own: the node's schema
+        assert entry["category"] in ("merge", "split")
+        assert {"name", "inputs" if entry["category"] == "merge" else "input"} <= set(
+            entry["schema"]["required"]
+        )
+    for entry in body["data"][: len(LAYER_SPECS)]:
         spec = LAYER_SPECS[entry["type"]]
         assert entry["category"] == spec.category and entry["category"] != "other", entry["type"]
         assert entry["description"] and "\n" not in entry["description"]

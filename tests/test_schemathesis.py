@@ -197,8 +197,9 @@ def _is_positive(case: Case) -> bool:
 def refusals_point_into_the_request(ctx: CheckContext, response: Response, case: Case) -> bool | None:
     """A 422 for schema-valid data is an error found past validation, located in the body.
 
-    On the summary such an error names one layer, ``["body", "model", "layers", i, ...]``, or is
-    the input size limit (a product of dimensions, which a schema cannot bound): ``input_shape``.
+    On the summary such an error names one layer, ``["body", "model", "layers", i, ...]``, one
+    node, input or output of a graph (``["body", "model", "nodes", i, ...]``), or is the input size
+    limit (a product of dimensions, which a schema cannot bound) or the form's use of ``input_shape``.
     """
     if response.status_code != 422 or case.operation.label not in SPEC_CARRYING or not _is_positive(case):
         return None
@@ -218,7 +219,11 @@ def refusals_point_into_the_request(ctx: CheckContext, response: Response, case:
             and loc != ["body", "input_shape"]
             and not (whole_model or optimizer)
         ):
-            assert loc[1:3] == ["model", "layers"] and isinstance(loc[3], int), error
+            # A graph's: a node, an input or an output by name (its wiring, a merge, a limit).
+            graph = loc[1:3] in (["model", "inputs"], ["model", "outputs"]) and len(loc) > 3
+            assert graph or (
+                loc[1:3] in (["model", "layers"], ["model", "nodes"]) and isinstance(loc[3], int)
+            ), error
     return True
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticKnownError
 
 from app.core.config import settings
-from layers import ModelSpec
+from layers import AnyModel, GraphSpec
 from layers.analysis.memory import Device, Phase
 from layers.analysis.trace import InputDType
 from layers.language.spec import SpecModel
@@ -43,15 +44,30 @@ class TrainingOptions(SpecModel):
 
 
 class ModelInput(SpecModel):
-    """A model and the input it is traced for."""
+    """A model and the input it is traced for: a sequence model at ``input_shape``, a graph at the
+    shapes of its own ``inputs``."""
 
-    model: ModelSpec
-    input_shape: InputShape
-    input_dtype: InputDType = Field("float32", description='"int64" for token ids')
+    model: AnyModel
+    input_shape: InputShape | None = Field(
+        None,
+        validate_default=True,
+        description="the sequence form's input shape (a graph's are in its `inputs`)",
+    )
+    input_dtype: InputDType = Field("float32", description='"int64" for token ids (the sequence form)')
 
     @field_validator("input_shape")
     @classmethod
-    def _input_not_too_large(cls, shape: list[int]) -> list[int]:
+    def _input_not_too_large(cls, shape: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        graph = isinstance(info.data.get("model"), GraphSpec)
+        if graph and shape is not None:
+            raise ValueError(
+                "a graph model's input shapes are in its `inputs` ({name: {shape, dtype}}); leave "
+                "input_shape out"
+            )
+        if shape is None:
+            if "model" in info.data and not graph:
+                raise PydanticKnownError("missing")  # as when the field was required
+            return shape
         numel = math.prod(shape)
         if numel > settings.max_input_numel:
             raise ValueError(f"input_shape has {numel} elements; the limit is {settings.max_input_numel}")
@@ -76,6 +92,10 @@ class FitRequest(ModelInput):
 
 # ---- the answer ------------------------------------------------------------------------------
 # Read from the analyses' dataclasses (``from_attributes``).
+
+
+def _absent(value: object) -> bool:
+    return value is None  # fields of the graph form, left out of a sequence's summary
 
 
 class ParamInfo(BaseModel):
@@ -115,6 +135,18 @@ class LayerSummary(BaseModel):
         description="bytes autograd keeps for this layer's backward, children included (with `training`)",
     )
     spec: dict = Field(description="the layer's spec with inferred sizes filled in")
+    # A graph's own nodes only (absent elsewhere):
+    node: str | None = Field(
+        None, exclude_if=_absent, description="the graph node's name (a graph's own nodes)"
+    )
+    input_shapes: list[list[int]] | None = Field(
+        None,
+        exclude_if=_absent,
+        description="a graph node's: one shape per input, `input`/`inputs` first, then tensor arguments",
+    )
+    output_shapes: list[list[int]] | None = Field(
+        None, exclude_if=_absent, description="a graph node's: one shape per output (`name.0`, `name.1`...)"
+    )
 
 
 class MemoryBreakdown(BaseModel):
@@ -147,11 +179,35 @@ class TrainingMemory(BaseModel):
     notes: list[str] = Field(description="how layers torch cannot see into were measured")
 
 
+class GraphInputInfo(BaseModel):
+    shape: list[int]
+    dtype: str
+
+
+class GraphOutputInfo(BaseModel):
+    node: str = Field(description="the ref the output names (`enc`, `sp.1`)")
+    shape: list[int]
+
+
+class GraphEdge(BaseModel):
+    model_config = ConfigDict(serialize_by_alias=True, populate_by_name=True)
+
+    source: str = Field(alias="from", description="a graph input or a node's ref (`enc`, `sp.1`)")
+    to: str = Field(description="the node it goes into")
+    arg: str = Field(description="where: `input`, `inputs.0`..., or a tensor argument (`memory`)")
+
+
+class GraphSummary(BaseModel):
+    inputs: dict[str, GraphInputInfo]
+    outputs: dict[str, GraphOutputInfo]
+    edges: list[GraphEdge] = Field(description="every wire, node by node in topological order")
+
+
 class ModelSummary(BaseModel):
     model_repr: str = Field(description="exactly `print(model)`")
-    input_shape: list[int]
+    input_shape: list[int] = Field(description="the input's shape (a graph's first input's)")
     input_dtype: str
-    output_shape: list[int]
+    output_shape: list[int] = Field(description="the output's shape (a graph's first output's)")
     param_dtype: str
     total_params: int = Field(description="unique parameters (shared ones counted once)")
     trainable_params: int
@@ -170,3 +226,8 @@ class ModelSummary(BaseModel):
     )
     layers: list[LayerSummary]
     model: dict = Field(description="the model spec with every inferred size filled in")
+    graph: GraphSummary | None = Field(
+        None,
+        exclude_if=_absent,
+        description="a graph model's inputs, outputs and edges (absent for a sequence)",
+    )

@@ -41,6 +41,7 @@ from layers.analysis.budget import BudgetExceeded, TraceBudget
 from layers.analysis.trace import TracedModel
 from layers.catalog import recurrent
 from layers.language.errors import LimitError, Loc
+from layers.language.io import SEQUENCE_INPUT, run
 from layers.training.optimizers import OptimizerSpec
 
 # A recurrent layer is measured for real at up to this batch and at these step counts.
@@ -100,7 +101,7 @@ def estimate_memory(
     Past ``budget`` a ``LimitError`` names the layer running then (once it is cancelled,
     ``TraceCancelled``). ``inference=False`` skips the inference pass (``inference_peak_bytes`` is 0).
     """
-    shape = (batch_size or traced.input_shape[0], *traced.input_shape[1:])
+    batch = batch_size or traced.input_shape[0]
     module = traced.module
     clock = _Clock(budget or TraceBudget(None))
     clock.where = (traced.layers[0].loc, traced.layers[0].path)  # until the first layer runs
@@ -109,8 +110,8 @@ def estimate_memory(
     buffers = list(module.buffers())
     try:
         with _recurrent_measured(module) as (notes, recurrent_flops), _averaging_factor_on_meta(module):
-            step = _training_pass(module, shape, traced, optimizer, device, paths, clock)
-            inference = _inference_pass(module, shape, traced, device, clock) if inference else 0
+            step = _training_pass(module, batch, traced, optimizer, device, paths, clock)
+            inference = _inference_pass(module, batch, traced, device, clock) if inference else 0
     finally:
         for p in params:
             p.grad = None
@@ -168,8 +169,15 @@ class _Clock:
             ) from e
 
 
-def _input(shape: tuple[int, ...], traced: TracedModel) -> torch.Tensor:
-    return torch.empty(shape, dtype=traced.input_dtype, device="meta")
+def _inputs(batch: int, traced: TracedModel) -> dict[str, torch.Tensor]:
+    """The model's inputs on meta at ``batch`` (dimension 0 of every input of a graph)."""
+    if traced.graph is None:
+        shape = (batch, *traced.input_shape[1:])
+        return {SEQUENCE_INPUT: torch.empty(shape, dtype=traced.input_dtype, device="meta")}
+    return {
+        name: torch.empty((batch, *t.shape[1:]), dtype=t.dtype, device="meta")
+        for name, t in traced.graph.inputs.items()
+    }
 
 
 @contextmanager
@@ -311,7 +319,7 @@ class _Step:
 
 def _training_pass(
     module: nn.Module,
-    shape: tuple[int, ...],
+    batch: int,
     traced: TracedModel,
     spec: OptimizerSpec,
     device: Device,
@@ -328,9 +336,9 @@ def _training_pass(
         # temporary per state op), the CPU's per-parameter loop.
         group["foreach"] = device == "cuda"
     tracker = _LiveBytes(clock)
-    x = _input(shape, traced)
+    x = _inputs(batch, traced)
     with tracker:
-        tracker.track([*module.parameters(), *module.buffers(), x])
+        tracker.track([*module.parameters(), *module.buffers(), *x.values()])
         saved = _forward_and_backward(module, x, tracker, paths, clock, device)
         grads = storage_bytes([p.grad for p in params if p.grad is not None])
         before_step, forward_and_backward = tracker.peak, len(tracker.timeline)
@@ -374,7 +382,7 @@ def _averaging_factor_on_meta(module: nn.Module) -> Iterator[None]:
 
 def _forward_and_backward(
     module: nn.Module,
-    x: torch.Tensor,
+    x: dict[str, torch.Tensor],
     tracker: _LiveBytes,
     paths: dict[int, tuple[Loc, str]],
     clock: _Clock,
@@ -384,10 +392,15 @@ def _forward_and_backward(
     with _module_stack(module, paths, clock) as stack:
         saved = SavedTensors([*module.parameters(), *module.buffers()], lambda: stack[-1])
         with saved.recording(), device_attention(module, device):
-            out = module(x)
-    # A stand-in loss: like a real one it keeps and returns output-sized tensors.
-    loss = out.float().pow(2).mean() if out.requires_grad else None
-    del out
+            outs = list(run(module, x).values())
+    # A stand-in loss: like a real one it keeps and returns output-sized tensors (one per output
+    # of a graph, summed).
+    loss = None
+    for out in outs:
+        if out.requires_grad:
+            one = out.float().pow(2).mean()
+            loss = one if loss is None else loss + one
+    del outs, out
     if loss is not None:
         tracker.phase = "backward"
         tracker.count_flops = True
@@ -405,14 +418,12 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
     return storage_bytes(_state_tensors(optimizer))
 
 
-def _inference_pass(
-    module: nn.Module, shape: tuple[int, ...], traced: TracedModel, device: Device, clock: _Clock
-) -> int:
+def _inference_pass(module: nn.Module, batch: int, traced: TracedModel, device: Device, clock: _Clock) -> int:
     tracker = _LiveBytes(clock)
-    x = _input(shape, traced)
+    x = _inputs(batch, traced)
     with torch.no_grad(), tracker, device_attention(module, device):
-        tracker.track([*module.parameters(), *module.buffers(), x])
-        module(x)
+        tracker.track([*module.parameters(), *module.buffers(), *x.values()])
+        run(module, x)
     return tracker.peak
 
 

@@ -21,6 +21,7 @@ from layers.analysis.cache import TraceCache, TracedLeaf, TracedOutput, layer_ke
 from layers.language.base import ContainerSpec, LayerSpec, Shape, shape_str
 from layers.language.build import Builder
 from layers.language.errors import LimitError, Loc, NamingError, ShapeError, SpecError
+from layers.language.graph import GraphSpec
 from layers.language.model import ModelSpec
 from layers.language.walk import Node
 
@@ -53,6 +54,8 @@ class TracedLayer:
     children: list[TracedLayer] = field(default_factory=list)
     tied: dict[str, str] = field(default_factory=dict)  # own parameter -> module path of its owner
     repeat: tuple[int, int] | None = None  # (copy, times) of the innermost Repeat around it
+    # A graph's own nodes: the shapes of each input (input/inputs, then tensor args).
+    input_shapes: list[Shape] | None = None
 
     @property
     def outputs(self) -> tuple[torch.Tensor, ...]:
@@ -69,8 +72,9 @@ class TracedLayer:
 
 @dataclass
 class TracedModel:
-    spec: ModelSpec  # every size filled in
-    module: nn.Sequential  # on the meta device
+    spec: ModelSpec | GraphSpec  # every size filled in
+    module: nn.Module  # on the meta device: an nn.Sequential, or a GraphModule
+
     layers: list[TracedLayer]  # every node, in forward (pre-)order
     input_shape: Shape
     output_shape: Shape
@@ -78,6 +82,21 @@ class TracedModel:
     flops: int
     uncounted_ops: list[str] = field(default_factory=list)  # composites whose FLOPs torch misses
     input_dtype: torch.dtype = torch.float32
+    graph: TracedGraph | None = None  # the graph form's inputs, outputs and edges; None for a sequence
+
+
+@dataclass
+class Edge:
+    source: str  # a graph input or a node's ref ("enc", "sp.1")
+    target: str  # the node
+    arg: str  # where it goes: "input", "inputs.0", or a tensor argument's name ("memory")
+
+
+@dataclass
+class TracedGraph:
+    inputs: dict[str, torch.Tensor]  # meta tensors, by input name
+    outputs: dict[str, tuple[str, torch.Tensor]]  # by output name: (ref, meta tensor)
+    edges: list[Edge]
 
 
 def param_dtype_for(input_dtype: torch.dtype) -> torch.dtype:
@@ -165,7 +184,7 @@ class _Tracer(Builder):
             self.found[node.path] = found
 
     def leaf(self, node: Node, x: torch.Tensor) -> TracedLayer:
-        node.spec.check_tensor_args(())  # a layer of a sequence is given its input only
+        node.spec.check_tensor_args(self.tensors(node.spec))  # in a sequence, none
         traced = self.traced[node.path]
         twin = None if node.twin is None else self.traced[node.twin]
         found = self.found.get(node.path)
@@ -197,7 +216,7 @@ class _Tracer(Builder):
         outer, self.mode.uncounted = self.mode.uncounted, set()
         try:
             assert traced.module is not None
-            traced.output, traced.flops = traced.spec.trace(traced.module, x)
+            traced.output, traced.flops = traced.spec.trace(traced.module, x, **self.tensors(traced.spec))
             uncounted = self.mode.uncounted
         finally:
             self.mode.uncounted = outer | self.mode.uncounted
@@ -206,6 +225,10 @@ class _Tracer(Builder):
                 found = TracedLeaf.of(traced.spec, traced.module, traced.output, traced.flops, uncounted)
             self.cache.put(self.keys[node.path], found)
             self.found[node.path] = found
+
+    def tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
+        """The tensor arguments the layer is given by name: none in a sequence (a graph's wires)."""
+        return {}
 
     def made_sequence(self, results: list[TracedLayer]) -> list[TracedLayer]:
         return results

@@ -21,9 +21,11 @@ import builtins
 import inspect
 import json
 import math
+import re
 import sys
 import textwrap
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,8 @@ from layers.analysis.trace import TracedModel
 from layers.export.example import vocabulary
 from layers.export.rules import CODE_RULES
 from layers.language.base import ContainerSpec, LayerSpec
+from layers.language.graph import GraphSpec
+from layers.language.graph_module import call_with_args
 from layers.language.model import ModelSpec
 from layers.language.walk import Node, Walk
 
@@ -402,10 +406,106 @@ def python_source(
     return "\n\n".join(blocks[:3]) + "\n\n\n" + "\n\n\n".join(blocks[3:]) + "\n"
 
 
+def _ref(ref: str) -> str:
+    """A ref as the forward's expression: ``enc``, or ``sp[1]`` for output 1 of ``sp``."""
+    name, _, k = ref.partition(".")
+    return f"{name}[{k}]" if k else name
+
+
+def _example(shape: Sequence[int], dtype: torch.dtype, vocab: int) -> str:
+    if dtype.is_floating_point:
+        return f"torch.randn({tuple(shape)!r}, dtype={dtype})"
+    if dtype == torch.bool:
+        return f"torch.zeros({tuple(shape)!r}, dtype=torch.bool)"  # a mask: nothing padded
+    return f"torch.randint(0, {vocab}, {tuple(shape)!r}, dtype={dtype})"
+
+
+def _names(names: tuple[str, ...]) -> str:
+    return "(" + ", ".join(json.dumps(n) for n in names) + ("," if len(names) == 1 else "") + ")"
+
+
+def graph_source(
+    spec: GraphSpec, inputs: dict[str, torch.Tensor], param_dtype: torch.dtype, header: str
+) -> str:
+    """The exported file for an inferred graph (``layers.analysis.graph_trace.trace_graph``): a
+    ``Model`` whose ``__init__`` makes each node's module under its name and whose ``forward`` reads
+    like torch.fx's generated code, one named variable per node in topological order."""
+    writer = CodeWriter()
+    init = [f"self.{top.path} = {render(writer.layer(top, None), 8)}" for top in spec.tops()]
+    init += [re.sub(r"\bmodel\b", "self", line) for line in writer.after]  # ties
+    forward = []
+    for node in spec.nodes:
+        main = ", ".join(_ref(ref) for ref in node.main_refs())
+        args = node.tensor_refs()
+        if args and isinstance(node.layer(), ContainerSpec):  # passed to every layer inside
+            kwargs = "{" + ", ".join(f"{json.dumps(a)}: {_ref(r)}" for a, r in args.items()) + "}"
+            forward.append(
+                f"{node.name} = {writer.ref(call_with_args)}(self.{node.name}, [{main}], {kwargs})"
+            )
+        else:
+            kwargs = "".join(f", {a}={_ref(r)}" for a, r in args.items())
+            forward.append(f"{node.name} = self.{node.name}({main}{kwargs})")
+    outputs = ", ".join(f"{json.dumps(name)}: {_ref(ref)}" for name, ref in spec.outputs.items())
+    forward.append(f"return {{{outputs}}}")
+    signature = ", ".join(f"{name}: torch.Tensor" for name in spec.inputs)
+    model_class = (
+        "class Model(nn.Module):\n"
+        f"    input_names = {_names(spec.input_names)}\n"
+        f"    output_names = {_names(spec.output_names)}\n\n"
+        "    def __init__(self) -> None:\n"
+        "        super().__init__()\n"
+        + "".join(f"        {line}\n" for line in init)
+        + f"\n    def forward(self, {signature}) -> dict[str, torch.Tensor]:\n"
+        + "".join(f"        {line}\n" for line in forward)
+    )
+    body = "    model = Model()\n"
+    if param_dtype != torch.float32:
+        body += f"    model = model.to({param_dtype})\n"
+    vocab = vocabulary(spec)
+    examples = "".join(
+        f"            {name}={_example(t.shape, t.dtype, vocab)},\n" for name, t in inputs.items()
+    )
+    blocks = [
+        f'"""{header.strip().replace(chr(34) * 3, chr(39) * 3)}\n"""',
+        "from __future__ import annotations",
+        _imports(writer.imports.values()),
+        *(source.rstrip() for source in writer.definitions.values()),
+        model_class.rstrip(),
+        f"def build_model() -> nn.Module:\n{body}    return model",
+        'if __name__ == "__main__":\n'
+        "    model = build_model()\n"
+        "    print(model)\n"
+        "    model.train(False)  # inference mode: dropout off, batch norm on its running statistics\n"
+        "    with torch.no_grad():\n"
+        f"        outputs = model(\n{examples}        )\n"
+        "    for name, output in outputs.items():\n"
+        "        print(name, list(output.shape))",
+    ]
+    return "\n\n".join(blocks[:3]) + "\n\n\n" + "\n\n\n".join(blocks[3:]) + "\n"
+
+
 def python_file(traced: TracedModel, about: str) -> bytes:
     """The exported file of ``traced``, its docstring opening with ``about``."""
     params = sum(p.numel() for p in traced.module.parameters())
     input_dtype = str(traced.input_dtype).removeprefix("torch.")
+    if traced.graph is not None:
+        assert isinstance(traced.spec, GraphSpec)
+        ins = ", ".join(
+            f"{name} {list(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+            for name, t in traced.graph.inputs.items()
+        )
+        outs = ", ".join(f"{name} {list(t.shape)}" for name, (_, t) in traced.graph.outputs.items())
+        header = (
+            f"{about}\n\n"
+            f"Exported by Model Builder (torch {torch.__version__.split('+')[0]}): inputs {ins} -> "
+            f"outputs {outs}, {params:,} parameters.\n"
+            "build_model() returns a module with the service's parameter names, so trained weights\n"
+            "load strictly:\n\n"
+            "    from safetensors.torch import load_model\n"
+            "    model = build_model()\n"
+            '    load_model(model, "model.safetensors")  # strict=True; handles tied weights\n'
+        )
+        return graph_source(traced.spec, traced.graph.inputs, traced.param_dtype, header).encode()
     header = (
         f"{about}\n\n"
         f"Exported by Model Builder (torch {torch.__version__.split('+')[0]}): input "

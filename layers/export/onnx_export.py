@@ -24,8 +24,11 @@ from torch import nn
 
 from layers.analysis.params import weight_bytes
 from layers.analysis.trace import TracedLayer, TracedModel
-from layers.export.example import example_input, example_shape
+from layers.export.example import example_input, example_inputs, example_shape
 from layers.language.errors import LimitError, SpecError
+from layers.language.io import output_names
+
+Example = torch.Tensor | dict[str, torch.Tensor]  # a sequence's input, or a graph's by name
 
 OPSET = 18
 EXPORTER = f"torch.onnx.export (dynamo=True, torch.export), opset {OPSET}"
@@ -59,15 +62,20 @@ def onnx_file(
             f"the model's weights take {size} bytes; ONNX export is limited to {limits.weight_bytes}",
             {"limit": limits.weight_bytes, "got": size},
         )
-    shape = example_shape(traced)
-    if limits.example_numel is not None and math.prod(shape) > limits.example_numel:
+    if traced.graph is None:
+        shape = example_shape(traced)
+        numel = math.prod(shape)
+    else:
+        shape = {name: list(t.shape) for name, t in example_inputs(traced).items()}
+        numel = sum(math.prod(s) for s in shape.values())
+    if limits.example_numel is not None and numel > limits.example_numel:
         raise LimitError(
-            ("input_shape",),
-            f"the ONNX export runs the model on an example of shape {shape} ({math.prod(shape)} "
+            ("input_shape",) if traced.graph is None else ("model", "inputs"),
+            f"the ONNX export runs the model on an example of shape {shape} ({numel} "
             f"numbers); the limit is {limits.example_numel}",
-            {"limit": limits.example_numel, "got": math.prod(shape)},
+            {"limit": limits.example_numel, "got": numel},
         )
-    example = example_input(traced)
+    example = example_input(traced) if traced.graph is None else example_inputs(traced)
     with limits.slot:
         if weights is None:
             with torch.random.fork_rng(devices=[]):
@@ -96,24 +104,51 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _export(module: nn.Module, example: torch.Tensor, dynamic_batch: bool) -> bytes:
+def _export(module: nn.Module, example: Example, dynamic_batch: bool) -> bytes:
     import onnx  # imported here: the ONNX stack loads only when a model is exported
 
-    dynamic = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch and example.dim() > 1 else None
     with _quiet():
-        program = torch.onnx.export(
-            module,
-            (example,),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["output"],
-            dynamic_shapes=dynamic,
-            external_data=False,
-        )
+        if isinstance(example, dict):  # a graph: named inputs and outputs, in their order
+            batch = {0: torch.export.Dim.DYNAMIC}
+            dynamic_graph = {"inputs": tuple(batch if t.dim() > 1 else None for t in example.values())}
+            program = torch.onnx.export(
+                _Positional(module, tuple(example)),
+                tuple(example.values()),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=list(example),
+                output_names=list(output_names(module)),
+                dynamic_shapes=dynamic_graph if dynamic_batch else None,
+                external_data=False,
+            )
+        else:
+            dynamic = ({0: torch.export.Dim.DYNAMIC},) if dynamic_batch and example.dim() > 1 else None
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_shapes=dynamic,
+                external_data=False,
+            )
     proto = program.model_proto
     onnx.checker.check_model(proto, full_check=True)
     return proto.SerializeToString()
+
+
+class _Positional(nn.Module):
+    """A graph module called with its inputs in order, its outputs returned in order: what
+    torch.export takes (it cannot give dynamic shapes to ``forward(**inputs)``)."""
+
+    def __init__(self, graph: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = graph
+        self.names = names
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(**dict(zip(self.names, inputs, strict=True))).values())
 
 
 def _reason(error: Exception) -> str:
@@ -121,7 +156,7 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:500]
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, traced: TracedModel) -> bytes:
+def to_onnx(model: nn.Module, example: Example, traced: TracedModel) -> bytes:
     """``model`` (real, in eval mode) as ONNX bytes, traced on ``example`` (any batch size is
     accepted by the file); raises ``ExportFailed`` naming the first layer that cannot export."""
     try:
@@ -162,7 +197,7 @@ def _exports(modules: list[nn.Module], inputs: list[torch.Tensor]) -> bool:
     return True
 
 
-def _locate(model: nn.Module, example: torch.Tensor, traced: TracedModel) -> TracedLayer | None:
+def _locate(model: nn.Module, example: Example, traced: TracedModel) -> TracedLayer | None:
     """The first leaf layer that does not export alone, on the input it receives in the model:
     a bisection over prefixes of the leaves (each prefix exported side by side, one export), so
     ~log2(leaves) exports, not one a layer. Layers alike (a Repeat's copies) are tried once."""
@@ -173,12 +208,12 @@ def _locate(model: nn.Module, example: torch.Tensor, traced: TracedModel) -> Tra
         module = model.get_submodule(node.path)
 
         def keep(_: nn.Module, args: tuple, path: str = node.path) -> None:
-            inputs.setdefault(path, args[0])
+            inputs.setdefault(path, args[0] if len(args) == 1 else args)
 
         hooks.append(module.register_forward_pre_hook(keep))
     try:
         with torch.no_grad():
-            model(example)
+            model(**example) if isinstance(example, dict) else model(example)
     except Exception:
         pass  # the layers that ran have their inputs; a layer failing here is located below
     finally:
@@ -190,6 +225,8 @@ def _locate(model: nn.Module, example: torch.Tensor, traced: TracedModel) -> Tra
     seen: set[tuple] = set()
     distinct = []  # one of each (layer, input shape), in order
     for node in ran:
+        if isinstance(inputs[node.path], tuple):  # a merge: its inputs are the graph's to export
+            continue
         key = (node.spec.model_dump_json(), tuple(inputs[node.path].shape), inputs[node.path].dtype)
         if key not in seen:
             seen.add(key)

@@ -7,6 +7,7 @@ in both, by the one walk (``layers.language.walk``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from torch import nn
 
 from layers.language.base import ContainerSpec, LayerSpec, shape_str
 from layers.language.errors import NamingError
+from layers.language.graph_module import GraphModule, Wiring
 from layers.language.walk import Node, Walk
 
 
@@ -30,6 +32,17 @@ class Builder(Walk[nn.Module, nn.Sequential]):
         super().__init__()
         self.param_dtype = param_dtype  # None: torch's default dtype
         self.modules: dict[str, nn.Module] = {}  # module path -> module, of the named layers
+
+    def graph(
+        self,
+        tops: Iterable[Node],
+        wiring: list[Wiring],
+        input_names: tuple[str, ...],
+        outputs: dict[str, str],
+    ) -> GraphModule:
+        """A graph's module: each node (``tops``) built by the walk, names and ties alike, then wired."""
+        modules = {node.path: self.layer(node, None) for node in tops}
+        return GraphModule(modules, wiring, input_names, outputs)
 
     def leaf(self, node: Node, x: Any) -> nn.Module:
         return self.build(node, node.spec)

@@ -7,8 +7,10 @@ import line in ``layers/__init__.py``.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 from torch import nn
 from typing_extensions import TypeAliasType
 
@@ -16,11 +18,28 @@ from layers.language.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.language.build import Builder
 from layers.language.containers import Layers
 from layers.language.errors import LimitError, Loc
+from layers.language.graph_specs import GRAPH_SPECS
 from layers.language.spec import union_of
 from layers.language.walk import nodes
 
+
+def _not_graph_only(data: Any) -> Any:
+    """A node type of the graph form only (a merge, a split) is refused in a sequence, saying so."""
+    tag = data.get("type") if isinstance(data, dict) else None
+    if isinstance(tag, str) and tag in GRAPH_SPECS and tag not in LAYER_SPECS:
+        spec = GRAPH_SPECS[tag]
+        what = "several inputs (`inputs`)" if spec.several_inputs else "several outputs (`name.0`, `name.1`)"
+        raise PydanticCustomError(
+            "graph_only",
+            "{tag} has " + what + ": it is a node of the graph form only (a model with `inputs`, "
+            "`nodes` and `outputs`), not a layer of a sequence",
+            {"tag": tag, "form": "graph"},
+        )
+    return data
+
+
 # The union of every registered type (the containers are registered by the import above).
-AnyLayer = TypeAliasType("AnyLayer", union_of(LAYER_SPECS))
+AnyLayer = TypeAliasType("AnyLayer", Annotated[union_of(LAYER_SPECS), BeforeValidator(_not_graph_only)])
 
 for _spec in LAYER_SPECS.values():  # containers hold AnyLayer, defined only now
     if issubclass(_spec, ContainerSpec):

@@ -94,7 +94,12 @@ def slots(node: Node) -> Iterator[Iterator[Node]]:
 
 def nodes(layers: Sequence[LayerSpec]) -> Iterator[Node]:
     """Every node in forward (pre-)order, without recursion, lazily (see ``slots``)."""
-    stack: list[Iterator[Node]] = [top(layers)]
+    return nodes_under(top(layers))
+
+
+def nodes_under(tops: Iterator[Node]) -> Iterator[Node]:
+    """``tops`` and every node inside them, in forward (pre-)order (a graph's nodes are its tops)."""
+    stack: list[Iterator[Node]] = [tops]
     while stack:
         node = next(stack[-1], None)
         if node is None:

@@ -56,10 +56,11 @@ def summary_rows(page: Page) -> list[list[str]]:
 def test_catalog_lists_every_layer_type(offline_page: OfflinePage, server: str) -> None:
     page = open_playground(offline_page)
     catalog = httpx.get(f"{server}/v1/layers").json()
+    layers = [entry for entry in catalog["data"] if not entry["graph_only"]]  # the list editor's
     options = page.locator("#catalog option").evaluate_all("os => os.map(o => o.value)")
-    assert sorted(options) == sorted(entry["type"] for entry in catalog["data"])
+    assert sorted(options) == sorted(entry["type"] for entry in layers)
     groups = page.locator("#catalog optgroup").evaluate_all("gs => gs.map(g => g.label)")
-    assert set(groups) == {entry["category"] for entry in catalog["data"]}
+    assert set(groups) == {entry["category"] for entry in layers}
     # The presets are the summary endpoint's OpenAPI examples.
     examples = page.locator("#example option").evaluate_all("os => os.map(o => o.value)")
     assert {"seed", "small_cnn", "lenet_digits", "lstm", "vit_b_16", "gpt2_small", "tiny_llama"} <= set(
@@ -331,7 +332,8 @@ def test_every_placeholder_shows_its_default_exactly_and_whole(
     """LayerNorm's eps (1e-5) showed as "default 0.0000", Adam's betas as "default 0.9, 0.99": each
     placeholder was cut by its input."""
     page = open_playground(offline_page)
-    types = [entry["type"] for entry in httpx.get(f"{server}/v1/layers").json()["data"]]
+    catalog = httpx.get(f"{server}/v1/layers").json()["data"]
+    types = [entry["type"] for entry in catalog if not entry["graph_only"]]  # the list editor's
     page.fill("#spec-json", json.dumps({"layers": [{"type": t} for t in types]}))  # one card of each
     expect(page.locator("#layers > li")).to_have_count(len(types))
     layer_norm = card(page, types.index("LayerNorm"))

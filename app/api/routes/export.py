@@ -48,5 +48,11 @@ async def export_model(
     request: Annotated[ExportRequest, Body(openapi_examples=EXAMPLE)], http: Request
 ) -> Response:
     """The model as one Python file importing only torch, or as an ONNX file (freshly initialised)."""
-    what = Download(request.model, tuple(request.input_shape), request.input_dtype, ABOUT, "model")
+    what = Download(
+        request.model,
+        None if request.input_shape is None else tuple(request.input_shape),
+        request.input_dtype,
+        ABOUT,
+        "model",
+    )
     return await download(http, request.format, what)

@@ -9,6 +9,8 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, Field
 
 from layers import LAYER_SPECS
+from layers.language.graph import NODE_CLASSES
+from layers.language.graph_specs import GRAPH_SPECS
 from layers.language.spec import closest_name
 
 router = APIRouter(prefix="/layers", tags=["layers"])
@@ -25,6 +27,11 @@ class LayerType(BaseModel):
     )
     required_tensor_args: list[str] = Field(
         description="those it needs: a layer with any is usable only as a graph node"
+    )
+    graph_only: bool = Field(
+        False,
+        description="a node of the graph form only (a merge with `inputs`, or a split with several "
+        "outputs); its schema is the node's, wiring included",
     )
 
     model_config = {"populate_by_name": True, "serialize_by_alias": True}
@@ -50,10 +57,29 @@ def catalog() -> dict[str, LayerType]:
     }
 
 
+@cache
+def graph_only() -> list[LayerType]:
+    """The graph form's own node types (``Concat`` and ``Multiply`` are also containers)."""
+    nodes = {cls.layer_class: cls for cls in NODE_CLASSES.values()}
+    return [
+        LayerType(
+            type=name,
+            category=spec.category,
+            description=spec.description(),
+            json_schema=nodes[spec].model_json_schema(),
+            tensor_args=[],
+            required_tensor_args=[],
+            graph_only=True,
+        )
+        for name, spec in GRAPH_SPECS.items()
+    ]
+
+
 @router.get("")
 def list_layers() -> LayerCatalog:
-    """Every layer type: name, category, one-line description and field schema."""
-    data = list(catalog().values())
+    """Every layer type, then the graph form's own node types: name, category, one-line
+    description and field schema."""
+    data = [*catalog().values(), *graph_only()]
     return LayerCatalog(data=data, count=len(data))
 
 
@@ -62,7 +88,7 @@ def get_layer(
     layer_type: Annotated[str, Path(openapi_examples={"linear": {"summary": "Linear", "value": "Linear"}})],
 ) -> LayerType:
     """One layer type."""
-    found = catalog().get(layer_type)
+    found = catalog().get(layer_type) or next((t for t in graph_only() if t.type == layer_type), None)
     if found is None:
         close = closest_name(layer_type, list(LAYER_SPECS))
         hint = f"did you mean {close!r}? " if close else ""

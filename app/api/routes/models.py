@@ -35,7 +35,7 @@ _cache = BytesLRU(settings.summary_cache_bytes, settings.summary_cache_size)
 
 
 def _summary_json(budget: TraceBudget, request: SummaryRequest) -> bytes:
-    traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
+    traced = trace(request.model, request.input_shape, request.input_dtype, budget)
     training = request.training
     memory = estimate(traced, training.optimizer, training.device, budget) if training else None
     return summary(traced, memory).model_dump_json().encode()
@@ -72,10 +72,12 @@ async def model_fit(
 
 def _fit(budget: TraceBudget, request: FitRequest) -> FitResult:
     """The fit, in a trace worker (``app.core.traces.run_task``)."""
-    traced = trace(request.model, tuple(request.input_shape), request.input_dtype, budget)
+    traced = trace(request.model, request.input_shape, request.input_dtype, budget)
     at_input = estimate(traced, request.optimizer, request.device, budget, inference=False)
     memory = at_input.memory
-    sample_numel = math.prod(traced.input_shape[1:])
+    # Every input of a graph at the same batch (its dimension 0), each within the input limit.
+    shapes = [t.shape for t in traced.graph.inputs.values()] if traced.graph else [traced.input_shape]
+    sample_numel = max(math.prod(shape[1:]) for shape in shapes)
     max_batch = min(settings.max_input_dim, settings.max_input_numel // sample_numel)
     limit = request.device_memory_bytes
     try:

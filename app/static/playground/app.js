@@ -434,6 +434,7 @@ function loadExample(name) {
 function fillCatalog(entries) {
   const groups = new Map();
   for (const entry of entries) {
+    if (entry.graph_only) continue; // merges and splits belong to the graph form, not the layer list
     // A type listed twice (Concat: a container, and a merge of the graph form) keeps its first,
     // the layer of the sequence form; graph nodes take their forms from the graph's own schema.
     if (!state.catalog.has(entry.type)) state.catalog.set(entry.type, entry);
