@@ -50,16 +50,25 @@ def with_causal(mask: torch.Tensor | None, x: torch.Tensor, batch_first: bool) -
     return causal + float_mask(mask, x.dtype), False
 
 
-class SelfAttention(nn.MultiheadAttention):
+class _Causal:
+    """The ``causal`` flag, which torch's attention modules do not take."""
+
+    causal: bool
+
+    def __init__(self, *args: Any, causal: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.causal = causal
+
+    def extra_repr(self) -> str:
+        return "causal=True" if self.causal else ""
+
+
+class SelfAttention(_Causal, nn.MultiheadAttention):
     """``nn.MultiheadAttention`` with query = the input, key and value the input too unless given
     (value = key when only key is); returns the attention output only.
 
     With ``causal``, position t attends to positions up to t only (a decoder's self-attention).
     """
-
-    def __init__(self, *args: Any, causal: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.causal = causal
 
     def forward(
         self,
@@ -79,17 +88,10 @@ class SelfAttention(nn.MultiheadAttention):
             )[0]
         return super().forward(x, key, value, key_padding_mask, need_weights=False, attn_mask=attn_mask)[0]
 
-    def extra_repr(self) -> str:
-        return "causal=True" if self.causal else ""
 
-
-class TransformerEncoderLayer(nn.TransformerEncoderLayer):
+class TransformerEncoderLayer(_Causal, nn.TransformerEncoderLayer):
     """``nn.TransformerEncoderLayer`` taking its input and torch's masks; with ``causal``, its
     self-attention is masked."""
-
-    def __init__(self, *args: Any, causal: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.causal = causal
 
     def forward(
         self,
@@ -103,18 +105,11 @@ class TransformerEncoderLayer(nn.TransformerEncoderLayer):
             return super().forward(x, src_mask=mask, src_key_padding_mask=padding, is_causal=alone)
         return super().forward(x, src_mask, src_key_padding_mask)
 
-    def extra_repr(self) -> str:
-        return "causal=True" if self.causal else ""
 
-
-class TransformerDecoderLayer(nn.TransformerDecoderLayer):
+class TransformerDecoderLayer(_Causal, nn.TransformerDecoderLayer):
     """``nn.TransformerDecoderLayer``: self-attention over its input (the target), attention to
     ``memory`` (the encoder's output), then a feed-forward network; with ``causal``, its
     self-attention is masked (torch's ``tgt_is_causal`` with the generated mask)."""
-
-    def __init__(self, *args: Any, causal: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.causal = causal
 
     def forward(
         self,
@@ -138,9 +133,6 @@ class TransformerDecoderLayer(nn.TransformerDecoderLayer):
             memory_key_padding_mask,
             tgt_is_causal=alone,
         )
-
-    def extra_repr(self) -> str:
-        return "causal=True" if self.causal else ""
 
 
 def feedforward_activation(name: str) -> str | nn.Module:
