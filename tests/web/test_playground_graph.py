@@ -14,12 +14,6 @@ from torch import nn
 from web.browser import OfflinePage
 from web.test_playground_browser import open_playground, spec_json
 
-NEEDS_GRAPH_SUMMARY = pytest.mark.skip(
-    reason="needs the server's graph summary (branch `graph`, issue 18): the server answers 422 to a "
-    "graph until the lead merges it, and then removes this skip"
-)
-
-
 def box(page: Page, name: str):
     return page.locator(f'#graph .box[data-name="{name}"]')
 
@@ -204,7 +198,6 @@ def bert_small() -> tuple[dict[str, nn.Module], dict[str, torch.Tensor]]:
     return modules, out
 
 
-@NEEDS_GRAPH_SUMMARY
 def test_the_graph_summary_puts_torch_shapes_on_the_boxes_and_errors_on_the_node(
     offline_page: OfflinePage,
 ) -> None:
@@ -237,9 +230,7 @@ def test_the_graph_summary_puts_torch_shapes_on_the_boxes_and_errors_on_the_node
     assert offline_page.page_errors == []
 
 
-@NEEDS_GRAPH_SUMMARY
 def test_the_encoder_decoder_preset_has_the_parameters_of_torch(offline_page: OfflinePage) -> None:
-    """Needs also TransformerDecoderLayer (branch `nodes`)."""
     page = open_playground(offline_page)
     page.select_option("#example", "encoder_decoder_graph")
     enc = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True)
