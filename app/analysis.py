@@ -129,7 +129,12 @@ def _bytes(tensor: torch.Tensor) -> int:
 
 
 def summarize(
-    model: ModelSpec, input_shape: tuple[int, ...], input_dtype: InputDType = "float32"
+    model: ModelSpec | GraphSpec,
+    input_shape: Sequence[int] | None = None,
+    input_dtype: InputDType = "float32",
 ) -> ModelSummary:
     """The summary of ``model`` without training, unbounded (the warm-up's, a benchmark's)."""
-    return summary(trace_model(model, input_shape, input_dtype))
+    if isinstance(model, GraphSpec):
+        return summary(trace_graph(model))
+    assert input_shape is not None, "a sequence model is traced at an input_shape"
+    return summary(trace_model(model, tuple(input_shape), input_dtype))

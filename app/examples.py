@@ -131,6 +131,76 @@ TINY_LLAMA = {
     ]
 }
 
+# Graphs (issue 18), small enough to summarise at once. BERT-style: token, token-type and position
+# embeddings, a padding mask passed to each encoder layer, the pooler on the first token; d 64.
+ENCODER_LAYER_64 = {"type": "TransformerEncoderLayer", "d_model": 64, "nhead": 4, "dim_feedforward": 128}
+BERT_SMALL_GRAPH = {
+    "inputs": {
+        "tokens": {"shape": [2, 16], "dtype": "int64"},
+        "types": {"shape": [2, 16], "dtype": "int64"},
+        "mask": {"shape": [2, 16], "dtype": "bool"},
+    },
+    "nodes": [
+        {"name": "tok", "type": "Embedding", "num_embeddings": 1000, "embedding_dim": 64, "input": "tokens"},
+        {"name": "typ", "type": "Embedding", "num_embeddings": 2, "embedding_dim": 64, "input": "types"},
+        {"name": "emb", "type": "Add", "inputs": ["tok", "typ"]},
+        {"name": "pos", "type": "PositionalEmbedding", "num_positions": 16, "input": "emb"},
+        {"name": "norm", "type": "LayerNorm", "input": "pos"},
+        {
+            "name": "enc",
+            "type": "Repeat",
+            "times": 2,
+            "input": "norm",
+            "src_key_padding_mask": "mask",
+            "layers": [
+                {"type": "TransformerEncoderLayer", "d_model": 64, "nhead": 4, "dim_feedforward": 128}
+            ],
+        },
+        {"name": "cls", "type": "Select", "dim": 1, "index": 0, "input": "enc"},
+        {"name": "pool", "type": "Linear", "out_features": 64, "input": "cls"},
+        {"name": "pooled", "type": "Tanh", "input": "pool"},
+    ],
+    "outputs": {"hidden": "enc", "pooled": "pooled"},
+}
+
+# Encoder-decoder, as nn.Transformer: the causal decoder layers read the encoder's output as `memory`.
+ENCODER_DECODER_GRAPH = {
+    "inputs": {"src": {"shape": [2, 10], "dtype": "int64"}, "tgt": {"shape": [2, 12], "dtype": "int64"}},
+    "nodes": [
+        {"name": "src_emb", "type": "Embedding", "num_embeddings": 1000, "embedding_dim": 64, "input": "src"},
+        {"name": "tgt_emb", "type": "Embedding", "num_embeddings": 1000, "embedding_dim": 64, "input": "tgt"},
+        {
+            "name": "encoder",
+            "type": "Repeat",
+            "times": 2,
+            "input": "src_emb",
+            "layers": [
+                {"type": "TransformerEncoderLayer", "d_model": 64, "nhead": 4, "dim_feedforward": 128}
+            ],
+        },
+        {"name": "enc_norm", "type": "LayerNorm", "input": "encoder"},
+        {
+            "name": "decoder",
+            "type": "Repeat",
+            "times": 2,
+            "input": "tgt_emb",
+            "memory": "enc_norm",
+            "layers": [
+                {
+                    "type": "TransformerDecoderLayer",
+                    "d_model": 64,
+                    "nhead": 4,
+                    "dim_feedforward": 128,
+                    "causal": True,
+                }
+            ],
+        },
+        {"name": "dec_norm", "type": "LayerNorm", "input": "decoder"},
+        {"name": "head", "type": "Linear", "out_features": 1000, "input": "dec_norm"},
+    ],
+    "outputs": {"logits": "head"},
+}
+
 # A small CNN for the 8x8 digits: about 0.95 validation accuracy after 5 epochs.
 DIGITS_CNN = {
     "layers": [
@@ -202,6 +272,14 @@ SUMMARY_EXAMPLES = {
     "tiny_llama": {
         "summary": "A small Llama: TinyLlama-1.1B's shape (RoPE, grouped-query attention, SwiGLU)",
         "value": {"model": TINY_LLAMA, "input_shape": [1, 2048], "input_dtype": "int64"},
+    },
+    "bert_small_graph": {
+        "summary": "Graph: BERT-style (tokens, types, mask; 2 layers, d 64)",
+        "value": {"model": BERT_SMALL_GRAPH},
+    },
+    "encoder_decoder_graph": {
+        "summary": "Graph: encoder-decoder (src, tgt; decoder layers with memory)",
+        "value": {"model": ENCODER_DECODER_GRAPH},
     },
 }
 

@@ -13,7 +13,9 @@ from torch_modules import ConvBlock, MyConv2d, MyLinear, Residual, count_params,
 
 from app.analysis import summarize
 from app.examples import SEED_MODEL, SUMMARY_EXAMPLES
-from layers import ModelSpec
+from app.schemas.summary import SummaryRequest
+from layers import GraphSpec, ModelSpec
+from layers.analysis.graph_trace import trace_graph
 from layers.analysis.trace import trace_model
 
 URL = "/v1/models/summary"
@@ -261,12 +263,11 @@ def test_the_inferred_spec_builds_the_real_model(client) -> None:
 def test_swagger_examples_succeed(client, name: str) -> None:
     response = client.post(URL, json=SUMMARY_EXAMPLES[name]["value"])
     assert response.status_code == 200, response.text
-    value = SUMMARY_EXAMPLES[name]["value"]
-    traced = trace_model(
-        ModelSpec.model_validate(value["model"]),
-        tuple(value["input_shape"]),
-        value.get("input_dtype", "float32"),
-    )
+    request = SummaryRequest.model_validate(SUMMARY_EXAMPLES[name]["value"])
+    if isinstance(request.model, GraphSpec):
+        traced = trace_graph(request.model)
+    else:
+        traced = trace_model(request.model, tuple(request.input_shape), request.input_dtype)
     torch.manual_seed(0)
     model = traced.spec.build()
     assert response.json()["total_params"] == count_params(model)[0]

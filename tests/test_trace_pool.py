@@ -192,6 +192,25 @@ def test_four_budget_hitting_exports_run_two_at_a_time(pool, monkeypatch):
             "model": {"layers": [{"type": "LSTM", "hidden_size": 32, "num_layers": 2}]},
             "input_shape": [4, 8, 16],
         },
+        {  # a graph: its nodes' classes are made in graph.py, and pickle to the worker by name
+            "model": {
+                "inputs": {"x": {"shape": [2, 8, 16]}, "mask": {"shape": [2, 8], "dtype": "bool"}},
+                "nodes": [
+                    {"name": "a", "type": "Linear", "out_features": 16, "input": "x"},
+                    {"name": "sum", "type": "Add", "inputs": ["a", "x"]},
+                    {
+                        "name": "enc",
+                        "type": "Repeat",
+                        "times": 2,
+                        "input": "sum",
+                        "src_key_padding_mask": "mask",
+                        "layers": [{"type": "TransformerEncoderLayer", "d_model": 16, "nhead": 2}],
+                    },
+                    {"name": "halves", "type": "Chunk", "chunks": 2, "dim": -1, "input": "enc"},
+                ],
+                "outputs": {"left": "halves.0", "right": "halves.1"},
+            }
+        },
     ],
 )
 def test_a_summary_from_a_worker_is_the_one_traced_in_the_api_process(pool, body, monkeypatch):

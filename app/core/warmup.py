@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from app.analysis import summarize
 from app.examples import SUMMARY_EXAMPLES
-from layers import ModelSpec
+from app.schemas.summary import SummaryRequest
 
 log = logging.getLogger(__name__)
 JOIN_TIMEOUT_S = 60  # one example traces in well under this, even on a loaded machine
@@ -24,9 +24,8 @@ def warm_up(stop: threading.Event | None = None) -> None:
     for example in SUMMARY_EXAMPLES.values():
         if stop is not None and stop.is_set():
             return
-        request = example["value"]
-        model = ModelSpec.model_validate(request["model"])
-        summarize(model, tuple(request["input_shape"]), request.get("input_dtype", "float32"))
+        request = SummaryRequest.model_validate(example["value"])
+        summarize(request.model, request.input_shape, request.input_dtype)
 
 
 @contextmanager

@@ -168,6 +168,9 @@ for _type, _spec in GRAPH_SPECS.items():
     NODE_CLASSES[f"{_type}:merge" if _type in LAYER_SPECS else _type] = _node_class(_spec)
 for _cls in NODE_CLASSES.values():
     _cls.model_rebuild(_types_namespace={"AnyLayer": AnyLayer})
+    # Bound by name here, so a node pickles (to a trace worker) as ``graph.<Type>Node``.
+    assert _cls.__name__ not in globals(), _cls.__name__
+    globals()[_cls.__name__] = _cls
 
 
 def _tag(data: Any) -> str | None:

@@ -6,18 +6,13 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
+import httpx
 import torch
 from playwright.sync_api import Page, expect
 from torch import nn
 
 from web.browser import OfflinePage
 from web.test_playground_browser import open_playground, spec_json
-
-NEEDS_GRAPH_SUMMARY = pytest.mark.skip(
-    reason="needs the server's graph summary (branch `graph`, issue 18): the server answers 422 to a "
-    "graph until the lead merges it, and then removes this skip"
-)
 
 
 def box(page: Page, name: str):
@@ -204,7 +199,6 @@ def bert_small() -> tuple[dict[str, nn.Module], dict[str, torch.Tensor]]:
     return modules, out
 
 
-@NEEDS_GRAPH_SUMMARY
 def test_the_graph_summary_puts_torch_shapes_on_the_boxes_and_errors_on_the_node(
     offline_page: OfflinePage,
 ) -> None:
@@ -237,9 +231,7 @@ def test_the_graph_summary_puts_torch_shapes_on_the_boxes_and_errors_on_the_node
     assert offline_page.page_errors == []
 
 
-@NEEDS_GRAPH_SUMMARY
 def test_the_encoder_decoder_preset_has_the_parameters_of_torch(offline_page: OfflinePage) -> None:
-    """Needs also TransformerDecoderLayer (branch `nodes`)."""
     page = open_playground(offline_page)
     page.select_option("#example", "encoder_decoder_graph")
     enc = nn.TransformerEncoderLayer(64, 4, dim_feedforward=128, batch_first=True)
@@ -257,4 +249,33 @@ def test_the_encoder_decoder_preset_has_the_parameters_of_torch(offline_page: Of
     expect(page.locator("#summary-status")).to_contain_text(f"{params:,} parameters")
     expect(page.locator("#summary-status")).to_contain_text("logits [2, 12, 1000]")
     expect(box(page, "decoder").locator(".box-shape")).to_have_text("[2, 12, 64]")
+    assert offline_page.page_errors == []
+
+
+def test_the_graph_forms_types_are_in_add_node_and_not_in_the_layer_list(
+    offline_page: OfflinePage, server: str
+) -> None:
+    page = open_playground(offline_page)
+    catalog = httpx.get(f"{server}/v1/layers").json()["data"]
+    graph_only = {entry["type"] for entry in catalog if entry["graph_only"]}
+    layers = {entry["type"] for entry in catalog if not entry["graph_only"]}
+    assert {"Add", "Multiply", "Concat", "MatMul", "Split", "Chunk"} <= graph_only
+    listed = set(page.locator("#catalog option").evaluate_all("os => os.map(o => o.value)"))
+    assert listed == layers  # the sequence form's list editor: no merge or split
+    page.select_option("#example", "bert_small_graph")
+    node_types = page.locator("#node-type option").evaluate_all("os => os.map(o => o.value)")
+    assert sorted(node_types) == sorted(layers | graph_only)  # each once: Concat both ways
+    group = page.locator('#node-type optgroup[label="graph form"] option').all_inner_texts()
+    assert set(group) == graph_only - layers
+
+    # Concat from two refs is the merge: wired by `inputs`, its form the merge's (`dim`).
+    page.select_option("#node-type", "Concat")
+    page.fill("#node-name", "both")
+    page.select_option("#node-from", ["tok", "typ"])
+    page.click("#add-node")
+    assert spec_json(page)["nodes"][-1] == {"name": "both", "type": "Concat", "inputs": ["tok", "typ"]}
+    panel = page.locator('#graph-panel .box-panel[data-name="both"]')
+    expect(panel.locator('.wire[data-arg="inputs.1"] select')).to_have_value("typ")
+    expect(panel.locator('[data-field="dim"] input')).to_have_count(1)
+    expect(panel.locator('[data-field="branches"]')).to_have_count(0)
     assert offline_page.page_errors == []

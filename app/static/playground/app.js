@@ -5,7 +5,6 @@ import { initUploads } from "./datasets.js";
 import { setPlaceholder, specFields } from "./forms.js";
 import { graphEditor } from "./graph_edit.js";
 import { isGraph } from "./graph_model.js";
-import { GRAPH_PRESETS } from "./graph_presets.js";
 import { nodeTypes } from "./graph_schema.js";
 import { fixed } from "./numbers.js";
 import { foldRepeats, paramsText, rowName } from "./summary.js";
@@ -464,11 +463,10 @@ async function main() {
   }
   fillCatalog(catalog.body.data);
   state.graphEditor = graphEditor(nodeTypes(spec.body, state.catalog), () => changed(false));
-  // The presets are the "Try it out" examples of POST /v1/models/summary: one source for both;
-  // the graph presets are the playground's own until the server's examples include graphs.
+  // The presets are the "Try it out" examples of POST /v1/models/summary: one source for both,
+  // graphs (BERT-style, encoder-decoder) included.
   const body = spec.body?.paths?.["/v1/models/summary"]?.post?.requestBody?.content?.["application/json"];
   state.examples = body?.examples ?? {};
-  for (const [name, preset] of Object.entries(GRAPH_PRESETS)) state.examples[name] ??= preset;
   for (const [name, ex] of Object.entries(state.examples)) $("#example").add(new Option(ex.summary ?? name, name));
   fillTrainChoices(spec.body);
   initUploads();
