@@ -100,14 +100,14 @@ def test_core_operations_have_working_examples(client, openapi: dict) -> None:
             assert client.request(method, url).status_code == 200, url
 
 
-def test_summary_examples_cover_seed_cnn_and_lstm(openapi: dict) -> None:
+def test_summary_examples_cover_seed_cnn_lstm_and_graphs(openapi: dict) -> None:
     examples = openapi["paths"]["/v1/models/summary"]["post"]["requestBody"]["content"]["application/json"]
     types = {
         layer["type"]
         for example in examples["examples"].values()
-        for layer in example["value"]["model"]["layers"]
+        for layer in example["value"]["model"].get("layers", example["value"]["model"].get("nodes"))
     }
-    assert {"MyConv2d", "MyLinear", "Conv2d", "LSTM"} <= types
+    assert {"MyConv2d", "MyLinear", "Conv2d", "LSTM", "Add", "Repeat"} <= types
 
 
 def test_summary_documents_its_errors(openapi: dict) -> None:
