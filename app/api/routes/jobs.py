@@ -35,6 +35,7 @@ LAST_EVENT_ID = "^[0-9]{1,18}$"  # an event id we sent: ASCII digits that fit SQ
 RETRY_AFTER_S = 5
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "the body is not JSON"},
+    404: {"description": "no uploaded dataset of this id (of this key)"},
     413: {"description": "request body too large"},
     422: {"description": "invalid job: a field, a shape mismatch naming the layer, or a limit"},
     429: {"description": "too many jobs queued or running, or rate limited; retry after Retry-After seconds"},
