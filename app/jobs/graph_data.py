@@ -90,9 +90,10 @@ def plan_uploaded(
     description: Description,
     terms: dict[str, LossSpec],
     outputs: dict[str, Shape],
+    with_targets: bool = True,
 ) -> tuple[UploadedDataset, GraphData]:
     """The dataset checked against the graph: every input by name at its shape (token ids within
-    the Embedding that reads them), a target for each lossed output."""
+    the Embedding that reads them), a target for each lossed output (``with_targets``)."""
     if not isinstance(dataset.inputs, dict):
         raise SpecError(
             ("dataset", "inputs"),
@@ -101,7 +102,7 @@ def plan_uploaded(
             + "}",
             {"expected": list(graph.inputs)},
         )
-    planned = dataset.plan(description, graph.input_names, tuple(terms), False)
+    planned = dataset.plan(description, graph.input_names, tuple(terms), False, with_targets)
     per = 0
     for name, ref in planned.input_arrays().items():
         loc = ("dataset", "inputs", name)
@@ -132,7 +133,7 @@ def plan_uploaded(
                 )
         per += math.prod(shape) * GRAPH_DTYPES[dtype].itemsize
     classification = {n for n, loss in terms.items() if loss.task == "classification"}
-    for name, ref in planned.target_arrays().items():
+    for name, ref in planned.target_arrays().items() if with_targets else ():
         shape, info = planned.info_of(ref)
         loss = terms[name]
         if name in classification:
