@@ -32,7 +32,7 @@ class PredictDataset(SpecModel):
 
 
 class PredictRequest(SpecModel):
-    inputs: list[Any] | dict[str, list[Any]] | None = Field(
+    inputs: list[Any] | dict[str, Any] | None = Field(
         None,
         description="one sample shaped like the job's dataset samples (e.g. [1, 8, 8] for digits), "
         "or a batch of them, as nested lists of numbers (integers for token ids); a graph job's by "
