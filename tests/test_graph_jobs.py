@@ -13,6 +13,9 @@ from fastapi.testclient import TestClient
 from safetensors.torch import load
 from torch import nn
 
+from app.jobs.plan import plan_job
+from app.jobs.train import load_data, train
+from app.schemas.jobs import JobCreate
 from tests.test_datajobs import digits_arrays
 from tests.test_datajobs_api import uploaded
 from tests.test_jobs import finished, submit, wait
@@ -207,3 +210,41 @@ def test_predict_on_a_graph_job_takes_its_inputs_by_name(api: TestClient, two_he
     )
     unknown = api.post(predict, json={"inputs": {"x": [0.0] * 16, "y": [1.0]}})
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "inputs", "y"]
+
+
+TOKENS_AND_MASK = {
+    "inputs": {"tokens": {"shape": [4, 6], "dtype": "int64"}, "mask": {"shape": [4, 6], "dtype": "bool"}},
+    "nodes": [
+        {"name": "tok", "type": "Embedding", "num_embeddings": 20, "embedding_dim": 16, "input": "tokens"},
+        {
+            "name": "enc",
+            "type": "TransformerEncoderLayer",
+            "nhead": 2,
+            "dim_feedforward": 32,
+            "input": "tok",
+            "src_key_padding_mask": "mask",
+        },
+        {"name": "cls", "type": "Select", "dim": 1, "index": 0, "input": "enc"},
+        {"name": "head", "type": "Linear", "out_features": 4, "input": "cls"},
+        {"name": "reg", "type": "Linear", "out_features": 3, "input": "cls"},
+    ],
+    "outputs": {"logits": "head", "value": "reg"},
+}
+
+
+def test_synthetic_data_for_a_graph_follows_its_inputs_and_lossed_outputs() -> None:
+    body = graph_job(
+        TOKENS_AND_MASK,
+        {"name": "synthetic", "samples": 64, "vocab_size": 1000},
+        losses={"logits": {"type": "CrossEntropyLoss"}},
+        epochs=1,
+    )
+    plan = plan_job(JobCreate.model_validate(body))
+    x, y = load_data(plan.payload, True)
+    assert x["tokens"].dtype == torch.int64 and x["tokens"].shape == (64, 6)
+    assert int(x["tokens"].min()) >= 0 and int(x["tokens"].max()) < 20  # the Embedding's size, not vocab_size
+    assert x["mask"].dtype == torch.bool and not bool(x["mask"].any())
+    assert list(y) == ["logits"] and y["logits"].dtype == torch.int64 and int(y["logits"].max()) < 4
+    events = list(train(plan.payload.model_dump(mode="json")))
+    assert events[-1].kind == "done", events[-1]
+    assert list(events[-1].metrics.outputs) == ["logits"]  # "value" has no loss: not trained on
