@@ -3,8 +3,9 @@
 The model is traced on the meta device at the training batch size against the dataset's
 sample shape; the loss is checked against the model's output and the dataset's targets; the
 run's memory (the training step's peak from ``layers.analysis.memory``, plus the dataset on the device)
-is estimated and held against the limits. Every refusal is a ``SpecError`` whose ``loc`` is
-relative to the body.
+is estimated and held against the limits. A graph model is traced at its own inputs, dimension 0
+set to the batch size, and its data and losses are checked by input and output name
+(``app.jobs.graph_data``). Every refusal is a ``SpecError`` whose ``loc`` is relative to the body.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Inputs are checked before any tensor is made: numbers only, rectangular, within
 ``MB_MAX_PREDICT_SAMPLES`` and ``MB_MAX_PREDICT_NUMEL``, shaped like one of the job's dataset
 samples or a batch of them, each number one the input tensor holds (an int64 token id, or a
 float32); anything else is a ``SpecError`` at ``inputs`` or at the element (``inputs[1][0]``).
+A graph job takes its inputs by name and answers per output (``inputs.tokens[0][3]``).
 """
 
 from __future__ import annotations
