@@ -76,7 +76,7 @@ def test_a_small_cnn_learns_the_digits(api: TestClient) -> None:
     assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4, 5, 6]
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
     assert result["metrics"] == {
-        k: result["history"][-1][k] for k in ("train_loss", "val_loss", "val_accuracy")
+        k: result["history"][-1][k] for k in ("train_loss", "val_loss", "val_accuracy", "outputs")
     }
     assert result["device"] == "cpu" and result["error"] is None
     assert result["node"]["node_id"] and result["node"]["ip"] and result["node"]["pid"] != os.getpid()

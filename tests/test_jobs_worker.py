@@ -74,7 +74,7 @@ def test_the_handoff_gives_the_result_to_one_api_process_at_a_time(monkeypatch: 
     handoff = Handoff()
     assert handoff.result("api-a", 0) is None  # still training
     weights = bytes(range(20))
-    metrics = {"train_loss": 0.1, "val_loss": 0.2, "val_accuracy": 0.9}
+    metrics = {"train_loss": 0.1, "val_loss": 0.2, "val_accuracy": 0.9, "outputs": None}
     threading.Timer(0.05, handoff.publish, [Done(metrics=metrics, duration_s=1.5, weights=weights)]).start()
     result = handoff.result("api-a", 5)  # waits for the run's end
     assert result == {

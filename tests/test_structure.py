@@ -134,9 +134,9 @@ def test_tiny_tied_causal_gpt_learns() -> None:
     traced = trace_model(ModelSpec.model_validate(model), (2, 8), "int64")
     payload = {
         "model": traced.spec.model_dump(),
-        "output_shape": list(traced.output_shape[1:]),
+        "output_shapes": {"output": list(traced.output_shape[1:])},
         "dataset": dataset,
-        "loss": {"type": "CrossEntropyLoss"},
+        "losses": {"output": {"type": "CrossEntropyLoss"}},
         "optimizer": {"type": "AdamW", "lr": 0.003},
         "epochs": 8,
         "batch_size": 32,

@@ -218,9 +218,9 @@ def payload(model: dict, dataset: dict, loss: dict, **extra: object) -> dict:
     traced = trace_model(spec, (2, *info.sample_shape), info.dtype)
     return {
         "model": traced.spec.model_dump(),
-        "output_shape": list(traced.output_shape[1:]),
+        "output_shapes": {"output": list(traced.output_shape[1:])},
         "dataset": dataset,
-        "loss": loss,
+        "losses": {"output": loss},
         "optimizer": {"type": "Adam", "lr": 0.01},
         "epochs": 2,
         "batch_size": 64,

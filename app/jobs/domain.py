@@ -42,18 +42,34 @@ class Progress(Report):
     loss: float = Field(description="training loss of the latest step")
 
 
+class OutputMetrics(Report):  # one output of a graph job
+    train_loss: float = Field(description="this output's mean training loss over the epoch (unweighted)")
+    val_loss: float = Field(description="its validation loss (unweighted)")
+    val_accuracy: float | None = Field(
+        description="its share of correct validation predictions (classification)"
+    )
+
+
+OUTPUTS_DESCRIPTION = (
+    "a graph job's metrics per trained output; the total losses are the sum of each output's loss "
+    "times its weight, the total accuracy the mean over the classification outputs (null for a sequence job)"
+)
+
+
 class EpochResult(Report):  # one line of a job's history
     epoch: int
     step: int = Field(description="optimizer steps so far")
     train_loss: float = Field(description="mean training loss over the epoch")
     val_loss: float
     val_accuracy: float | None = Field(description="share of correct validation predictions (classification)")
+    outputs: dict[str, OutputMetrics] | None = Field(None, description=OUTPUTS_DESCRIPTION)
 
 
 class Metrics(Report):
     train_loss: float
     val_loss: float
     val_accuracy: float | None
+    outputs: dict[str, OutputMetrics] | None = Field(None, description=OUTPUTS_DESCRIPTION)
 
 
 class JobMemory(Report):

@@ -24,16 +24,16 @@ from pydantic import BaseModel, ConfigDict
 
 from app.core.config import settings
 from app.datasets.uploaded import UploadedDataset, standardize
-from app.jobs import checkpoint
-from app.jobs.domain import EpochResult, Metrics, NodeInfo, Progress
+from app.jobs import checkpoint, graph_data
+from app.jobs.domain import EpochResult, Metrics, NodeInfo, OutputMetrics, Progress
 from app.jobs.events import Done, EpochEvent, Failed, ProgressEvent, Started, WorkerEvent
 from app.jobs.measure import MemoryMeter
 from app.jobs.memory_guard import MemoryGuard
 from app.jobs.weights import serialize_weights
-from layers import ModelSpec
+from layers import AnyModel, GraphSpec
 from layers.language import io
-from layers.training.datasets import DATASET_KINDS, Named, dataset_union
-from layers.training.losses import AnyLoss, LossSpec
+from layers.training.datasets import DATASET_KINDS, Named, SyntheticDataset, dataset_union
+from layers.training.losses import AnyLossTerm, LossSpec
 from layers.training.optimizers import AnyOptimizer
 
 WorkerDataset = dataset_union((*DATASET_KINDS, UploadedDataset))  # every kind, already checked
@@ -44,11 +44,11 @@ class TrainPayload(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: ModelSpec  # every size already inferred by the API's trace
-    output_shape: list[int]  # the model's output per sample, from that trace
+    model: AnyModel  # every size already inferred by the API's trace
+    output_shapes: dict[str, list[int]]  # each trained output per sample, from that trace
     dataset: WorkerDataset
     dataset_file: str | None = None  # an uploaded dataset's file, on the volume every node shares
-    loss: AnyLoss
+    losses: dict[str, AnyLossTerm]  # by output name, each with its weight
     optimizer: AnyOptimizer
     epochs: int
     batch_size: int
@@ -130,8 +130,8 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: NodeIn
             yield EpochEvent(entry=entry, progress=progress)
     deadline = started + job.time_limit_s - run.spent_before  # earlier attempts' time counts
     for epoch in range(len(history) + 1, job.epochs + 1):
-        train_loss, last_loss = yield from run.epoch(epoch, deadline)
-        val_loss, val_accuracy = evaluate(
+        train_loss, last_loss, train_parts = yield from run.epoch(epoch, deadline)
+        val_loss, val_accuracy, val_parts = evaluate(
             run.model, run.outputs, run.x_val, run.t_val, run.labels_val, job.batch_size
         )
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
@@ -139,8 +139,19 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: NodeIn
                 error=f"the loss diverged (became {train_loss}) in epoch {epoch}; try a lower learning rate"
             )
             return
+        per_output = None
+        if isinstance(job.model, GraphSpec):
+            per_output = {
+                name: OutputMetrics(train_loss=train_parts[name], val_loss=loss, val_accuracy=accuracy)
+                for name, (loss, accuracy) in val_parts.items()
+            }
         entry = EpochResult(
-            epoch=epoch, step=run.step, train_loss=train_loss, val_loss=val_loss, val_accuracy=val_accuracy
+            epoch=epoch,
+            step=run.step,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_accuracy=val_accuracy,
+            outputs=per_output,
         )
         history.append(entry)
         if checkpoints:  # before the epoch is reported, so a restart never skips one
@@ -149,7 +160,12 @@ def _train(job: TrainPayload, device: torch.device, started: float, node: NodeIn
         yield EpochEvent(entry=entry, progress=progress)
     # ``Done`` carries the final weights' bytes (the API stores them) and the measured memory.
     last = history[-1]
-    metrics = Metrics(train_loss=last.train_loss, val_loss=last.val_loss, val_accuracy=last.val_accuracy)
+    metrics = Metrics(
+        train_loss=last.train_loss,
+        val_loss=last.val_loss,
+        val_accuracy=last.val_accuracy,
+        outputs=last.outputs,
+    )
     measured = run.memory.result()  # before the weights' bytes are made: they are not the training's
     weights = serialize_weights(run.model, job.model, job.job_id, scaling_metadata(run.scaling))
     duration = run.spent_before + time.monotonic() - started
@@ -167,17 +183,26 @@ class Output:
 
 
 def outputs_of(job: TrainPayload, device: torch.device) -> dict[str, Output]:
-    """The losses by output name: a sequence model's one output, weighted 1."""
-    (name,) = io.output_names(job.model)
-    return {name: Output(job.loss, 1.0, job.loss.build().to(device), tuple(job.output_shape))}
+    """The losses by output name (a sequence model's one output, weighted 1)."""
+    return {
+        name: Output(loss, loss.weight, loss.build().to(device), tuple(job.output_shapes[name]))  # type: ignore[attr-defined]
+        for name, loss in job.losses.items()
+    }
 
 
 def load_data(job: TrainPayload, classification: bool) -> tuple[Named, Named]:
     """The dataset's inputs by model input name and targets by output name, on the CPU."""
+    graph = job.model if isinstance(job.model, GraphSpec) else None
     if isinstance(job.dataset, UploadedDataset):
         if job.dataset_file is None:
             raise ValueError("the payload names no file for its uploaded dataset")
-        return job.dataset.read(Path(job.dataset_file))
+        x, y = job.dataset.read(Path(job.dataset_file))
+        return (graph_data.as_graph_inputs(graph, x) if graph else x), y
+    if graph is not None:
+        if not isinstance(job.dataset, SyntheticDataset):
+            raise ValueError("a graph job trains on uploaded or synthetic data")
+        shapes = {name: tuple(shape) for name, shape in job.output_shapes.items()}
+        return graph_data.synthetic(graph, job.dataset, dict(job.losses), shapes)
     return job.dataset.load_named(classification, settings)
 
 
@@ -247,18 +272,24 @@ class _Run:
         _set_rng(rng, self.shuffle, self.device)
         self.step, self.spent_before = resume.step, resume.elapsed_s
 
-    def epoch(self, epoch: int, deadline: float) -> Generator[ProgressEvent, None, tuple[float, float]]:
-        """Train one epoch, yielding progress; its mean training loss and its last step's."""
+    def epoch(
+        self, epoch: int, deadline: float
+    ) -> Generator[ProgressEvent, None, tuple[float, float, dict[str, float]]]:
+        """Train one epoch, yielding progress; its mean training loss, its last step's, and each
+        output's mean (unweighted)."""
         n, bs = self.samples, self.job.batch_size
         self.model.train()
         order = torch.randperm(n, generator=self.shuffle).to(self.device)
         total, seen = torch.zeros((), device=self.device), 0
+        parts = {name: torch.zeros((), device=self.device) for name in self.outputs}
         for start in range(0, n, bs):
             batch = order[start : start + bs]
             if len(batch) == 1 and bs > 1:
                 continue  # a trailing single sample: BatchNorm cannot train on one
-            loss = self._step(batch)
+            loss, losses = self._step(batch)
             total += loss.detach() * len(batch)
+            for name, part in losses.items():
+                parts[name] += part.detach() * len(batch)
             seen += len(batch)
             self.step += 1
             if self.step % self.job.progress_every == 0:
@@ -271,20 +302,21 @@ class _Run:
                     f"timed out: the job ran past its {self.job.time_limit_s:g} s limit "
                     f"(epoch {epoch} of {self.job.epochs}, step {self.step} of {self.steps_total})"
                 )
-        return total.item() / seen, loss.item()
+        return total.item() / seen, loss.item(), {name: p.item() / seen for name, p in parts.items()}
 
-    def _step(self, batch: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on ``batch`` (indices); its loss. The first one is measured."""
+    def _step(self, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimizer step on ``batch`` (indices); its loss and each output's. The first one is
+        measured."""
         self.optimizer.zero_grad(set_to_none=True)
         with nullcontext() if self.measured else self.memory.first_forward():
             out = io.run(self.model, _rows(self.x_train, batch))
-            loss = weighted_loss(self.outputs, out, _rows(self.t_train, batch))
+            loss, losses = weighted_loss(self.outputs, out, _rows(self.t_train, batch))
         loss.backward()
         self.optimizer.step()
         if not self.measured:
             self.memory.after_first_step(self.optimizer)
             self.measured = True
-        return loss
+        return loss, losses
 
     def save(self, directory: Path, history: list[EpochResult], elapsed_s: float) -> None:
         last = history[-1]
@@ -325,15 +357,19 @@ def _rows(named: Named, rows: torch.Tensor | slice) -> Named:
     return {name: tensor[rows] for name, tensor in named.items()}
 
 
-def weighted_loss(outputs: dict[str, Output], out: dict[str, torch.Tensor], targets: Named) -> torch.Tensor:
-    """The sum of each output's loss times its weight (a weight of 1 is not multiplied in)."""
+def weighted_loss(
+    outputs: dict[str, Output], out: dict[str, torch.Tensor], targets: Named
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The sum of each output's loss times its weight (a weight of 1 is not multiplied in), and
+    each output's loss."""
     total: torch.Tensor | None = None
+    losses = {}
     for name, o in outputs.items():
-        loss = o.fn(out[name], targets[name])
-        loss = loss if o.weight == 1.0 else o.weight * loss
+        losses[name] = o.fn(out[name], targets[name])
+        loss = losses[name] if o.weight == 1.0 else o.weight * losses[name]
         total = loss if total is None else total + loss
     assert total is not None
-    return total
+    return total, losses
 
 
 def scaling_metadata(scaling: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, str]:
@@ -352,13 +388,13 @@ def evaluate(
     targets: Named,
     labels: Named,
     batch_size: int,
-) -> tuple[float, float | None]:
-    """Mean validation loss (the weighted sum over outputs), and accuracy: the mean over the
-    classification outputs."""
+) -> tuple[float, float | None, dict[str, tuple[float, float | None]]]:
+    """Mean validation loss (the weighted sum over outputs), accuracy (the mean over the
+    classification outputs), and each output's loss and accuracy."""
     model.eval()  # safe: nn.Module.eval() switches to evaluation mode; no code is evaluated
     n = next(iter(x.values())).shape[0]
     device = next(iter(x.values())).device
-    total = torch.zeros((), device=device)
+    parts = {name: torch.zeros((), device=device) for name in outputs}
     correct = {
         name: torch.zeros((), device=device) for name, o in outputs.items() if o.spec.task == "classification"
     }
@@ -366,8 +402,15 @@ def evaluate(
         rows = slice(start, start + batch_size)
         out = io.run(model, _rows(x, rows))
         count = next(iter(out.values())).shape[0]
-        total += weighted_loss(outputs, out, _rows(targets, rows)) * count
+        _, losses = weighted_loss(outputs, out, _rows(targets, rows))
+        for name, loss in losses.items():
+            parts[name] += loss * count
         for name in correct:
             correct[name] += outputs[name].spec.correct(out[name], labels[name][rows])
-    accuracy = sum(c.item() / n for c in correct.values()) / len(correct) if correct else None
-    return total.item() / n, accuracy
+    accuracies = {name: c.item() / n for name, c in correct.items()}
+    accuracy = sum(accuracies.values()) / len(accuracies) if accuracies else None
+    losses = {name: p.item() / n for name, p in parts.items()}
+    # The total is the weighted sum of the outputs' means (a weight of 1 is not multiplied in).
+    total = sum(v if outputs[name].weight == 1.0 else outputs[name].weight * v for name, v in losses.items())
+    per_output = {name: (losses[name], accuracies.get(name)) for name in outputs}
+    return total, accuracy, per_output

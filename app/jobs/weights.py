@@ -21,16 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import TypeAdapter
 from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
-from layers import ModelSpec
+from layers import AnyModel, GraphSpec, ModelSpec
 
+MODEL: TypeAdapter[ModelSpec | GraphSpec] = TypeAdapter(AnyModel)
 WEIGHTS_FILE = "model.safetensors"
 SIDECAR_FILE = "model.json"
 
 
-def canonical_json(spec: ModelSpec) -> str:
+def canonical_json(spec: ModelSpec | GraphSpec) -> str:
     """The spec as compact JSON with sorted keys: the same model, the same text."""
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
@@ -51,7 +53,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def serialize_weights(
-    model: torch.nn.Module, spec: ModelSpec, job_id: str, extra: dict[str, str] | None = None
+    model: torch.nn.Module, spec: ModelSpec | GraphSpec, job_id: str, extra: dict[str, str] | None = None
 ) -> bytes:
     """The model's weights (moved to the CPU) as a safetensors file's bytes (``extra``: more
     metadata, such as the standardized inputs' statistics)."""
@@ -123,9 +125,14 @@ def trained_module(path: Path) -> torch.nn.Module:
     return load_weights(path)[1]
 
 
-def load_weights(path: Path) -> tuple[ModelSpec, torch.nn.Module]:
+def stored_spec(path: Path) -> ModelSpec | GraphSpec:
+    """The inferred spec a weights file was saved from: a sequence model or a graph."""
+    return MODEL.validate_json(read_metadata(path)["spec"])
+
+
+def load_weights(path: Path) -> tuple[ModelSpec | GraphSpec, torch.nn.Module]:
     """The model a weights file was saved from, built on the CPU from its spec, weights loaded strictly."""
-    spec = ModelSpec.model_validate_json(read_metadata(path)["spec"])
+    spec = stored_spec(path)
     model = spec.build()
     load_model(model, path, strict=True)
     return spec, model.eval()  # safe: nn.Module.eval(), inference mode for dropout and batch norm

@@ -32,10 +32,11 @@ class PredictDataset(SpecModel):
 
 
 class PredictRequest(SpecModel):
-    inputs: list[Any] | None = Field(
+    inputs: list[Any] | dict[str, Any] | None = Field(
         None,
         description="one sample shaped like the job's dataset samples (e.g. [1, 8, 8] for digits), "
-        "or a batch of them, as nested lists of numbers (integers for token ids)",
+        "or a batch of them, as nested lists of numbers (integers for token ids); a graph job's by "
+        "input name ({name: values}, booleans for masks)",
     )
     dataset: str | PredictDataset | None = Field(
         None,
@@ -53,9 +54,26 @@ class PredictRequest(SpecModel):
         return PredictDataset(id=self.dataset) if isinstance(self.dataset, str) else self.dataset
 
 
-class PredictResponse(BaseModel):
-    outputs: list[Any] = Field(description="the model's output, for the sample or each sample of the batch")
+class OutputPrediction(BaseModel):
+    """One output of a graph job's answer: as a sequence job's answer."""
+
+    outputs: list[Any] | float = Field(description="this output, for the sample or each sample of the batch")
     output_shape: list[int]
+    predictions: int | list[int] | None = Field(
+        None, description="class indices, for an output with a classification loss"
+    )
+    probabilities: list[Any] | None = None
+    accuracy: float | None = Field(None, description="against the dataset's targets (classification)")
+    loss: float | None = Field(
+        None, description="this output's loss against the dataset's targets (unweighted)"
+    )
+
+
+class PredictResponse(BaseModel):
+    outputs: list[Any] | dict[str, OutputPrediction] = Field(
+        description="the model's output, for the sample or each sample of the batch; a graph's by output name"
+    )
+    output_shape: list[int] | None = Field(None, description="the output's shape (a graph's: per output)")
     predictions: int | list[int] | None = Field(
         None, description="the predicted class index (or one per sample), for a classification job"
     )

@@ -16,21 +16,30 @@ from app.datasets.uploaded import UploadedDataset
 from app.jobs.domain import EpochResult, Job, JobMemory, JobStatus, Metrics, NodeInfo, Progress
 from app.jobs.retention import job_dir
 from app.jobs.weights import weights_info
-from layers import ModelSpec
+from layers import AnyModel, GraphSpec
+from layers.language.errors import SpecError
+from layers.language.io import output_names
 from layers.language.spec import SpecModel
 from layers.training.datasets import bounded_datasets
-from layers.training.losses import AnyLoss
+from layers.training.losses import AnyLoss, AnyLossTerm, LossSpec, as_term
 from layers.training.optimizers import AnyOptimizer
 
 JobDataset = bounded_datasets(settings, extra=(UploadedDataset,))  # every kind, within this server's limits
 
 
 class JobCreate(SpecModel):
-    """A short training run: a model, the data, the loss and the optimizer."""
+    """A short training run: a model, the data, the loss (a graph's: losses) and the optimizer."""
 
-    model: ModelSpec
+    model: AnyModel
     dataset: JobDataset
-    loss: AnyLoss
+    loss: AnyLoss | None = Field(None, description="the loss: of a sequence model, or of a one-output graph")
+    losses: dict[str, AnyLossTerm] | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description='a graph\'s losses by output name, each with its "weight" (default 1) in the total; '
+        "outputs without one are not trained on",
+    )
     optimizer: AnyOptimizer
     epochs: int = Field(5, gt=0, le=settings.max_epochs)
     batch_size: int = Field(64, gt=0, le=settings.max_batch_size)
@@ -43,6 +52,44 @@ class JobCreate(SpecModel):
     time_limit_s: float | None = Field(
         None, gt=0, le=settings.max_job_seconds, description="wall-time limit, at most the server's"
     )
+
+    @property
+    def graph(self) -> bool:
+        return isinstance(self.model, GraphSpec)
+
+    def terms(self) -> dict[str, LossSpec]:
+        """The weighted loss of each trained output, by output name; ``SpecError`` at ``loss`` or
+        ``losses`` when they do not fit the model."""
+        outputs = output_names(self.model)
+        if self.losses is not None and not self.graph:
+            raise SpecError(("losses",), "`losses` is for graph models; a sequence model takes `loss`")
+        if self.losses is not None and self.loss is not None:
+            raise SpecError(("loss",), "give `loss` or `losses`, not both")
+        if self.losses is not None:
+            for name in self.losses:
+                if name not in outputs:
+                    raise SpecError(
+                        ("losses", name),
+                        f"the model has no output {name!r}; its outputs are {list(outputs)}",
+                        {"got": name, "expected": list(outputs)},
+                    )
+            return dict(self.losses)
+        if self.loss is None:
+            what = "`loss`" if not self.graph else "`losses` ({output_name: {loss spec, weight}})"
+            raise SpecError(("loss",), f"a job needs {what}")
+        if len(outputs) > 1:
+            raise SpecError(
+                ("loss",),
+                f"this graph has {len(outputs)} outputs {list(outputs)}: give `losses` by output name "
+                "instead of one `loss`",
+                {"outputs": list(outputs)},
+            )
+        return {outputs[0]: as_term(self.loss)}
+
+    def loss_of_sequence(self) -> LossSpec:
+        """A sequence job's one loss."""
+        (term,) = self.terms().values()
+        return term
 
 
 class WeightsPublic(BaseModel):

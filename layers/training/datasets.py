@@ -137,8 +137,11 @@ class SyntheticDataset(_Dataset):
 
     name: Literal["synthetic"] = "synthetic"
     task: Literal["classification", "regression"] = "classification"
-    shape: list[Annotated[int, Field(gt=0, le=1 << 20)]] = Field(
-        min_length=1, max_length=5, description="shape of one sample, without the batch dimension"
+    shape: list[Annotated[int, Field(gt=0, le=1 << 20)]] | None = Field(
+        None,
+        min_length=1,
+        max_length=5,
+        description="shape of one sample, without the batch dimension (a graph's come from its inputs)",
     )
     samples: int = Field(1024, ge=2)
     num_classes: int = Field(10, ge=2, le=MAX_CLASSES, description="classes, for classification")
@@ -153,6 +156,8 @@ class SyntheticDataset(_Dataset):
         return _bounded(cls, samples=Field(le=limits.max_dataset_samples))
 
     def describe(self, classification: bool, limits: DatasetLimits) -> DatasetInfo:
+        if self.shape is None:
+            raise SpecError(("dataset", "shape"), "synthetic data for a sequence model needs `shape`")
         numel = self.samples * math.prod(self.shape)
         if numel > limits.max_dataset_numel:
             raise SpecError(
@@ -169,6 +174,7 @@ class SyntheticDataset(_Dataset):
         return DatasetInfo(self.samples, tuple(self.shape), self.dtype, targets, tokens)
 
     def load(self, classification: bool, limits: DatasetLimits) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.shape is not None  # describe() refused it
         g = torch.Generator().manual_seed(self.seed)
         outputs = self.num_classes if self.task == "classification" else self.targets
         features = math.prod(self.shape)

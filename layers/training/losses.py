@@ -16,7 +16,7 @@ from torch import nn
 
 from layers.language.base import Shape, shape_str
 from layers.language.errors import Loc, ShapeError, SpecError
-from layers.language.spec import TypedSpec, union_of
+from layers.language.spec import SpecModel, TypedSpec, union_of
 
 LOSS_SPECS: dict[str, type[LossSpec]] = {}
 
@@ -209,3 +209,24 @@ class BCEWithLogitsLossSpec(LossSpec):
 
 
 AnyLoss = union_of(LOSS_SPECS)
+
+
+# A graph job's loss on one output: any loss spec with its ``weight`` in the job's total.
+LOSS_TERMS: dict[str, type[LossSpec]] = {}
+
+
+class _Weighted(SpecModel):
+    registry: ClassVar[dict[str, Any]] = LOSS_TERMS
+    weight: float = Field(1.0, gt=0, le=1e6, description="this output's factor in the job's total loss")
+
+
+for _spec in list(LOSS_SPECS.values()):
+    _name = _spec.__name__.removesuffix("Spec") + "Term"
+    type(_name, (_Weighted, _spec), {"__module__": __name__, "__doc__": _spec.__doc__})
+
+AnyLossTerm = union_of(LOSS_TERMS)
+
+
+def as_term(loss: LossSpec, weight: float = 1.0) -> LossSpec:
+    """``loss`` as a weighted term (its ``weight`` field set)."""
+    return LOSS_TERMS[loss.type].model_validate({**loss.model_dump(), "weight": weight})

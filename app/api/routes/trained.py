@@ -23,7 +23,7 @@ from app.exports import FILES_CONTENT, Download, download
 from app.jobs.domain import ACTIVE, Job, JobStatus
 from app.jobs.retention import being_deleted, job_dir
 from app.jobs.trained import MODELS, POOL, dataset_spec, predict, predict_dataset
-from app.jobs.weights import WEIGHTS_FILE, read_metadata, trained_module, weights_info
+from app.jobs.weights import WEIGHTS_FILE, stored_spec, trained_module, weights_info
 from app.schemas.export import (
     FORMAT_DESCRIPTION,
     ExportFormat,
@@ -32,7 +32,7 @@ from app.schemas.export import (
     PredictResponse,
 )
 from app.schemas.jobs import JobCreate
-from layers import ModelSpec
+from layers import GraphSpec, ModelSpec
 from layers.analysis.trace import InputDType
 
 router = APIRouter(prefix="/jobs", tags=["trained models"])
@@ -110,12 +110,14 @@ def download_weights(weights: WeightsDep, request: Request) -> Response:
     )
 
 
-def _job_model(weights: Weights) -> tuple[ModelSpec, tuple[int, ...], InputDType]:
+def _job_model(weights: Weights) -> tuple[ModelSpec | GraphSpec, tuple[int, ...] | None, InputDType]:
     """The job's model as it was trained, and its traced input: a training batch of its dataset's
-    samples, and their dtype."""
+    samples, and their dtype (a graph: its inputs at the training batch, in the stored spec)."""
+    spec = stored_spec(weights.path)
+    if isinstance(spec, GraphSpec):
+        return spec, None, "float32"
     request = JobCreate.model_validate(weights.job.request)
-    info = request.dataset.describe(request.loss.task == "classification", settings)
-    spec = ModelSpec.model_validate_json(read_metadata(weights.path)["spec"])
+    info = request.dataset.describe(request.loss_of_sequence().task == "classification", settings)
     return spec, (request.batch_size, *info.sample_shape), info.dtype
 
 
