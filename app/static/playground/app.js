@@ -237,7 +237,9 @@ function fillTrainChoices(openapi) {
   }
   for (const block of document.querySelectorAll("#train-form .choice")) {
     const field = block.dataset.field;
-    const { propertyName: tag, mapping } = job.properties[field].discriminator;
+    const property = job.properties[field]; // a union, or an optional one (anyOf [union, null])
+    const union = property.discriminator ? property : property.anyOf.find((schema) => schema.discriminator);
+    const { propertyName: tag, mapping } = union.discriminator;
     const select = block.querySelector("select");
     for (const name of Object.keys(mapping)) select.add(new Option(name, name));
     select.value = TRAIN_DEFAULTS[field] in mapping ? TRAIN_DEFAULTS[field] : select.options[0].value;
