@@ -276,23 +276,30 @@ def _predict_graph(model: TrainedModel, graph: GraphSpec, inputs: Any) -> dict[s
 DATASET = ("dataset",)
 
 
+def _asked_arrays(
+    asked: Any, trained: UploadedDataset | None, description: Description, how: str
+) -> tuple[Any, Any]:
+    """The arrays of the inputs and targets to predict on: those asked, else those the job trained
+    on (its targets only where this dataset has them); ``SpecError`` when no inputs are named."""
+    inputs = asked.inputs if asked.inputs is not None else trained.inputs if trained else None
+    if inputs is None:
+        raise SpecError((*DATASET, "inputs"), f"this job did not train on an uploaded dataset: {how}")
+    targets = asked.targets
+    if targets is None and trained is not None:
+        names = {array.name for array in description.arrays}
+        refs = trained.target_arrays().values()
+        wanted = [n for ref in refs for n in ([ref] if isinstance(ref, str) else ref)]
+        targets = trained.targets if set(wanted) <= names else None
+    return inputs, targets
+
+
 def dataset_spec(model: TrainedModel, asked: Any, description: Description) -> tuple[UploadedDataset, bool]:
     """The arrays to predict on (``asked``: a ``PredictDataset``) checked against ``description``
     and the model, and whether the answer compares with targets; ``SpecError`` at ``dataset``."""
     trained = model.request.dataset if isinstance(model.request.dataset, UploadedDataset) else None
     if isinstance(model.spec, GraphSpec):
         return _graph_dataset_spec(model, model.spec, asked, trained, description)
-    inputs = asked.inputs if asked.inputs is not None else trained.inputs if trained else None
-    if inputs is None:
-        msg = "this job did not train on an uploaded dataset: name the arrays of its inputs"
-        raise SpecError((*DATASET, "inputs"), msg)
-    targets = asked.targets
-    if targets is None and trained is not None:
-        names = {array.name for array in description.arrays}
-        wanted = [
-            n for ref in trained.target_arrays().values() for n in (ref if isinstance(ref, list) else [ref])
-        ]
-        targets = trained.targets if set(wanted) <= names else None
+    inputs, targets = _asked_arrays(asked, trained, description, "name the arrays of its inputs")
     spec = UploadedDataset(id=asked.id, inputs=inputs, targets=targets or inputs, dtype=model.data.dtype)
     outputs = output_names(model.spec)
     checked = spec.plan(
@@ -326,17 +333,7 @@ def _graph_dataset_spec(
     description: Description,
 ) -> tuple[UploadedDataset, bool]:
     """``dataset_spec`` for a graph: its inputs by name, a target for each output with a loss."""
-    inputs = asked.inputs if asked.inputs is not None else trained.inputs if trained else None
-    if inputs is None:
-        msg = "this job did not train on an uploaded dataset: map its inputs to arrays by name"
-        raise SpecError((*DATASET, "inputs"), msg)
-    targets = asked.targets
-    if targets is None and trained is not None:
-        names = {array.name for array in description.arrays}
-        wanted = [
-            n for ref in trained.target_arrays().values() for n in ([ref] if isinstance(ref, str) else ref)
-        ]
-        targets = trained.targets if set(wanted) <= names else None
+    inputs, targets = _asked_arrays(asked, trained, description, "map its inputs to arrays by name")
     spec = UploadedDataset(id=asked.id, inputs=inputs, targets=targets or inputs)
     traced = trace_graph(graph)
     assert traced.graph is not None
