@@ -315,13 +315,7 @@ def dataset_spec(model: TrainedModel, asked: Any, description: Description) -> t
             f"{shape_str(model.data.sample_shape)}",
             {"expected": list(model.data.sample_shape), "got": list(shape)},
         )
-    if description.samples > settings.max_predict_samples:
-        raise LimitError(
-            DATASET,
-            f"the dataset has {description.samples} samples; predict takes at most "
-            f"{settings.max_predict_samples} (MB_MAX_PREDICT_SAMPLES)",
-            {"limit": settings.max_predict_samples, "got": description.samples},
-        )
+    _within_predict_samples(description)
     return checked, targets is not None
 
 
