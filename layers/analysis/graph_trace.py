@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from layers.analysis.budget import BudgetMode, TraceBudget
+from layers.analysis.budget import TraceBudget, mode_for
 from layers.analysis.cache import TraceCache
 from layers.analysis.trace import (
     DTYPES,
@@ -25,6 +25,7 @@ from layers.analysis.trace import (
     TracedModel,
     _Tracer,
     param_dtype_for,
+    whole_trace,
 )
 from layers.language.base import LayerSpec
 from layers.language.errors import Loc, NamingError
@@ -49,9 +50,9 @@ def trace_graph(
     }
     floating = next((t.dtype for t in inputs.values() if t.is_floating_point()), torch.int64)
     first = next(iter(inputs.values()))
-    mode = BudgetMode(budget or TraceBudget(None))
+    mode = mode_for(budget)
     tracer = _GraphTracer(tuple(first.shape), param_dtype_for(floating), mode, cache)
-    with mode:
+    with whole_trace(mode):
         tops, values, edges = tracer.graph(spec, inputs)
     outputs = {
         name: (ref, tracer.value(values, ("outputs", name), ref)) for name, ref in spec.outputs.items()
@@ -123,7 +124,8 @@ class _GraphTracer(_Tracer):
             self.claim(top)
             with torch.device("meta"):
                 traced.module = self.build(top, top.spec)
-            out, traced.flops = top.spec.trace_values(traced.module, main, node.main_refs())
+            with self.forward_mode():
+                out, traced.flops = top.spec.trace_values(traced.module, main, node.main_refs())
         self.named[node.name].done = True
         traced.output = out
         return traced

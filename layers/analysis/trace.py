@@ -8,7 +8,7 @@ output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,7 +16,14 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import _disable_current_modes
 
-from layers.analysis.budget import BudgetExceeded, BudgetMode, OperatorMode, TraceBudget, TraceCancelled
+from layers.analysis.budget import (
+    BudgetExceeded,
+    BudgetMode,
+    OperatorMode,
+    TraceBudget,
+    TraceCancelled,
+    mode_for,
+)
 from layers.analysis.cache import TraceCache, TracedLeaf, TracedOutput, layer_key, output_of
 from layers.language.base import ContainerSpec, LayerSpec, Shape, shape_str
 from layers.language.build import Builder
@@ -122,11 +129,10 @@ def trace_model(
     not run again: the answer is the same, made faster.
     """
     dtype = DTYPES[input_dtype]
-    budget = budget or TraceBudget(None, per_operator=False)  # nothing to check at each operator
-    mode = BudgetMode(budget) if budget.per_operator else OperatorMode(budget)
+    mode = mode_for(budget)
     tracer = _Tracer(tuple(input_shape), param_dtype_for(dtype), mode, cache)
     x = torch.empty(input_shape, dtype=dtype, device="meta")
-    with mode:
+    with whole_trace(mode):
         layers, out = tracer.model(spec.layers, x)
     return TracedModel(
         spec=spec.model_copy(update={"layers": [node.spec for node in layers]}),
@@ -216,7 +222,8 @@ class _Tracer(Builder):
         outer, self.mode.uncounted = self.mode.uncounted, set()
         try:
             assert traced.module is not None
-            traced.output, traced.flops = traced.spec.trace(traced.module, x, **self.tensors(traced.spec))
+            with self.forward_mode():
+                traced.output, traced.flops = traced.spec.trace(traced.module, x, **self.tensors(traced.spec))
             uncounted = self.mode.uncounted
         finally:
             self.mode.uncounted = outer | self.mode.uncounted
@@ -225,6 +232,10 @@ class _Tracer(Builder):
                 found = TracedLeaf.of(traced.spec, traced.module, traced.output, traced.flops, uncounted)
             self.cache.put(self.keys[node.path], found)
             self.found[node.path] = found
+
+    def forward_mode(self) -> AbstractContextManager:
+        """The mode around a layer's forward, unless it is on for the whole trace already."""
+        return nullcontext() if self.mode.whole_trace else self.mode
 
     def tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
         """The tensor arguments the layer is given by name: none in a sequence (a graph's wires)."""
@@ -338,6 +349,11 @@ class _Tracer(Builder):
         )
         ctx.update(layer=node.spec.type, path=node.path, input_shape=list(node.input_shape), traced=traced)
         return cls(loc, msg, ctx)
+
+
+def whole_trace(mode: BudgetMode | OperatorMode) -> AbstractContextManager:
+    """``mode`` when it is on for the whole trace; else nothing (it is on around each forward)."""
+    return mode if mode.whole_trace else nullcontext()
 
 
 def _raised_by_torch(exc: BaseException) -> bool:
