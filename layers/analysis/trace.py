@@ -222,7 +222,7 @@ class _Tracer(Builder):
         outer, self.mode.uncounted = self.mode.uncounted, set()
         try:
             assert traced.module is not None
-            with self.forward_mode():
+            with self.forward_mode(traced.spec.runs_operators(x)):
                 traced.output, traced.flops = traced.spec.trace(traced.module, x, **self.tensors(traced.spec))
             uncounted = self.mode.uncounted
         finally:
@@ -233,9 +233,10 @@ class _Tracer(Builder):
             self.cache.put(self.keys[node.path], found)
             self.found[node.path] = found
 
-    def forward_mode(self) -> AbstractContextManager:
-        """The mode around a layer's forward, unless it is on for the whole trace already."""
-        return nullcontext() if self.mode.whole_trace else self.mode
+    def forward_mode(self, runs_operators: bool = True) -> AbstractContextManager:
+        """The mode around a layer's forward, unless it is on for the whole trace already (or the
+        forward runs no operator: entering a mode costs more than a shape-preserving layer's trace)."""
+        return self.mode if runs_operators and not self.mode.whole_trace else nullcontext()
 
     def tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
         """The tensor arguments the layer is given by name: none in a sequence (a graph's wires)."""

@@ -158,6 +158,10 @@ class LayerSpec(TypedSpec):
         them: ``output``, ``h_n``, ``c_n``); empty when it returns one."""
         return ()
 
+    def runs_operators(self, x: torch.Tensor) -> bool:
+        """Whether ``trace`` at ``x`` runs torch operators (a shape-preserving layer's does not)."""
+        return True
+
     def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
         """Run the built module on a meta tensor ``x`` (and the tensor arguments by name): its
         output (a tuple for a layer returning several tensors) and its forward FLOPs."""
@@ -182,9 +186,12 @@ class ShapePreservingSpec(LayerSpec):
     """
 
     def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
-        if not x.is_floating_point():
+        if self.runs_operators(x):
             return super().trace(module, x, **tensors)
         return x, 0
+
+    def runs_operators(self, x: torch.Tensor) -> bool:
+        return not x.is_floating_point()
 
 
 class SpatialSpec(LayerSpec):
