@@ -6,8 +6,10 @@ interleaved (checkout A, B, A, B, ...) so that the machine's load drifts over bo
 - ``trace``: the in-process summary (the analysis the summary endpoint runs, no HTTP), process CPU
   time of one call, median of the warm calls;
 - ``http``: one ``POST /v1/models/summary`` through ``TestClient`` with the summary cache off
-  (``MB_SUMMARY_CACHE_SIZE=0``, ``MB_TRACE_CACHE_BYTES=0``): validation, limits, trace, JSON;
-  process CPU time.
+  (``MB_SUMMARY_CACHE_SIZE=0``, ``MB_TRACE_CACHE_BYTES=0``): validation, limits, trace, JSON.
+  The app's lifespan runs (a checkout with trace workers traces in them, as a served API does;
+  Ray is not started), so this is **wall time**, median of the warm calls: on a loaded machine
+  it measures the load too.
 
 Run by hand, not in CI; make the other checkouts with ``git worktree add /tmp/before <commit>``:
 
@@ -75,18 +77,23 @@ if way == "trace":
     def call():
         summarize(spec, tuple(case["input_shape"]), case.get("input_dtype", "float32"))
 else:
+    import tempfile
+    os.environ.update(MB_RAY_EAGER_START="0", MB_DATA_DIR=tempfile.mkdtemp())
     from fastapi.testclient import TestClient
     from app.main import app
-    client = TestClient(app)
+    client = TestClient(app).__enter__()  # the lifespan: trace workers where the checkout has them
     def call():
         response = client.post("/v1/models/summary", json=case)
         assert response.status_code == 200, response.text[:300]
+clock = time.process_time if way == "trace" else time.perf_counter
 times = []
 for i in range(warm + 1):
-    started = time.process_time()
+    started = clock()
     call()
-    times.append(time.process_time() - started)
-print(json.dumps({"first": times[0], "warm": sorted(times[1:])[len(times[1:]) // 2]}))
+    times.append(clock() - started)
+print(json.dumps({"first": times[0], "warm": sorted(times[1:])[len(times[1:]) // 2]}), flush=True)
+if way != "trace":
+    client.__exit__(None, None, None)  # stops the trace workers
 """
 
 
