@@ -35,4 +35,4 @@ lint: install
 
 test: install system-deps  ## set up and run the whole test suite
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q --durations=15
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15

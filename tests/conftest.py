@@ -93,7 +93,10 @@ def leftovers() -> dict[int, str]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run if it left a process behind (a Ray, a server); kill what it left."""
+    """Fail the run if it left a process behind (a Ray, a server); kill what it left. With
+    ``-n`` (pytest-xdist) each worker checks what it started; the controller started only them."""
+    if session.config.pluginmanager.hasplugin("dsession"):
+        return
     deadline = time.monotonic() + LEFTOVER_GRACE_S
     while (left := leftovers()) and time.monotonic() < deadline:
         time.sleep(0.5)

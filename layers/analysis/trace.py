@@ -167,7 +167,9 @@ class _Tracer(Builder):
         self.param_dtype: torch.dtype = param_dtype
         self.mode = mode
         self.budget = mode.budget
-        self.cache = cache
+        self.cache = (
+            cache if cache is not None and cache.max_bytes > 0 else None
+        )  # 0: keys, copies for nothing
         self.nodes: list[TracedLayer] = []  # in forward (pre-)order
         self.traced: dict[str, TracedLayer] = {}  # by module path
         self.keys: dict[str, str] = {}  # by module path, with a cache: what the layer's trace depends on
