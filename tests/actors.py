@@ -20,5 +20,5 @@ class WeightsHolder:
     def result(self, claimant: str, wait_s: float) -> dict | None:
         return self.handoff.result(claimant, wait_s)
 
-    def chunk(self, claimant: str, index: int) -> bytes:
+    def chunk(self, claimant: str, index: int) -> bytes | None:
         return self.handoff.chunk(claimant, index)

@@ -76,7 +76,7 @@ def test_the_handoff_gives_the_result_to_one_api_process_at_a_time(monkeypatch: 
     weights = bytes(range(20))
     metrics = {"train_loss": 0.1, "val_loss": 0.2, "val_accuracy": 0.9, "outputs": None}
     threading.Timer(0.05, handoff.publish, [Done(metrics=metrics, duration_s=1.5, weights=weights)]).start()
-    result = handoff.result("api-a", 5)  # waits for the run's end
+    result = handoff.result("api-a", 5)  # waits for the run's end; asking claims nothing
     assert result == {
         "metrics": metrics,
         "duration_s": 1.5,
@@ -85,9 +85,14 @@ def test_the_handoff_gives_the_result_to_one_api_process_at_a_time(monkeypatch: 
         "sha256": hashlib.sha256(weights).hexdigest(),
         "chunks": 3,
     }
-    assert handoff.result("api-b", 0) is None  # api-a is fetching it
-    assert b"".join(handoff.chunk("api-a", i) for i in range(result["chunks"])) == weights
+    # Nobody fetches yet: an API killed while its call waited would hold nothing from the next one.
+    assert handoff.result("api-b", 0) == result
+    first = handoff.chunk("api-a", 0)  # api-a fetches: the weights are its own now
+    assert handoff.result("api-b", 0) is None and handoff.chunk("api-b", 0) is None
+    rest = [handoff.chunk("api-a", i) for i in range(1, result["chunks"])]
+    assert b"".join([first, *rest]) == weights
     assert handoff.result("api-a", 0) == result
     time.sleep(0.25)  # api-a died mid-fetch: its claim lapses
     assert handoff.result("api-b", 0) == result
-    assert handoff.result("api-a", 0) is None
+    assert handoff.chunk("api-b", 0) == weights[:7]
+    assert handoff.result("api-a", 0) is None and handoff.chunk("api-a", 1) is None

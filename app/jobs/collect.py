@@ -27,6 +27,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from app.jobs import ray_runtime
@@ -40,6 +41,10 @@ CLAIMANT = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # thi
 WAIT_S = 10.0  # one blocking ``result`` call of a watcher; between calls it checks the job is still on
 CALL_S = 60.0  # how long a call may take on top (Ray busy, a chunk of 64 MiB on a slow network)
 RETRY_S = 1.0  # after a failed call (the actor restarting, Ray busy)
+
+
+class _ClaimedByAnother(Exception):
+    """Another API process holds the claim on a job's weights (``app.jobs.worker.Handoff``)."""
 
 
 class Collector:
@@ -130,12 +135,14 @@ class Collector:
         if "error" in result:
             return self._fail(job_id, result["error"])
         directory = job_dir(job_id)
-        chunks = (ray.get(handle.chunk.remote(CLAIMANT, i), timeout=CALL_S) for i in range(result["chunks"]))
         try:
+            chunks = self._chunks(handle, result["chunks"])
             write_weights(directory, chunks, result["size_bytes"], result["sha256"])
         except (ray.exceptions.RayError, TimeoutError) as e:
             log.warning("could not fetch the weights of job %s: %s; trying again later", job_id, e)
             return False
+        except _ClaimedByAnother:
+            return False  # another API process is fetching them; it finishes the job
         except (OSError, ValueError) as e:
             reason = f"the trained weights could not be stored under MB_DATA_DIR: {type(e).__name__}: {e}"
             if not self._succeeded(job_id):  # the weights file without its sidecar, say (a full disk)
@@ -154,6 +161,15 @@ class Collector:
             remove_weights(directory)  # cancelled meanwhile: nothing to keep
         ray_runtime.kill_actor(ray_runtime.actor_name(job_id))
         return finished
+
+    def _chunks(self, handle: Any, count: int) -> Iterator[bytes]:
+        import ray
+
+        for i in range(count):
+            chunk = ray.get(handle.chunk.remote(CLAIMANT, i), timeout=CALL_S)
+            if chunk is None:
+                raise _ClaimedByAnother
+            yield chunk
 
     def _fail(self, job_id: str, reason: str) -> bool:
         """Fail the job with ``reason`` and end its actor; whether this process finished the job.

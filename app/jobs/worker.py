@@ -39,9 +39,11 @@ MAX_CONCURRENCY = 8  # calls served at once: an API's blocking ``result`` must n
 
 
 class Handoff:
-    """A run's result, held for the API. A success's goes to one API process at a time (a claim
-    that lapses ``CLAIM_S`` after its holder last asked, should that process die mid-fetch); a
-    failure's (``{"error": reason}``: one the store did not take) to any."""
+    """A run's result, held for the API. A success's weights go to one API process at a time: the
+    first to fetch a chunk claims them, and the claim lapses ``CLAIM_S`` after its holder last
+    fetched, should that process die mid-fetch. Asking for the result claims nothing: an API
+    killed while its ``result`` call waited would otherwise hold the weights from the next API
+    for ``CLAIM_S``. A failure's result (``{"error": reason}``: one the store did not take) goes to any."""
 
     def __init__(self) -> None:
         self._weights = b""
@@ -75,17 +77,20 @@ class Handoff:
         if self._result is not None and "error" in self._result:
             return self._result
         with self._lock:
-            now = time.monotonic()
-            if self._claim and self._claim[0] != claimant and now - self._claim[1] < CLAIM_S:
-                return None
-            self._claim = (claimant, now)
-        return self._result
+            return None if self._claimed_by_another(claimant) else self._result
 
-    def chunk(self, claimant: str, index: int) -> bytes:
-        """Piece ``index`` of the weights' bytes (asking again keeps ``claimant``'s claim)."""
+    def chunk(self, claimant: str, index: int) -> bytes | None:
+        """Piece ``index`` of the weights' bytes, claiming them for ``claimant`` (or keeping its
+        claim); None while another API process holds the claim."""
         with self._lock:
+            if self._claimed_by_another(claimant):
+                return None
             self._claim = (claimant, time.monotonic())
         return self._weights[index * CHUNK_BYTES : (index + 1) * CHUNK_BYTES]
+
+    def _claimed_by_another(self, claimant: str) -> bool:
+        claim = self._claim
+        return claim is not None and claim[0] != claimant and time.monotonic() - claim[1] < CLAIM_S
 
 
 class JobActor:
@@ -121,7 +126,7 @@ class JobActor:
     def result(self, claimant: str, wait_s: float) -> dict[str, Any] | None:
         return self.handoff.result(claimant, wait_s)
 
-    def chunk(self, claimant: str, index: int) -> bytes:
+    def chunk(self, claimant: str, index: int) -> bytes | None:
         return self.handoff.chunk(claimant, index)
 
     def _run(self, store: JobStore, *args: Any) -> None:

@@ -51,14 +51,17 @@ def running_server(folder: Path, **settings: str) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with running_server(tmp_path_factory.mktemp("server")) as url:
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """Chromium, for this package's tests only: Playwright's sync API keeps an event loop running
+    in the thread until it stops, and a test elsewhere (``asyncio.run``) may run after these in
+    the same process (``make test`` runs the files in two processes, in any order)."""
     executable = _chromium()
     from playwright.sync_api import sync_playwright
 
