@@ -7,8 +7,7 @@ output shape and FLOPs, and its inferred spec is kept. Nothing real is ever allo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -300,23 +299,19 @@ class _Tracer(Builder):
         except BudgetExceeded as e:
             raise self.over_budget(loc, spec, path, "before") from e
 
-    @contextmanager
-    def at(self, node: Node) -> Iterator[None]:
-        """Turns the user's errors inside one layer into a ``SpecError`` that names that layer:
-        ours (a ``SpecError``) and torch refusing the layer. Anything else is a bug of ours and
-        goes on as it is, noting the layer."""
-        try:
-            yield
-        except TraceCancelled:
-            raise
-        except BudgetExceeded as exc:
-            raise self.over_budget(node.loc, self.traced[node.path].spec, node.path, "in") from exc
-        except Exception as exc:
-            traced = self.traced[node.path]
-            if isinstance(exc, SpecError) or _raised_by_torch(exc):
-                raise self.locate(traced, exc) from exc
-            exc.add_note(f"while tracing {traced.spec.type} at module path '{node.path}'")
-            raise
+    def failed(self, node: Node, exc: Exception) -> Exception:
+        """The user's errors inside one layer become a ``SpecError`` that names that layer: ours
+        (a ``SpecError``) and torch refusing the layer. Anything else is a bug of ours and goes on
+        as it is, noting the layer."""
+        if isinstance(exc, TraceCancelled):
+            return exc
+        traced = self.traced[node.path]
+        if isinstance(exc, BudgetExceeded):
+            return self.over_budget(node.loc, traced.spec, node.path, "in")
+        if isinstance(exc, SpecError) or _raised_by_torch(exc):
+            return self.locate(traced, exc)
+        exc.add_note(f"while tracing {traced.spec.type} at module path '{node.path}'")
+        return exc
 
     def over_budget(self, loc: Loc, spec: LayerSpec, path: str, where: str) -> LimitError:
         limit = self.budget.seconds

@@ -78,6 +78,8 @@ class Concat(nn.Module):
 def broadcast(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     """What ``a + b`` or ``a * b`` gives on meta tensors, without running it; None when the shapes
     do not broadcast as torch broadcasts."""
+    if a.shape == b.shape and a.dtype == b.dtype:  # the common case, without torch's shape checks
+        return a
     try:
         shape = torch.broadcast_shapes(a.shape, b.shape)
     except RuntimeError:

@@ -40,9 +40,9 @@ def join(path: str, name: str | int) -> str:
     return f"{path}.{name}" if path and name else path or name
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs 5x as much to make, once per node
 class Node:
-    """One layer of the spec tree where the walk meets it."""
+    """One layer of the spec tree where the walk meets it (passes read it, never change it)."""
 
     spec: LayerSpec
     loc: Loc  # in the model spec, e.g. ("layers", 3, "layers", 0); a Repeat's copies share theirs
@@ -144,16 +144,20 @@ class Walk(Generic[R, S]):
 
     def layer(self, node: Node, x: Any) -> R:
         self.enter(node, x)
-        if isinstance(node.spec, ContainerSpec):
-            with self.at(node):
-                self.claim(node)
-            result = self._container(node, node.spec, x)
-        else:
-            with self.at(node):
-                self.claim(node)
+        spec = node.spec
+        try:  # as ``at`` does, without a context manager's cost on every node
+            self.claim(node)
+            if not isinstance(spec, ContainerSpec):
                 result = self.leaf(node, x)
-        if node.spec.name is not None:
-            self.named[node.spec.name].done = True
+        except Exception as exc:
+            failed = self.failed(node, exc)
+            if failed is exc:
+                raise
+            raise failed from exc
+        if isinstance(spec, ContainerSpec):
+            result = self._container(node, spec, x)
+        if spec.name is not None:
+            self.named[spec.name].done = True
         return result
 
     def _container(self, node: Node, spec: ContainerSpec, x: Any) -> R:
@@ -175,12 +179,21 @@ class Walk(Generic[R, S]):
 
     @contextmanager
     def at(self, node: Node) -> Iterator[None]:
-        """Around the work on one node: a ``SpecError`` raised for it (its ``loc`` relative to the
-        node) is moved under the node's ``loc``."""
+        """Around the work on one node: what it raises becomes ``failed``'s answer."""
         try:
             yield
-        except SpecError as e:
-            raise type(e)((*node.loc, *e.loc), e.msg, e.ctx) from e
+        except Exception as exc:
+            failed = self.failed(node, exc)
+            if failed is exc:
+                raise
+            raise failed from exc
+
+    def failed(self, node: Node, exc: Exception) -> Exception:
+        """What to raise for ``exc`` raised at ``node`` (``exc`` itself: it goes on as it is). A
+        ``SpecError`` (its ``loc`` relative to the node) is moved under the node's ``loc``."""
+        if isinstance(exc, SpecError):
+            return type(exc)((*node.loc, *exc.loc), exc.msg, exc.ctx)
+        return exc
 
     def leaf(self, node: Node, x: Any) -> R:
         raise NotImplementedError

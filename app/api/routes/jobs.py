@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Resp
 from fastapi.concurrency import run_in_threadpool
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from app.api.deps import CallerDep, EngineDep, JobDep
+from app.api.deps import CallerDep, DatasetsDep, EngineDep, JobDep
 from app.core.config import settings
 from app.core.security import Caller
 from app.core.traces import run_trace
@@ -63,10 +63,12 @@ SAME_JOB_LINKS = _links("$request.path.job_id", ReadJob=READ, DeleteJob=DELETE)
 LISTED_JOB_LINKS = _links("$response.body#/data/0/id", ReadJob=READ, CancelJob=CANCEL, DeleteJob=DELETE)
 
 
-async def _submit(job: JobCreate, engine: JobEngine, caller: Caller, http: Request) -> Job:
+async def _submit(
+    job: JobCreate, engine: JobEngine, datasets: Datasets, caller: Caller, http: Request
+) -> Job:
     """Check and queue ``job``: the queued job (a ``SpecError`` is a 422). The plan traces the
     model, so it takes a trace slot like a summary."""
-    uploaded = await run_in_threadpool(_uploaded, job, engine, caller)
+    uploaded = await run_in_threadpool(_uploaded, job, datasets, caller)
     try:
         plan: JobPlan = await run_trace(http, lambda cancelled: plan_job(job, cancelled, uploaded))
     except TraceCancelled as e:
@@ -79,12 +81,12 @@ async def _submit(job: JobCreate, engine: JobEngine, caller: Caller, http: Reque
         raise HTTPException(503, str(e), headers={"Retry-After": str(RETRY_AFTER_S)}) from e
 
 
-def _uploaded(job: JobCreate, engine: JobEngine, caller: Caller) -> Description | None:
+def _uploaded(job: JobCreate, datasets: Datasets, caller: Caller) -> Description | None:
     """The stored description of the job's uploaded dataset: the caller's own, else a 404."""
     if not isinstance(job.dataset, UploadedDataset):
         return None
     try:
-        return Datasets.from_settings(engine.store).get(job.dataset.id, caller).description
+        return datasets.get(job.dataset.id, caller).description
     except DatasetError as e:
         e.loc = ("body", "dataset", "id")
         raise HTTPException(e.status, e.detail()) from e
@@ -92,10 +94,15 @@ def _uploaded(job: JobCreate, engine: JobEngine, caller: Caller) -> Description 
 
 @router.post("/jobs", status_code=202, responses={**ERRORS, 202: {"links": NEW_JOB_LINKS}})
 async def create_job(
-    job: JobBody, engine: EngineDep, caller: CallerDep, http: Request, response: Response
+    job: JobBody,
+    engine: EngineDep,
+    datasets: DatasetsDep,
+    caller: CallerDep,
+    http: Request,
+    response: Response,
 ) -> JobPublic:
     """Queue a training run; follow it at /v1/jobs/{id} or /v1/jobs/{id}/events."""
-    submitted = await _submit(job, engine, caller, http)
+    submitted = await _submit(job, engine, datasets, caller, http)
     response.headers["Location"] = f"/v1/jobs/{submitted.id}"
     return JobPublic.of(submitted)
 
@@ -204,10 +211,15 @@ async def job_events(
     },
 )
 async def train_and_wait(
-    job: JobBody, engine: EngineDep, caller: CallerDep, http: Request, response: Response
+    job: JobBody,
+    engine: EngineDep,
+    datasets: DatasetsDep,
+    caller: CallerDep,
+    http: Request,
+    response: Response,
 ) -> JobPublic:
     """Train and wait for the result (at most MB_TRAIN_WAIT_SECONDS; then 202 with the running job)."""
-    submitted = await _submit(job, engine, caller, http)
+    submitted = await _submit(job, engine, datasets, caller, http)
     deadline = time.monotonic() + settings.train_wait_seconds
     job_id = submitted.id
     while True:

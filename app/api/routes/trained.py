@@ -14,11 +14,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from app.api.deps import CallerDep, EngineDep, JobDep
+from app.api.deps import CallerDep, DatasetsDep, JobDep
 from app.core.config import settings
 from app.core.files import OpenFileResponse
 from app.datasets.errors import DatasetError
-from app.datasets.service import Datasets
 from app.exports import FILES_CONTENT, Download, download
 from app.jobs.domain import ACTIVE, Job, JobStatus
 from app.jobs.retention import being_deleted, job_dir
@@ -160,7 +159,7 @@ async def export_job(
     },
 )
 async def predict_job(
-    body: PredictRequest, weights: WeightsDep, engine: EngineDep, caller: CallerDep
+    body: PredictRequest, weights: WeightsDep, datasets: DatasetsDep, caller: CallerDep
 ) -> PredictResponse:
     """Run the trained model on one sample, a batch, or an uploaded dataset (classification:
     predictions and probabilities; a dataset with targets: the accuracy or loss)."""
@@ -170,7 +169,6 @@ async def predict_job(
         model = MODELS.get(weights.job, weights.path, weights.sha256)
         if asked is None:
             return predict(model, body.inputs)
-        datasets = Datasets.from_settings(engine.store)
         try:
             stored = datasets.get(asked.id, caller)
         except DatasetError as e:
