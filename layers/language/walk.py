@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from layers.language.base import LAYER_SPECS, ContainerSpec, LayerSpec
 from layers.language.errors import Loc, NamingError, SpecError
@@ -145,16 +145,14 @@ class Walk(Generic[R, S]):
     def layer(self, node: Node, x: Any) -> R:
         self.enter(node, x)
         spec = node.spec
+        container = isinstance(spec, ContainerSpec)
         try:  # as ``at`` does, without a context manager's cost on every node
             self.claim(node)
-            if not isinstance(spec, ContainerSpec):
+            if not container:
                 result = self.leaf(node, x)
         except Exception as exc:
-            failed = self.failed(node, exc)
-            if failed is exc:
-                raise
-            raise failed from exc
-        if isinstance(spec, ContainerSpec):
+            self._raise_failed(node, exc)
+        if container:
             result = self._container(node, spec, x)
         if spec.name is not None:
             self.named[spec.name].done = True
@@ -183,10 +181,14 @@ class Walk(Generic[R, S]):
         try:
             yield
         except Exception as exc:
-            failed = self.failed(node, exc)
-            if failed is exc:
-                raise
-            raise failed from exc
+            self._raise_failed(node, exc)
+
+    def _raise_failed(self, node: Node, exc: Exception) -> NoReturn:
+        """Raise ``failed``'s answer for ``exc``, the exception being handled."""
+        failed = self.failed(node, exc)
+        if failed is exc:
+            raise  # exc as it is, its traceback untouched
+        raise failed from exc
 
     def failed(self, node: Node, exc: Exception) -> Exception:
         """What to raise for ``exc`` raised at ``node`` (``exc`` itself: it goes on as it is). A
