@@ -22,6 +22,7 @@ from layers.analysis.memory import SavedTensors, _recurrent_measured
 from layers.export.onnx_export import OPSET
 from layers.language.base import LayerSpec
 from layers.language.errors import ShapeError
+from layers.language.flops import FlopCounter
 
 
 def spec_of(layer: dict) -> LayerSpec:
@@ -132,7 +133,7 @@ def test_the_trace_given_tensor_arguments_counts_torchs_flops(name: str) -> None
         module, reference = spec.build(), sample.reference()
     x = torch.empty(sample.input_shape, device="meta")
     tensors = {k: torch.empty(t.shape, dtype=t.dtype, device="meta") for k, t in real.items()}
-    out, counted = spec.trace(module, x, **tensors)
+    out, counted = spec.trace(module, x, FlopCounter(), **tensors)
     assert counted == flops(lambda: reference(x, **tensors))
     _, theirs = built_pair(sample)
     with torch.no_grad():

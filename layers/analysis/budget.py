@@ -11,9 +11,10 @@ ones among those that FLOP counting has a formula for mark the composite as unco
 In a trace worker (``app.core.trace_pool``) the API enforces the budget from outside, by killing
 the worker: there the budget is checked between layers only, and ``OperatorMode`` runs composites
 as torch does (one C++ call), noting those FLOP counting has no formula for. ``BudgetMode`` is on
-for the whole trace (building a module included); ``OperatorMode`` only around each layer's
-forward, where composites run (on for the whole trace, it cost a warm ResNet-50 summary at batch 1
-15% of its CPU time, passing on the operators of every module's initialisation). Bilinear(8100) at
+for the whole trace (building a module included); ``OperatorMode`` is the FLOP counter of each
+layer's forward, where composites run, so one mode per forward both counts and notes (on for the
+whole trace, a noting mode cost a warm ResNet-50 summary at batch 1 15% of its CPU time, passing on
+the operators of every module's initialisation). Bilinear(8100) at
 [1, 1] traces in 6.6 s of CPU under ``BudgetMode`` and 0.44 s under a mode that only passes each
 operator on (bench/README.md), so the per-operator check is kept where nothing else bounds a layer.
 """
@@ -28,6 +29,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
+
+from layers.language.flops import FlopCounter
 
 _META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
 
@@ -72,25 +75,26 @@ def _has_meta_kernel(func: torch._ops.OpOverload) -> bool:
 @functools.cache
 def _maybe_uncounted(func: torch._ops.OpOverload) -> bool:
     no_work = func.is_view or torch.Tag.pointwise in func.tags
-    return not no_work and func._overloadpacket not in flop_registry and not _has_meta_kernel(func)
+    return not no_work and not _has_meta_kernel(func)
 
 
-class OperatorMode(TorchDispatchMode):
-    whole_trace = False  # entered around each layer's forward only
-    """No check: notes the composites (no meta kernel of their own) that FLOP counting has no
-    formula for, running each as one call. Views and pointwise composites (clone) do no matrix
-    work, so they are not noted: the same list ``BudgetMode`` finds, without looking inside.
-    ``BudgetMode``'s interface, for a trace bounded from outside."""
+class OperatorMode(FlopCounter):
+    """No check: the FLOP counter of each layer's forward, which also notes the composites (no
+    meta kernel of their own) that FLOP counting has no formula for, running each as one call.
+    Views and pointwise composites (clone) do no matrix work, so they are not noted: the same list
+    ``BudgetMode`` finds, without looking inside. ``BudgetMode``'s interface, for a trace bounded
+    from outside."""
+
+    whole_trace = False  # entered around each layer's forward only, as its FLOP counter
 
     def __init__(self, budget: TraceBudget) -> None:
         super().__init__()
         self.budget = budget
         self.uncounted: set[str] = set()
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+    def not_counted(self, func: torch._ops.OpOverload, args: tuple) -> None:
         if _maybe_uncounted(func) and _all_meta(args):
             self.uncounted.add(str(func._overloadpacket))
-        return func(*args, **(kwargs or {}))
 
 
 class BudgetMode(TorchDispatchMode):

@@ -124,8 +124,7 @@ class _GraphTracer(_Tracer):
             self.claim(top)
             with torch.device("meta"):
                 traced.module = self.build(top, top.spec)
-            with self.forward_mode():
-                out, traced.flops = top.spec.trace_values(traced.module, main, node.main_refs())
+            out, traced.flops = top.spec.trace_values(traced.module, main, node.main_refs(), self.counter)
         self.named[node.name].done = True
         traced.output = out
         return traced

@@ -27,6 +27,7 @@ from layers.analysis.cache import TraceCache, TracedLeaf, TracedOutput, layer_ke
 from layers.language.base import ContainerSpec, LayerSpec, Shape, shape_str
 from layers.language.build import Builder
 from layers.language.errors import LimitError, Loc, NamingError, ShapeError, SpecError
+from layers.language.flops import FlopCounter
 from layers.language.graph import GraphSpec
 from layers.language.model import ModelSpec
 from layers.language.walk import Node
@@ -166,6 +167,9 @@ class _Tracer(Builder):
         self.param_dtype: torch.dtype = param_dtype
         self.mode = mode
         self.budget = mode.budget
+        # Each layer's forward runs under the counter: the mode itself unless it is on for the
+        # whole trace already (there it notes the composites; the counter only counts).
+        self.counter = mode if isinstance(mode, FlopCounter) else FlopCounter()
         self.cache = (
             cache if cache is not None and cache.max_bytes > 0 else None
         )  # 0: keys, copies for nothing
@@ -223,8 +227,8 @@ class _Tracer(Builder):
         outer, self.mode.uncounted = self.mode.uncounted, set()
         try:
             assert traced.module is not None
-            with self.forward_mode(traced.spec.runs_operators(x)):
-                traced.output, traced.flops = traced.spec.trace(traced.module, x, **self.tensors(traced.spec))
+            tensors = self.tensors(traced.spec)
+            traced.output, traced.flops = traced.spec.trace(traced.module, x, self.counter, **tensors)
             uncounted = self.mode.uncounted
         finally:
             self.mode.uncounted = outer | self.mode.uncounted
@@ -233,11 +237,6 @@ class _Tracer(Builder):
                 found = TracedLeaf.of(traced.spec, traced.module, traced.output, traced.flops, uncounted)
             self.cache.put(self.keys[node.path], found)
             self.found[node.path] = found
-
-    def forward_mode(self, runs_operators: bool = True) -> AbstractContextManager:
-        """The mode around a layer's forward, unless it is on for the whole trace already (or the
-        forward runs no operator: entering a mode costs more than a shape-preserving layer's trace)."""
-        return self.mode if runs_operators and not self.mode.whole_trace else nullcontext()
 
     def tensors(self, spec: LayerSpec) -> dict[str, torch.Tensor]:
         """The tensor arguments the layer is given by name: none in a sequence (a graph's wires)."""

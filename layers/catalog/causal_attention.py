@@ -25,6 +25,7 @@ from layers.language.base import (
     infer_size,
 )
 from layers.language.errors import ShapeError
+from layers.language.flops import FlopCounter
 
 
 def rotary_tables(
@@ -189,13 +190,15 @@ class CausalSelfAttentionSpec(LayerSpec):
             dropout=self.dropout,
         )
 
-    def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
-        # The rotation keeps q's and k's shapes and has no FLOPs FlopCounterMode counts, and its ~20
+    def trace(
+        self, module: nn.Module, x: torch.Tensor, counter: FlopCounter, **tensors: torch.Tensor
+    ) -> tuple[Any, int]:
+        # The rotation keeps q's and k's shapes and has no FLOPs torch counts, and its ~20
         # meta kernels would cost 25 ms a layer: the trace runs without it. (What it keeps for
         # backward counts in the memory estimate, which runs the module as it is.)
         module.rotate = _unrotated
         try:
-            return super().trace(module, x, **tensors)
+            return super().trace(module, x, counter, **tensors)
         finally:
             del module.rotate
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from layers.language.base import LayerSpec, OptionalSize, Shape, Size, expect_rank, infer_size
 from layers.language.errors import ShapeError
+from layers.language.flops import FlopCounter
 
 Output = Literal["sequence", "last", "sequence_and_state"]
 ModuleClass = type[nn.Module]  # aliased: inside a spec class, `type` is the field
@@ -84,12 +85,14 @@ class RecurrentSpec(LayerSpec):
             return ()
         return ("output", "h_n", "c_n") if "c0" in self.tensor_args else ("output", "h_n")
 
-    def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
+    def trace(
+        self, module: nn.Module, x: torch.Tensor, counter: FlopCounter, **tensors: torch.Tensor
+    ) -> tuple[Any, int]:
         # On meta a recurrent layer unrolls into per-step ops (seconds for long sequences), and
         # its cost is exactly linear in the step count: trace one step, scale the count.
         time_dim = 1 if self.batch_first and x.dim() == 3 else 0
         steps = x.shape[time_dim]
-        out, flops = super().trace(module, x.narrow(time_dim, 0, 1), **tensors)
+        out, flops = super().trace(module, x.narrow(time_dim, 0, 1), counter, **tensors)
         if self.output != "last":
             first = out[0] if isinstance(out, tuple) else out
             shape = list(first.shape)

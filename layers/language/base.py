@@ -15,9 +15,9 @@ from pydantic import AfterValidator, Field, GetJsonSchemaHandler, ValidationInfo
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from layers.language.errors import Loc, ShapeError
+from layers.language.flops import FlopCounter
 from layers.language.spec import TypedSpec
 
 Shape = tuple[int, ...]
@@ -162,9 +162,11 @@ class LayerSpec(TypedSpec):
         """Whether ``trace`` at ``x`` runs torch operators (a shape-preserving layer's does not)."""
         return True
 
-    def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
-        """Run the built module on a meta tensor ``x`` (and the tensor arguments by name): its
-        output (a tuple for a layer returning several tensors) and its forward FLOPs."""
+    def trace(
+        self, module: nn.Module, x: torch.Tensor, counter: FlopCounter, **tensors: torch.Tensor
+    ) -> tuple[Any, int]:
+        """Run the built module on a meta tensor ``x`` (and the tensor arguments by name) under
+        ``counter``: its output (a tuple for a layer returning several tensors) and its forward FLOPs."""
         if not (x.is_floating_point() or self.integer_input):
             raise ShapeError(
                 (),
@@ -172,9 +174,7 @@ class LayerSpec(TypedSpec):
                 "integer inputs (token ids) go into an Embedding",
                 {"expected": "floating point", "got": str(x.dtype).removeprefix("torch.")},
             )
-        with FlopCounterMode(display=False) as counter:
-            out = module(x, **tensors)
-        return out, counter.get_total_flops()
+        return counter.count(module, x, **tensors)
 
 
 class ShapePreservingSpec(LayerSpec):
@@ -185,9 +185,11 @@ class ShapePreservingSpec(LayerSpec):
     Integer inputs take the full trace, which refuses them unless the layer takes integers.
     """
 
-    def trace(self, module: nn.Module, x: torch.Tensor, **tensors: torch.Tensor) -> tuple[Any, int]:
+    def trace(
+        self, module: nn.Module, x: torch.Tensor, counter: FlopCounter, **tensors: torch.Tensor
+    ) -> tuple[Any, int]:
         if self.runs_operators(x):
-            return super().trace(module, x, **tensors)
+            return super().trace(module, x, counter, **tensors)
         return x, 0
 
     def runs_operators(self, x: torch.Tensor) -> bool:

@@ -9,10 +9,10 @@ from typing import Any, ClassVar, Self
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from layers.language.base import LayerSpec, Shape, shape_str
 from layers.language.errors import ShapeError
+from layers.language.flops import FlopCounter
 
 GRAPH_SPECS: dict[str, type[GraphOnlySpec]] = {}
 
@@ -39,18 +39,19 @@ class GraphOnlySpec(LayerSpec):
     def check(self, inputs: list[torch.Tensor], refs: list[str]) -> None:
         """Raise ``ShapeError`` (loc ``("inputs", i)``) when the inputs do not combine."""
 
-    def trace_values(self, module: nn.Module, inputs: list[torch.Tensor], refs: list[str]) -> tuple[Any, int]:
-        """The module on meta tensors: its output (a tensor or a tuple) and its forward FLOPs."""
+    def trace_values(
+        self, module: nn.Module, inputs: list[torch.Tensor], refs: list[str], counter: FlopCounter
+    ) -> tuple[Any, int]:
+        """The module on meta tensors under ``counter``: its output (a tensor or a tuple) and its
+        forward FLOPs."""
         self.check(inputs, refs)
-        with FlopCounterMode(display=False) as counter:
-            try:
-                out = module(*inputs)
-            except RuntimeError as e:
-                shapes = ", ".join(f"'{r}' {shape_str(t.shape)}" for r, t in zip(refs, inputs, strict=True))
-                reason = str(e).strip().splitlines()[0]
-                raise ShapeError(
-                    ("inputs",) if self.several_inputs else ("input",),
-                    f"{self.type} cannot take its inputs {shapes}: {reason}",
-                    {"got": [list(t.shape) for t in inputs]},
-                ) from e
-        return out, counter.get_total_flops()
+        try:
+            return counter.count(module, *inputs)
+        except RuntimeError as e:
+            shapes = ", ".join(f"'{r}' {shape_str(t.shape)}" for r, t in zip(refs, inputs, strict=True))
+            reason = str(e).strip().splitlines()[0]
+            raise ShapeError(
+                ("inputs",) if self.several_inputs else ("input",),
+                f"{self.type} cannot take its inputs {shapes}: {reason}",
+                {"got": [list(t.shape) for t in inputs]},
+            ) from e
